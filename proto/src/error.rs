@@ -1,0 +1,56 @@
+//! The crate's error type.
+
+/// Everything that can go wrong while parsing or encoding wire types.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A resource path that is neither the edge nor the cloud form.
+    #[error("malformed resource path {path:?}: {reason}")]
+    MalformedPath {
+        /// The path as received.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A resource path naming a type this mesh does not know.
+    #[error("unknown resource type {kind:?} in path {path:?}")]
+    UnknownResourceType {
+        /// The path as received.
+        path: String,
+        /// The type segment.
+        kind: String,
+    },
+    /// A binary frame shorter than its header says.
+    #[error("truncated frame: need {needed} bytes, have {have}")]
+    FrameTruncated {
+        /// Bytes the frame claims to need.
+        needed: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// A binary frame larger than the configured maximum.
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Size the frame claims (or would have).
+        size: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// A binary frame whose fixed header is wrong (magic, version, flags, layout).
+    #[error("invalid frame: {0}")]
+    FrameInvalid(&'static str),
+    /// Content that was expected as bytes but is not a byte string.
+    #[error("content is not raw bytes: {0}")]
+    NotBytes(&'static str),
+    /// Message JSON that is not a JSON object.
+    #[error("a message must be a JSON object")]
+    NotAnObject,
+    /// JSON that does not parse as a Message (or as the requested content type).
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An I/O error from a stream the codec reads (needed by `tokio_util`'s framed streams).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,24 @@
+//! Wire types of the edge mesh.
+//!
+//! - [`Message`]: KubeEdge's `model.Message`, byte-compatible in JSON.
+//! - [`ResourcePath`] / [`CloudPath`]: the edge and cloud forms of `route.resource`.
+//! - [`FrameCodec`]: the compact binary frame that carries stream payloads on the cloud link
+//!   (layout in [`frame`]).
+//!
+//! This crate depends on nothing else of the project, so every module and binary can share it.
+
+pub mod content;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod msg_id;
+pub mod resource;
+pub mod route;
+
+pub use content::Content;
+pub use error::{Error, Result};
+pub use frame::FrameCodec;
+pub use message::{Header, Message, now_millis};
+pub use msg_id::MsgId;
+pub use resource::{CloudPath, ResourcePath, ResourceType};
+pub use route::{Route, group, operation};

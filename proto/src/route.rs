@@ -1,0 +1,66 @@
+//! Where a message goes: `route.source`, `route.group`, `route.operation`, `route.resource`.
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+
+/// Operations (`route.operation`) shared with KubeEdge.
+pub mod operation {
+    /// Create an object.
+    pub const INSERT: &str = "insert";
+    /// Change an object.
+    pub const UPDATE: &str = "update";
+    /// Remove an object.
+    pub const DELETE: &str = "delete";
+    /// Ask for an object or a list.
+    pub const QUERY: &str = "query";
+    /// A successful reply (also the ACK of a delivered object, content `"OK"`).
+    pub const RESPONSE: &str = "response";
+    /// A failed reply; the content is the reason.
+    pub const ERROR: &str = "error";
+    /// The link's liveness ping.
+    pub const KEEPALIVE: &str = "keepalive";
+}
+
+/// Wire groups (`route.group`) on the cloud link.
+pub mod group {
+    /// Metadata; edgehub delivers it to the bus group `meta`.
+    pub const RESOURCE: &str = "resource";
+    /// Mesh tunnel traffic; edgehub delivers it to the bus group `mesh`.
+    pub const MESH: &str = "mesh";
+}
+
+/// The route of a message. Fields are small strings kept inline where they fit, so building
+/// a message on the bus hot path does not allocate for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Route {
+    /// Module (or peer) that sent the message.
+    #[serde(skip_serializing_if = "CompactString::is_empty")]
+    pub source: CompactString,
+    /// Group the message is meant for.
+    #[serde(skip_serializing_if = "CompactString::is_empty")]
+    pub group: CompactString,
+    /// What to do: see [`operation`].
+    #[serde(skip_serializing_if = "CompactString::is_empty")]
+    pub operation: CompactString,
+    /// What it is about: a resource path such as `default/service/hello`.
+    #[serde(skip_serializing_if = "CompactString::is_empty")]
+    pub resource: CompactString,
+}
+
+impl Route {
+    /// A route from its four parts.
+    pub fn new(
+        source: impl Into<CompactString>,
+        group: impl Into<CompactString>,
+        operation: impl Into<CompactString>,
+        resource: impl Into<CompactString>,
+    ) -> Self {
+        Route {
+            source: source.into(),
+            group: group.into(),
+            operation: operation.into(),
+            resource: resource.into(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Process assembly for the `edgemesh` binaries: which modules run in which process.
