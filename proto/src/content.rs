@@ -117,12 +117,19 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(json, "\"aGVsbG8A/w==\"");
         let back: Content = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.to_bytes().unwrap(), Bytes::from_static(b"hello\x00\xff"));
+        assert_eq!(
+            back.to_bytes().unwrap(),
+            Bytes::from_static(b"hello\x00\xff")
+        );
     }
 
     #[test]
     fn non_bytes_are_reported() {
         assert!(Content::text("not base64!").to_bytes().is_err());
-        assert!(Content::Json(serde_json::json!({"a": 1})).to_bytes().is_err());
+        assert!(
+            Content::Json(serde_json::json!({"a": 1}))
+                .to_bytes()
+                .is_err()
+        );
     }
 }

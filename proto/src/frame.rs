@@ -100,7 +100,11 @@ impl FrameCodec {
         let mut id = [0u8; 36];
         put_str(dst, msg.header.id.as_str(&mut id))?;
         let mut parent = [0u8; 36];
-        let parent = msg.header.parent_id.as_ref().map_or("", |p| p.as_str(&mut parent));
+        let parent = msg
+            .header
+            .parent_id
+            .as_ref()
+            .map_or("", |p| p.as_str(&mut parent));
         put_str(dst, parent)?;
         put_str(dst, &msg.header.resource_version)?;
         put_str(dst, &msg.route.source)?;
@@ -169,12 +173,10 @@ impl FrameCodec {
     /// Decodes exactly one whole frame (a WebSocket binary message). Trailing bytes, a
     /// truncated frame, or anything malformed is an error.
     pub fn decode_frame(&self, mut frame: Bytes) -> Result<Message> {
-        let size = self
-            .frame_len(&frame)?
-            .ok_or(Error::FrameTruncated {
-                needed: PREFIX_LEN,
-                have: frame.len(),
-            })?;
+        let size = self.frame_len(&frame)?.ok_or(Error::FrameTruncated {
+            needed: PREFIX_LEN,
+            have: frame.len(),
+        })?;
         if frame.len() < size {
             return Err(Error::FrameTruncated {
                 needed: size,

@@ -239,7 +239,11 @@ mod tests {
 
     #[test]
     fn edge_paths_round_trip() {
-        for s in ["default/service/hello", "kube-system/endpoints/dns", "ns1/servicelist"] {
+        for s in [
+            "default/service/hello",
+            "kube-system/endpoints/dns",
+            "ns1/servicelist",
+        ] {
             assert_eq!(ResourcePath::parse_edge(s).unwrap().to_string(), s);
         }
         let p = ResourcePath::parse_edge("default/pod/web-0").unwrap();
@@ -270,7 +274,10 @@ mod tests {
             "default/service/..",
         ] {
             assert!(
-                matches!(ResourcePath::parse_edge(s), Err(Error::MalformedPath { .. })),
+                matches!(
+                    ResourcePath::parse_edge(s),
+                    Err(Error::MalformedPath { .. })
+                ),
                 "{s:?} should be malformed"
             );
         }
@@ -278,7 +285,11 @@ mod tests {
             ResourcePath::parse_edge("default/secret/x"),
             Err(Error::UnknownResourceType { .. })
         ));
-        for s in ["default/service/x", "node//default/service/x", "nodes/e/default/pod"] {
+        for s in [
+            "default/service/x",
+            "node//default/service/x",
+            "nodes/e/default/pod",
+        ] {
             assert!(CloudPath::parse(s).is_err(), "{s:?} should be malformed");
         }
         let long = format!("default/service/{}", "a".repeat(254));

@@ -69,7 +69,12 @@ fn golden_reply() {
     let msg = fixed(
         ID,
         Some(PARENT),
-        Route::new("edgecontroller", "resource", "response", "default/service/hello"),
+        Route::new(
+            "edgecontroller",
+            "resource",
+            "response",
+            "default/service/hello",
+        ),
         Content::Json(json!({"spec": {"clusterIP": "10.96.0.10"}})),
     );
     assert_golden(
@@ -83,7 +88,12 @@ fn golden_ack() {
     let msg = fixed(
         ID,
         Some(PARENT),
-        Route::new("metaManager", "resource", "response", "default/service/hello"),
+        Route::new(
+            "metaManager",
+            "resource",
+            "response",
+            "default/service/hello",
+        ),
         Content::text("OK"),
     );
     assert_golden(
@@ -258,7 +268,11 @@ fn oversized_frames_are_refused_both_ways() {
         codec.encode(&big, &mut dst),
         Err(proto::Error::FrameTooLarge { .. })
     ));
-    assert_eq!(&dst[..], b"keep", "a failed encode leaves the buffer as it was");
+    assert_eq!(
+        &dst[..],
+        b"keep",
+        "a failed encode leaves the buffer as it was"
+    );
 
     let frame = FrameCodec::default().encode_to_bytes(&big).unwrap();
     // The prefix alone is enough to refuse, before the rest is buffered.
@@ -270,7 +284,11 @@ fn oversized_frames_are_refused_both_ways() {
     // A length field claiming 4 GiB never allocates.
     let mut lie = BytesMut::from(&b"EM\x01\x00\xff\xff\xff\xff"[..]);
     lie.extend_from_slice(&[0; 64]);
-    assert!(FrameCodec::new(DEFAULT_MAX_FRAME_LEN).decode_frame(lie.freeze()).is_err());
+    assert!(
+        FrameCodec::new(DEFAULT_MAX_FRAME_LEN)
+            .decode_frame(lie.freeze())
+            .is_err()
+    );
 }
 
 #[test]

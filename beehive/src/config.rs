@@ -1,0 +1,86 @@
+//! Settings of the bus.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Settings of the module bus (`beehive:` in a process's config).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct CoreConfig {
+    /// Messages a module's inbox holds before senders wait (or `try_send` reports full).
+    pub inbox_capacity: usize,
+    /// Milliseconds modules get to stop after a shutdown signal before they are abandoned.
+    pub grace_period_ms: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            inbox_capacity: 1024,
+            grace_period_ms: 5_000,
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Largest inbox accepted; beyond it a stuck module would hide in memory growth.
+    pub const MAX_INBOX_CAPACITY: usize = 1 << 20;
+
+    /// Checks every field, naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        if self.inbox_capacity == 0 || self.inbox_capacity > Self::MAX_INBOX_CAPACITY {
+            return Err(Error::InvalidConfig {
+                field: "inboxCapacity",
+                reason: format!(
+                    "must be between 1 and {}, got {}",
+                    Self::MAX_INBOX_CAPACITY,
+                    self.inbox_capacity
+                ),
+            });
+        }
+        if self.grace_period_ms > 600_000 {
+            return Err(Error::InvalidConfig {
+                field: "gracePeriodMs",
+                reason: format!(
+                    "must be at most 600000 (10 min), got {}",
+                    self.grace_period_ms
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The grace period as a duration.
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_millis(self.grace_period_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_field() {
+        CoreConfig::default().validate().unwrap();
+        let bad = CoreConfig {
+            inbox_capacity: 0,
+            ..CoreConfig::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("inboxCapacity"), "{err}");
+        let bad = CoreConfig {
+            grace_period_ms: 700_000,
+            ..CoreConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("gracePeriodMs")
+        );
+    }
+}
