@@ -334,8 +334,8 @@ impl Context {
             return false;
         };
         match self.shared.pending.deliver(&parent, reply) {
-            Ok(()) => true,
-            Err(reply) => {
+            None => true,
+            Some(reply) => {
                 log::debug!(
                     "dropping reply {} to {parent}: nobody waits for it (unknown or expired)",
                     reply.header.id

@@ -54,13 +54,13 @@ impl Pending {
     }
 
     /// Hands `reply` to the waiter of its parent; gives it back when nobody waits.
-    pub(crate) fn deliver(&self, parent: &MsgId, reply: Message) -> Result<(), Message> {
+    pub(crate) fn deliver(&self, parent: &MsgId, reply: Message) -> Option<Message> {
         let mut map = lock(self.shard(parent));
         match map.remove(parent) {
-            None => Err(reply),
-            Some(Slot::One(tx)) => tx.send(reply),
+            None => Some(reply),
+            Some(Slot::One(tx)) => tx.send(reply).err(),
             Some(Slot::Group { tx, remaining }) => {
-                let sent = tx.send(reply).map_err(|e| e.0);
+                let sent = tx.send(reply).err().map(|e| e.0);
                 if remaining > 1 {
                     let slot = Slot::Group {
                         tx,

@@ -42,10 +42,10 @@ impl MsgId {
 
     /// Parses any string, keeping it byte for byte.
     pub fn parse(s: &str) -> Self {
-        if is_canonical_uuid(s) {
-            if let Ok(u) = Uuid::try_parse(s) {
-                return MsgId(Repr::Uuid(u));
-            }
+        if is_canonical_uuid(s)
+            && let Ok(u) = Uuid::try_parse(s)
+        {
+            return MsgId(Repr::Uuid(u));
         }
         MsgId(Repr::Text(Arc::from(s)))
     }
