@@ -36,8 +36,10 @@ impl Header {
     pub fn new() -> Self {
         Header {
             id: MsgId::new_v4(),
+            parent_id: None,
             timestamp: now_millis(),
-            ..Header::default()
+            resource_version: CompactString::const_new(""),
+            sync: false,
         }
     }
 }
@@ -83,11 +85,10 @@ impl Message {
     fn answer(request: &Message, op: &str, content: Content) -> Self {
         let mut route = request.route.clone();
         route.operation = op.into();
+        let mut header = Header::new();
+        header.parent_id = Some(request.header.id.clone());
         Message {
-            header: Header {
-                parent_id: Some(request.header.id.clone()),
-                ..Header::new()
-            },
+            header,
             route,
             content,
         }
@@ -152,10 +153,12 @@ impl Message {
     }
 }
 
-/// The current time in Unix milliseconds (0 if the clock is before 1970).
+/// The current time in Unix milliseconds.
+///
+/// Read from the coarse realtime clock: a few nanoseconds instead of tens on the bus hot
+/// path, at the cost of the kernel tick's resolution (1–4 ms), which is within what a
+/// millisecond timestamp promises anyway.
 pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    t.tv_sec * 1000 + t.tv_nsec / 1_000_000
 }

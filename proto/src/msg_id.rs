@@ -16,10 +16,11 @@ use uuid::Uuid;
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct MsgId(Repr);
 
-// Invariant: `Text` never holds a canonical lowercase UUID, so derived Eq/Hash agree with
-// string equality.
+// Invariant: `Text` never holds a canonical lowercase UUID nor the empty string, so derived
+// Eq/Hash agree with string equality.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Repr {
+    Empty,
     Uuid(Uuid),
     Text(Arc<str>),
 }
@@ -31,17 +32,20 @@ impl MsgId {
     }
 
     /// The empty id (Go's zero value), which a peer may send when it set none.
-    pub fn empty() -> Self {
-        MsgId(Repr::Text(Arc::from("")))
+    pub const fn empty() -> Self {
+        MsgId(Repr::Empty)
     }
 
     /// True for the empty id.
     pub fn is_empty(&self) -> bool {
-        matches!(&self.0, Repr::Text(t) if t.is_empty())
+        matches!(self.0, Repr::Empty)
     }
 
     /// Parses any string, keeping it byte for byte.
     pub fn parse(s: &str) -> Self {
+        if s.is_empty() {
+            return Self::empty();
+        }
         if is_canonical_uuid(s)
             && let Ok(u) = Uuid::try_parse(s)
         {
@@ -53,6 +57,7 @@ impl MsgId {
     /// Writes the id's text into `buf` and returns it, without allocating for UUIDs.
     pub fn as_str<'a>(&'a self, buf: &'a mut [u8; 36]) -> &'a str {
         match &self.0 {
+            Repr::Empty => "",
             Repr::Uuid(u) => u.hyphenated().encode_lower(buf),
             Repr::Text(t) => t,
         }
@@ -79,6 +84,7 @@ impl Default for MsgId {
 impl fmt::Display for MsgId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
+            Repr::Empty => Ok(()),
             Repr::Uuid(u) => fmt::Display::fmt(&u.hyphenated(), f),
             Repr::Text(t) => f.write_str(t),
         }
@@ -140,8 +146,9 @@ mod tests {
 
     #[test]
     fn non_canonical_ids_are_kept_verbatim() {
+        assert!(MsgId::parse("").is_empty());
+        assert_eq!(MsgId::parse(""), MsgId::default());
         for s in [
-            "",
             "abc",
             "6B1E0C4E-6F53-4C0B-9B0A-3B2B1C1D1E1F",
             "6b1e0c4e6f534c0b9b0a3b2b1c1d1e1f",
