@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TOOLS=()
+TOOLS=(python3:python3)
 
 missing=()
 for entry in "${TOOLS[@]}"; do

@@ -21,4 +21,4 @@ pub use frame::FrameCodec;
 pub use message::{Header, Message, now_millis};
 pub use msg_id::MsgId;
 pub use resource::{CloudPath, ResourcePath, ResourceType};
-pub use route::{Route, group, operation};
+pub use route::{Route, connection, group, operation};

@@ -19,6 +19,20 @@ pub mod operation {
     pub const ERROR: &str = "error";
     /// The link's liveness ping.
     pub const KEEPALIVE: &str = "keepalive";
+    /// A cloud link state change, published by edgehub to every group (KubeEdge's name).
+    pub const CONNECT: &str = "connect";
+}
+
+/// The cloud link state change edgehub publishes, as KubeEdge shapes it: resource
+/// [`connection::RESOURCE`], operation [`operation::CONNECT`], content [`connection::CONNECTED`]
+/// or [`connection::DISCONNECTED`].
+pub mod connection {
+    /// `route.resource` of the event.
+    pub const RESOURCE: &str = "node/connection";
+    /// Content when the link came up.
+    pub const CONNECTED: &str = "cloud_connected";
+    /// Content when the link went down.
+    pub const DISCONNECTED: &str = "cloud_disconnected";
 }
 
 /// Wire groups (`route.group`) on the cloud link.

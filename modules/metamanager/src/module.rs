@@ -1,0 +1,229 @@
+//! The bus handler: module `metaManager`, group `meta`.
+//!
+//! A message is from the cloud when its `route.group` is the wire group `resource` (edgehub
+//! delivers cloud messages to the bus group `meta` without rewriting them); local modules
+//! address the bus group `meta`. Changes from the cloud are ACKed to the hub group — after
+//! the commit — and their failures answered there with an `error` reply; local sync requests
+//! are answered with `send_resp`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use beehive::{Context, Module, ModuleError, async_trait};
+use proto::{Content, Message, ResourcePath, Route, connection, group, operation};
+use serde_json::Value;
+
+use crate::config::MetaManagerConfig;
+use crate::error::{Error, Result};
+use crate::object::changes;
+use crate::store::{Filter, Row, Store};
+
+/// Module name on the bus (KubeEdge's).
+pub const MODULE: &str = "metaManager";
+/// Group on the bus (KubeEdge's).
+pub const GROUP: &str = "meta";
+/// The bus group of the cloud link (edgehub).
+pub const HUB_GROUP: &str = "hub";
+
+/// The metamanager module.
+pub struct MetaManager {
+    config: MetaManagerConfig,
+    store: Store,
+}
+
+impl MetaManager {
+    /// A module serving `store`.
+    pub fn new(config: MetaManagerConfig, store: Store) -> Self {
+        MetaManager { config, store }
+    }
+}
+
+struct Handler {
+    ctx: Context,
+    store: Store,
+    online: AtomicBool,
+    remote_timeout: Duration,
+}
+
+#[async_trait]
+impl Module for MetaManager {
+    fn name(&self) -> &str {
+        MODULE
+    }
+    fn group(&self) -> &str {
+        GROUP
+    }
+    fn enabled(&self) -> bool {
+        self.config.enable
+    }
+    async fn start(self: Box<Self>, ctx: Context) -> Result<(), ModuleError> {
+        let handler = Arc::new(Handler {
+            ctx: ctx.clone(),
+            store: self.store.clone(),
+            online: AtomicBool::new(false),
+            remote_timeout: Duration::from_millis(self.config.remote_query_timeout_ms),
+        });
+        let mut batch = Vec::with_capacity(256);
+        // Runs until the core closes the inbox; what was queued is still handled.
+        while ctx.receive_many(MODULE, &mut batch, 256).await.is_ok() {
+            for msg in batch.drain(..) {
+                handler.clone().handle(msg);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler {
+    /// Queues the message's store work now (so writes apply in arrival order) and answers it
+    /// from a task once the store has.
+    fn handle(self: Arc<Self>, msg: Message) {
+        match msg.operation() {
+            operation::INSERT | operation::UPDATE | operation::DELETE => self.change(msg),
+            operation::QUERY => {
+                tokio::spawn(async move { self.query(msg).await });
+            }
+            operation::CONNECT if msg.resource() == connection::RESOURCE => {
+                let up = msg.content.as_str() == Some(connection::CONNECTED);
+                self.online.store(up, Ordering::SeqCst);
+                log::info!("cloud link {}", if up { "up" } else { "down" });
+            }
+            operation::RESPONSE | operation::ERROR => {
+                // Replies to our own remote queries arrive through send_resp, not here.
+                log::debug!(
+                    "ignoring a stray {} for {}",
+                    msg.operation(),
+                    msg.resource()
+                );
+            }
+            other => {
+                let reason = format!("unsupported operation {other:?}");
+                self.fail(&msg, &reason);
+            }
+        }
+    }
+
+    fn change(self: Arc<Self>, msg: Message) {
+        let parsed = ResourcePath::parse_edge(msg.resource())
+            .map_err(Error::from)
+            .and_then(|path| {
+                let content = match &msg.content {
+                    Content::Json(v) => v.clone(),
+                    Content::Bytes(b) => serde_json::from_slice(b)
+                        .map_err(|e| Error::BadRequest(format!("content is not JSON: {e}")))?,
+                };
+                changes(
+                    &path,
+                    &content,
+                    &msg.header.resource_version,
+                    msg.operation() == operation::DELETE,
+                )
+            });
+        let changes = match parsed {
+            Ok(c) => c,
+            Err(e) => return self.fail(&msg, &e.to_string()),
+        };
+        let applied = self.store.apply(changes);
+        tokio::spawn(async move {
+            match applied.await {
+                Ok(_) => self.succeed(&msg, Content::text("OK")),
+                Err(e) => self.fail(&msg, &e.to_string()),
+            }
+        });
+    }
+
+    async fn query(&self, msg: Message) {
+        let path = match ResourcePath::parse_edge(msg.resource()) {
+            Ok(p) => p,
+            Err(e) => return self.fail(&msg, &e.to_string()),
+        };
+        let answer = if path.name.is_some() && !path.kind.is_list() {
+            let key = path.to_string();
+            match self.store.get(&key).await {
+                Ok(Some(row)) => Ok(row_value(&row)),
+                Ok(None) => self.remote_query(&msg, &path).await,
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            let filter = Filter {
+                kind: Some(path.kind.element()),
+                namespace: Some(path.namespace.to_string()),
+            };
+            self.store
+                .list(filter)
+                .await
+                .map(|rows| Value::Array(rows.iter().map(row_value).collect()))
+                .map_err(|e| e.to_string())
+        };
+        match answer {
+            Ok(v) => self.succeed(&msg, Content::Json(v)),
+            Err(reason) => self.fail(&msg, &reason),
+        }
+    }
+
+    /// Asks the cloud for an object the store lacks and stores the answer. Offline, or when
+    /// the cloud does not answer in time, the caller gets an error rather than a wait.
+    async fn remote_query(&self, msg: &Message, path: &ResourcePath) -> Result<Value, String> {
+        let not_found = || format!("{path} not found");
+        if from_cloud(msg) || !self.online.load(Ordering::SeqCst) {
+            return Err(not_found());
+        }
+        let ask = Message::new(
+            Route::new(MODULE, group::RESOURCE, operation::QUERY, path.to_string()),
+            Content::default(),
+        );
+        let replies = self
+            .ctx
+            .send_to_group_sync(HUB_GROUP, ask, self.remote_timeout)
+            .await
+            .map_err(|e| format!("{}: remote query failed: {e}", not_found()))?;
+        let reply = replies.into_iter().next().ok_or_else(not_found)?;
+        if reply.operation() == operation::ERROR {
+            return Err(reply.content.as_str().map_or_else(not_found, str::to_owned));
+        }
+        let Content::Json(object) = reply.content else {
+            return Err(format!("{path}: the cloud answered with bytes"));
+        };
+        let rv = reply.header.resource_version.clone();
+        let stored = changes(path, &object, &rv, false)
+            .map_err(|e| format!("{path}: bad answer from the cloud: {e}"))?;
+        self.store
+            .apply(stored)
+            .await
+            .map_err(|e| format!("{path}: storing the cloud's answer: {e}"))?;
+        Ok(object)
+    }
+
+    fn succeed(&self, req: &Message, content: Content) {
+        self.answer(req, Message::reply(req, content));
+    }
+
+    fn fail(&self, req: &Message, reason: &str) {
+        log::warn!("{} {}: {reason}", req.operation(), req.resource());
+        self.answer(req, Message::error_reply(req, reason));
+    }
+
+    fn answer(&self, req: &Message, mut reply: Message) {
+        reply.route.source = MODULE.into();
+        if from_cloud(req) {
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ctx.send_to_group(HUB_GROUP, reply).await {
+                    log::debug!("no cloud link for an answer: {e}");
+                }
+            });
+        } else if req.header.sync {
+            self.ctx.send_resp(reply);
+        }
+    }
+}
+
+fn from_cloud(msg: &Message) -> bool {
+    msg.route.group == group::RESOURCE
+}
+
+fn row_value(row: &Row) -> Value {
+    // Rows were written from JSON values, so they parse; a hand-edited row reads as a string.
+    serde_json::from_str(&row.value).unwrap_or_else(|_| Value::String(row.value.clone()))
+}
