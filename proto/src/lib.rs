@@ -5,12 +5,17 @@
 //! - [`FrameCodec`]: the compact binary frame that carries stream payloads on the cloud link
 //!   (layout in [`frame`]).
 //!
+//! - [`meta_socket`] / [`metaclient`]: the metamanager socket protocol and its client, shared
+//!   by metamanager (server) and edgemesh (client).
+//!
 //! This crate depends on nothing else of the project, so every module and binary can share it.
 
 pub mod content;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod meta_socket;
+pub mod metaclient;
 pub mod msg_id;
 pub mod resource;
 pub mod route;

@@ -20,6 +20,9 @@ pub struct MetaManagerConfig {
     pub remote_query_timeout_ms: u64,
     /// Changes a socket watcher may leave unread before it is disconnected.
     pub watch_buffer: usize,
+    /// Milliseconds a socket watcher may accept no data while changes wait for it before
+    /// it is disconnected.
+    pub watch_stall_timeout_ms: u64,
     /// Largest frame accepted on the socket, in bytes.
     pub max_frame_len: usize,
 }
@@ -32,6 +35,7 @@ impl Default for MetaManagerConfig {
             socket_path: PathBuf::from("/var/lib/edgemesh/metamanager.sock"),
             remote_query_timeout_ms: 5_000,
             watch_buffer: 1024,
+            watch_stall_timeout_ms: 10_000,
             max_frame_len: 4 * 1024 * 1024,
         }
     }
@@ -64,6 +68,9 @@ impl MetaManagerConfig {
         }
         if self.watch_buffer == 0 || self.watch_buffer > 1 << 20 {
             return bad("watchBuffer", "must be between 1 and 1048576");
+        }
+        if self.watch_stall_timeout_ms == 0 || self.watch_stall_timeout_ms > 600_000 {
+            return bad("watchStallTimeoutMs", "must be between 1 and 600000");
         }
         if self.max_frame_len < 1024 || self.max_frame_len > 64 << 20 {
             return bad("maxFrameLen", "must be between 1 KiB and 64 MiB");

@@ -4,11 +4,13 @@
 //!   batched transactions, watchers fed in commit order.
 //! - [`module`]: the bus handler: insert/update/delete/query from the cloud and local modules,
 //!   ACK after commit, remote query when a row is missing and the cloud is reachable.
+//! - [`server`]: the local Unix socket (query, watch, ping) edgemesh reads from.
 
 pub mod config;
 pub mod error;
 pub mod module;
 pub mod object;
+pub mod server;
 pub mod store;
 
 pub use config::MetaManagerConfig;

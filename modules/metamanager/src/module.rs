@@ -13,10 +13,12 @@ use std::time::Duration;
 use beehive::{Context, Module, ModuleError, async_trait};
 use proto::{Content, Message, ResourcePath, Route, connection, group, operation};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::MetaManagerConfig;
 use crate::error::{Error, Result};
 use crate::object::changes;
+use crate::server::{self, Server};
 use crate::store::{Filter, Row, Store};
 
 /// Module name on the bus (KubeEdge's).
@@ -64,6 +66,13 @@ impl Module for MetaManager {
             online: AtomicBool::new(false),
             remote_timeout: Duration::from_millis(self.config.remote_query_timeout_ms),
         });
+        // The socket serves what the store holds from the start, before any cloud link.
+        let listener = server::bind(&self.config.socket_path)?;
+        log::info!("metamanager socket at {}", self.config.socket_path.display());
+        let stop_serving = CancellationToken::new();
+        let server = Server::new(self.store.clone(), Some(ctx.clone()), &self.config);
+        let serving = tokio::spawn(server.serve(listener, stop_serving.clone()));
+
         let mut batch = Vec::with_capacity(256);
         // Runs until the core closes the inbox; what was queued is still handled.
         while ctx.receive_many(MODULE, &mut batch, 256).await.is_ok() {
@@ -71,6 +80,9 @@ impl Module for MetaManager {
                 handler.clone().handle(msg);
             }
         }
+        stop_serving.cancel();
+        let _ = serving.await;
+        let _ = std::fs::remove_file(&self.config.socket_path);
         Ok(())
     }
 }

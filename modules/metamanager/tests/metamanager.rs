@@ -206,6 +206,7 @@ fn bed() -> Bed {
     let db = dir.path().join("edge.db");
     let config = MetaManagerConfig {
         db_path: db.clone(),
+        socket_path: dir.path().join("mm.sock"),
         remote_query_timeout_ms: 300,
         ..MetaManagerConfig::default()
     };

@@ -1,0 +1,335 @@
+//! The local socket edgemesh reads metadata from (protocol in [`proto::meta_socket`]).
+//!
+//! Each connection has a reader (requests, answered in order), a writer, and one forwarder
+//! per watch. Everything a connection may queue is bounded: a watcher that stops reading
+//! fills its buffers and is disconnected — by the store when its change buffer overflows, or
+//! by its forwarder when the socket accepts nothing for the stall timeout — while the store
+//! and every other client go on.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use beehive::Context;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use proto::meta_socket::{self, ALL_NAMESPACES, PING, WATCH, WATCH_SYNCED};
+use proto::{Content, Message, ResourcePath, ResourceType, Route, operation};
+use serde_json::Value;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MetaManagerConfig;
+use crate::error::{Error, Result};
+use crate::module::MODULE;
+use crate::store::{Event, Filter, Row, Store};
+
+/// Frames a connection may have queued for its writer.
+const OUTBOUND_FRAMES: usize = 256;
+
+/// Binds the socket at `path` with mode 0600: the parent folder is created, a stale socket
+/// file (no server behind it) is replaced, and a live one is an error. The socket is bound
+/// under a temporary name, restricted, then renamed into place, so it is never reachable
+/// with wider permissions.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running server", path.display()),
+                )));
+            }
+            log::info!("replacing stale socket {}", path.display());
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(listener)
+}
+
+/// What every connection shares.
+pub struct Server {
+    store: Store,
+    /// The bus, to ask metamanager (and through it the cloud) about objects the store lacks.
+    ctx: Option<Context>,
+    max_frame_len: usize,
+    watch_buffer: usize,
+    stall: Duration,
+    remote_timeout: Duration,
+}
+
+impl Server {
+    /// A server for `store`; with `ctx`, a get that misses is asked of the metaManager module
+    /// (which asks the cloud when it is reachable).
+    pub fn new(store: Store, ctx: Option<Context>, config: &MetaManagerConfig) -> Arc<Self> {
+        Arc::new(Server {
+            store,
+            ctx,
+            max_frame_len: config.max_frame_len,
+            watch_buffer: config.watch_buffer,
+            stall: Duration::from_millis(config.watch_stall_timeout_ms),
+            remote_timeout: Duration::from_millis(config.remote_query_timeout_ms),
+        })
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then closes them all.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let server = self.clone();
+                        let close = shutdown.child_token();
+                        tokio::spawn(async move { server.connection(stream, close).await });
+                    }
+                    Err(e) => {
+                        log::warn!("metamanager socket accept failed: {e}");
+                        // Out of descriptors and the like: pause instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: UnixStream, close: CancellationToken) {
+        let (rd, wr) = stream.into_split();
+        let mut reader = FramedRead::new(rd, meta_socket::codec(self.max_frame_len));
+        let mut writer = FramedWrite::new(wr, meta_socket::codec(self.max_frame_len));
+        let (out, mut out_rx) = mpsc::channel::<Bytes>(OUTBOUND_FRAMES);
+        let writer_close = close.clone();
+        let writer_task = tokio::spawn(async move {
+            while let Some(frame) = tokio::select! {
+                () = writer_close.cancelled() => None,
+                f = out_rx.recv() => f,
+            } {
+                let sent = tokio::select! {
+                    () = writer_close.cancelled() => break,
+                    r = writer.send(frame) => r,
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+            writer_close.cancel();
+        });
+        loop {
+            let frame = tokio::select! {
+                () = close.cancelled() => break,
+                f = reader.next() => f,
+            };
+            match frame {
+                None => break,
+                Some(Err(e)) => {
+                    log::warn!("metamanager socket: closing a connection that sent a bad frame: {e}");
+                    break;
+                }
+                Some(Ok(bytes)) => {
+                    if !self.request(&bytes, &out, &close).await {
+                        break;
+                    }
+                }
+            }
+        }
+        // Let queued answers go out unless the connection is being torn down.
+        drop(out);
+        let _ = writer_task.await;
+        close.cancel();
+    }
+
+    /// Answers one request; false when the connection is gone.
+    async fn request(&self, bytes: &[u8], out: &mpsc::Sender<Bytes>, close: &CancellationToken) -> bool {
+        let req = match Message::from_json(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                let reply = Message::new(
+                    Route::new(MODULE, "meta", operation::ERROR, ""),
+                    Content::text(format!("malformed request: {e}")),
+                );
+                return send(out, &reply).await;
+            }
+        };
+        let reply = match req.operation() {
+            PING => Message::reply(&req, "pong"),
+            operation::QUERY => match self.query(&req).await {
+                Ok(v) => Message::reply(&req, Content::Json(v)),
+                Err(e) => Message::error_reply(&req, e),
+            },
+            WATCH => match self.watch(&req, out, close).await {
+                Ok(()) => return true,
+                Err(e) => Message::error_reply(&req, e),
+            },
+            other => Message::error_reply(&req, format!("unsupported operation {other:?}")),
+        };
+        send(out, &reply).await
+    }
+
+    async fn query(&self, req: &Message) -> Result<Value, String> {
+        let target = Target::parse(req.resource())?;
+        match target {
+            Target::One(path) => {
+                let key = path.to_string();
+                match self.store.get(&key).await.map_err(|e| e.to_string())? {
+                    Some(row) => Ok(value(&row)),
+                    None => Ok(self.ask_bus(&key).await),
+                }
+            }
+            Target::Many(filter) => {
+                let rows = self.store.list(filter).await.map_err(|e| e.to_string())?;
+                Ok(Value::Array(rows.iter().map(value).collect()))
+            }
+        }
+    }
+
+    /// Asks the metaManager module for a key the store lacks: it queries the cloud when the
+    /// link is up. Anything but an object means "absent" (null).
+    async fn ask_bus(&self, key: &str) -> Value {
+        let Some(ctx) = &self.ctx else {
+            return Value::Null;
+        };
+        let ask = Message::new(
+            Route::new("metaSocket", "meta", operation::QUERY, key),
+            Content::default(),
+        );
+        match ctx.send_sync(MODULE, ask, self.remote_timeout + Duration::from_secs(1)).await {
+            Ok(reply) if reply.operation() == operation::RESPONSE => match reply.content {
+                Content::Json(v) => v,
+                Content::Bytes(_) => Value::Null,
+            },
+            Ok(reply) => {
+                log::debug!("{key}: {}", reply.content.as_str().unwrap_or("not found"));
+                Value::Null
+            }
+            Err(e) => {
+                log::warn!("{key}: asking metaManager failed: {e}");
+                Value::Null
+            }
+        }
+    }
+
+    async fn watch(&self, req: &Message, out: &mpsc::Sender<Bytes>, close: &CancellationToken) -> Result<(), String> {
+        let Target::Many(filter) = Target::parse(req.resource())? else {
+            return Err("a watch names a type, not one object".into());
+        };
+        let (tx, mut rx) = mpsc::channel(self.watch_buffer);
+        let rows = self.store.watch(filter, tx).await.map_err(|e| e.to_string())?;
+        for row in &rows {
+            let msg = stream_message(req, operation::INSERT, row);
+            if !send(out, &msg).await {
+                return Ok(());
+            }
+        }
+        let mut synced = Message::reply(req, Content::default());
+        synced.route.operation = WATCH_SYNCED.into();
+        if !send(out, &synced).await {
+            return Ok(());
+        }
+        let (req, out, close, stall) = (req.clone(), out.clone(), close.clone(), self.stall);
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = close.cancelled() => return,
+                    e = rx.recv() => e,
+                };
+                let Some(event) = event else {
+                    log::warn!("metamanager socket: watcher {} fell behind; disconnecting it", req.id());
+                    let bye = Message::error_reply(&req, "watch buffer overflowed: list again");
+                    if let Ok(json) = bye.to_json_vec() {
+                        let _ = out.try_send(Bytes::from(json));
+                    }
+                    close.cancel();
+                    return;
+                };
+                let (op, row) = match &event {
+                    Event::Inserted(r) => (operation::INSERT, r),
+                    Event::Updated(r) => (operation::UPDATE, r),
+                    Event::Deleted(r) => (operation::DELETE, r),
+                };
+                let msg = stream_message(&req, op, row);
+                let Ok(json) = msg.to_json_vec() else { continue };
+                let sent = tokio::select! {
+                    () = close.cancelled() => return,
+                    r = tokio::time::timeout(stall, out.send(Bytes::from(json))) => r,
+                };
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        log::warn!("metamanager socket: watcher {} stopped reading for {stall:?}; disconnecting it", req.id());
+                        close.cancel();
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// What a query or watch resource names.
+enum Target {
+    One(ResourcePath),
+    Many(Filter),
+}
+
+impl Target {
+    fn parse(resource: &str) -> Result<Target, String> {
+        if let Some(kind) = resource.strip_prefix(ALL_NAMESPACES).and_then(|r| r.strip_prefix('/')) {
+            let kind = ResourceType::parse(kind).ok_or_else(|| format!("unknown resource type in {resource:?}"))?;
+            return Ok(Target::Many(Filter {
+                kind: Some(kind.element()),
+                namespace: None,
+            }));
+        }
+        let path = ResourcePath::parse_edge(resource).map_err(|e| e.to_string())?;
+        Ok(match path.name {
+            Some(_) if !path.kind.is_list() => Target::One(path),
+            _ => Target::Many(Filter {
+                kind: Some(path.kind.element()),
+                namespace: Some(path.namespace.to_string()),
+            }),
+        })
+    }
+}
+
+fn stream_message(req: &Message, op: &str, row: &Row) -> Message {
+    let mut msg = Message::reply(req, Content::Json(value(row)));
+    msg.route = Route::new(MODULE, "meta", op, row.key.as_str());
+    msg
+}
+
+fn value(row: &Row) -> Value {
+    serde_json::from_str(&row.value).unwrap_or_else(|_| Value::String(row.value.clone()))
+}
+
+async fn send(out: &mpsc::Sender<Bytes>, msg: &Message) -> bool {
+    match msg.to_json_vec() {
+        Ok(json) => out.send(Bytes::from(json)).await.is_ok(),
+        Err(e) => {
+            log::error!("cannot encode a reply: {e}");
+            true
+        }
+    }
+}
