@@ -52,7 +52,10 @@ impl MetaClient {
     pub async fn connect(path: impl AsRef<Path>, timeout: Duration) -> Result<Self> {
         let stream = UnixStream::connect(path).await?;
         Ok(MetaClient {
-            framed: Framed::new(stream, meta_socket::codec(meta_socket::DEFAULT_MAX_FRAME_LEN)),
+            framed: Framed::new(
+                stream,
+                meta_socket::codec(meta_socket::DEFAULT_MAX_FRAME_LEN),
+            ),
             timeout,
         })
     }
@@ -85,19 +88,33 @@ impl MetaClient {
     }
 
     /// One object, or `None` when neither the store nor (when reachable) the cloud has it.
-    pub async fn get(&mut self, namespace: &str, kind: ResourceType, name: &str) -> Result<Option<Value>> {
+    pub async fn get(
+        &mut self,
+        namespace: &str,
+        kind: ResourceType,
+        name: &str,
+    ) -> Result<Option<Value>> {
         let reply = self
-            .call(request(operation::QUERY, format!("{namespace}/{kind}/{name}")))
+            .call(request(
+                operation::QUERY,
+                format!("{namespace}/{kind}/{name}"),
+            ))
             .await?;
         Ok(match reply.content {
             Content::Json(Value::Null) => None,
             Content::Json(v) => Some(v),
-            Content::Bytes(_) => return Err(ClientError::Protocol("bytes in a query answer".into())),
+            Content::Bytes(_) => {
+                return Err(ClientError::Protocol("bytes in a query answer".into()));
+            }
         })
     }
 
     /// Every object of `kind` in `namespace` (`None`: every namespace), ordered by key.
-    pub async fn list(&mut self, namespace: Option<&str>, kind: ResourceType) -> Result<Vec<Value>> {
+    pub async fn list(
+        &mut self,
+        namespace: Option<&str>,
+        kind: ResourceType,
+    ) -> Result<Vec<Value>> {
         let reply = self
             .call(request(operation::QUERY, list_resource(namespace, kind)))
             .await?;
@@ -184,7 +201,11 @@ impl Watch {
                         return WatchEvent::Init;
                     }
                     Err(e) => {
-                        log::warn!("metamanager watch {}: {e}; retrying in {:?}", self.resource, self.backoff);
+                        log::warn!(
+                            "metamanager watch {}: {e}; retrying in {:?}",
+                            self.resource,
+                            self.backoff
+                        );
                         tokio::time::sleep(self.backoff).await;
                         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                         continue;
@@ -199,7 +220,10 @@ impl Watch {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    log::warn!("metamanager watch {} lost: {e}; reconnecting", self.resource);
+                    log::warn!(
+                        "metamanager watch {} lost: {e}; reconnecting",
+                        self.resource
+                    );
                     self.conn = None;
                 }
             }
@@ -208,7 +232,10 @@ impl Watch {
 
     async fn open(&self) -> Result<WatchConn> {
         let stream = UnixStream::connect(&self.path).await?;
-        let mut framed = Framed::new(stream, meta_socket::codec(meta_socket::DEFAULT_MAX_FRAME_LEN));
+        let mut framed = Framed::new(
+            stream,
+            meta_socket::codec(meta_socket::DEFAULT_MAX_FRAME_LEN),
+        );
         let req = request(WATCH, self.resource.clone());
         send(&mut framed, &req).await?;
         Ok(WatchConn {
@@ -233,7 +260,10 @@ impl Watch {
             operation::INSERT | operation::UPDATE => WatchEvent::Apply(key, value),
             operation::DELETE => WatchEvent::Delete(key, value),
             operation::ERROR => {
-                log::warn!("metamanager ended the watch: {}", value.as_str().unwrap_or(""));
+                log::warn!(
+                    "metamanager ended the watch: {}",
+                    value.as_str().unwrap_or("")
+                );
                 return None;
             }
             _ => return None,

@@ -68,7 +68,10 @@ impl Module for MetaManager {
         });
         // The socket serves what the store holds from the start, before any cloud link.
         let listener = server::bind(&self.config.socket_path)?;
-        log::info!("metamanager socket at {}", self.config.socket_path.display());
+        log::info!(
+            "metamanager socket at {}",
+            self.config.socket_path.display()
+        );
         let stop_serving = CancellationToken::new();
         let server = Server::new(self.store.clone(), Some(ctx.clone()), &self.config);
         let serving = tokio::spawn(server.serve(listener, stop_serving.clone()));

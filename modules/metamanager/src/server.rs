@@ -143,7 +143,9 @@ impl Server {
             match frame {
                 None => break,
                 Some(Err(e)) => {
-                    log::warn!("metamanager socket: closing a connection that sent a bad frame: {e}");
+                    log::warn!(
+                        "metamanager socket: closing a connection that sent a bad frame: {e}"
+                    );
                     break;
                 }
                 Some(Ok(bytes)) => {
@@ -160,7 +162,12 @@ impl Server {
     }
 
     /// Answers one request; false when the connection is gone.
-    async fn request(&self, bytes: &[u8], out: &mpsc::Sender<Bytes>, close: &CancellationToken) -> bool {
+    async fn request(
+        &self,
+        bytes: &[u8],
+        out: &mpsc::Sender<Bytes>,
+        close: &CancellationToken,
+    ) -> bool {
         let req = match Message::from_json(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -213,7 +220,10 @@ impl Server {
             Route::new("metaSocket", "meta", operation::QUERY, key),
             Content::default(),
         );
-        match ctx.send_sync(MODULE, ask, self.remote_timeout + Duration::from_secs(1)).await {
+        match ctx
+            .send_sync(MODULE, ask, self.remote_timeout + Duration::from_secs(1))
+            .await
+        {
             Ok(reply) if reply.operation() == operation::RESPONSE => match reply.content {
                 Content::Json(v) => v,
                 Content::Bytes(_) => Value::Null,
@@ -229,12 +239,21 @@ impl Server {
         }
     }
 
-    async fn watch(&self, req: &Message, out: &mpsc::Sender<Bytes>, close: &CancellationToken) -> Result<(), String> {
+    async fn watch(
+        &self,
+        req: &Message,
+        out: &mpsc::Sender<Bytes>,
+        close: &CancellationToken,
+    ) -> Result<(), String> {
         let Target::Many(filter) = Target::parse(req.resource())? else {
             return Err("a watch names a type, not one object".into());
         };
         let (tx, mut rx) = mpsc::channel(self.watch_buffer);
-        let rows = self.store.watch(filter, tx).await.map_err(|e| e.to_string())?;
+        let rows = self
+            .store
+            .watch(filter, tx)
+            .await
+            .map_err(|e| e.to_string())?;
         for row in &rows {
             let msg = stream_message(req, operation::INSERT, row);
             if !send(out, &msg).await {
@@ -254,7 +273,10 @@ impl Server {
                     e = rx.recv() => e,
                 };
                 let Some(event) = event else {
-                    log::warn!("metamanager socket: watcher {} fell behind; disconnecting it", req.id());
+                    log::warn!(
+                        "metamanager socket: watcher {} fell behind; disconnecting it",
+                        req.id()
+                    );
                     let bye = Message::error_reply(&req, "watch buffer overflowed: list again");
                     if let Ok(json) = bye.to_json_vec() {
                         let _ = out.try_send(Bytes::from(json));
@@ -268,7 +290,9 @@ impl Server {
                     Event::Deleted(r) => (operation::DELETE, r),
                 };
                 let msg = stream_message(&req, op, row);
-                let Ok(json) = msg.to_json_vec() else { continue };
+                let Ok(json) = msg.to_json_vec() else {
+                    continue;
+                };
                 let sent = tokio::select! {
                     () = close.cancelled() => return,
                     r = tokio::time::timeout(stall, out.send(Bytes::from(json))) => r,
@@ -277,7 +301,10 @@ impl Server {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => {
-                        log::warn!("metamanager socket: watcher {} stopped reading for {stall:?}; disconnecting it", req.id());
+                        log::warn!(
+                            "metamanager socket: watcher {} stopped reading for {stall:?}; disconnecting it",
+                            req.id()
+                        );
                         close.cancel();
                         return;
                     }
@@ -296,8 +323,12 @@ enum Target {
 
 impl Target {
     fn parse(resource: &str) -> Result<Target, String> {
-        if let Some(kind) = resource.strip_prefix(ALL_NAMESPACES).and_then(|r| r.strip_prefix('/')) {
-            let kind = ResourceType::parse(kind).ok_or_else(|| format!("unknown resource type in {resource:?}"))?;
+        if let Some(kind) = resource
+            .strip_prefix(ALL_NAMESPACES)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            let kind = ResourceType::parse(kind)
+                .ok_or_else(|| format!("unknown resource type in {resource:?}"))?;
             return Ok(Target::Many(Filter {
                 kind: Some(kind.element()),
                 namespace: None,
