@@ -155,21 +155,17 @@ impl Handler {
         };
         let answer = if path.name.is_some() && !path.kind.is_list() {
             let key = path.to_string();
-            match self.store.get(&key).await {
-                Ok(Some(row)) => Ok(row_value(&row)),
-                Ok(None) => self.remote_query(&msg, &path).await,
-                Err(e) => Err(e.to_string()),
+            match self.store.get(&key) {
+                Some(row) => Ok(row_value(&row)),
+                None => self.remote_query(&msg, &path).await,
             }
         } else {
             let filter = Filter {
                 kind: Some(path.kind.element()),
                 namespace: Some(path.namespace.to_string()),
             };
-            self.store
-                .list(filter)
-                .await
-                .map(|rows| Value::Array(rows.iter().map(row_value).collect()))
-                .map_err(|e| e.to_string())
+            let rows = self.store.list(&filter);
+            Ok(Value::Array(rows.iter().map(|r| row_value(r)).collect()))
         };
         match answer {
             Ok(v) => self.succeed(&msg, Content::Json(v)),

@@ -198,14 +198,14 @@ impl Server {
         match target {
             Target::One(path) => {
                 let key = path.to_string();
-                match self.store.get(&key).await.map_err(|e| e.to_string())? {
+                match self.store.get(&key) {
                     Some(row) => Ok(value(&row)),
                     None => Ok(self.ask_bus(&key).await),
                 }
             }
             Target::Many(filter) => {
-                let rows = self.store.list(filter).await.map_err(|e| e.to_string())?;
-                Ok(Value::Array(rows.iter().map(value).collect()))
+                let rows = self.store.list(&filter);
+                Ok(Value::Array(rows.iter().map(|r| value(r)).collect()))
             }
         }
     }

@@ -1,18 +1,24 @@
-//! The SQLite store, owned by one worker thread.
+//! The SQLite store, owned by one worker thread, with an in-memory copy for readers.
 //!
-//! Callers (async tasks) send commands over a crossbeam channel and await a oneshot reply, so
+//! Writers (async tasks) send commands over a crossbeam channel and await a oneshot reply, so
 //! no task ever blocks on SQLite. The worker takes whatever commands are queued (up to
 //! [`MAX_BATCH`]) and runs them in one transaction: under load, many writes share one commit
-//! and one fsync. Replies — and with them the cloud's ACKs — go out only after the commit, and
-//! watchers get the committed changes in commit order.
+//! and one fsync. After the commit it updates the in-memory copy, then replies (and with them
+//! the cloud's ACKs go out), then hands the changes to watchers in commit order.
+//!
+//! Readers never touch SQLite: `get` and `list` read the in-memory copy of what is committed
+//! (one writer, many cheap readers), so a lookup costs a map access, not a trip to the
+//! worker. The copy is loaded from the file at open, which is also what serves a restarted
+//! node at once.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use proto::ResourceType;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -30,6 +36,8 @@ pub struct Row {
     pub kind: String,
     /// The object's JSON text.
     pub value: String,
+    /// The object's Kubernetes resourceVersion, when it has one.
+    pub resource_version: Option<String>,
 }
 
 /// What one change did.
@@ -86,19 +94,17 @@ impl Filter {
 
 enum Command {
     Apply(Vec<Change>, oneshot::Sender<Result<Vec<Outcome>>>),
-    Get(String, oneshot::Sender<Result<Option<Row>>>),
-    List(Filter, oneshot::Sender<Result<Vec<Row>>>),
-    Watch(
-        Filter,
-        mpsc::Sender<Event>,
-        oneshot::Sender<Result<Vec<Row>>>,
-    ),
+    Watch(Filter, mpsc::Sender<Event>, oneshot::Sender<Result<Vec<Arc<Row>>>>),
 }
+
+/// Committed rows by key; written only by the worker, after each commit.
+type Snapshot = Arc<RwLock<BTreeMap<String, Arc<Row>>>>;
 
 /// A cheap handle on the store; the worker stops when the last handle is dropped.
 #[derive(Clone)]
 pub struct Store {
     tx: Sender<Command>,
+    rows: Snapshot,
     worker: Arc<Worker>,
 }
 
@@ -108,7 +114,7 @@ struct Worker {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and starts the worker thread.
+    /// Opens (creating if needed) the database at `path`, loads it, and starts the worker.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
@@ -122,12 +128,31 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, type TEXT NOT NULL, value TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS meta_type ON meta(type, key);",
         )?;
+        let mut rows = BTreeMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT key, type, value FROM meta")?;
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                let value: String = r.get(2)?;
+                let row = Row {
+                    key: r.get(0)?,
+                    kind: r.get(1)?,
+                    resource_version: stored_version(&value),
+                    value,
+                };
+                rows.insert(row.key.clone(), Arc::new(row));
+            }
+        }
+        log::info!("metadata store {} holds {} object(s)", path.display(), rows.len());
+        let rows: Snapshot = Arc::new(RwLock::new(rows));
         let (tx, rx) = crossbeam_channel::unbounded();
+        let worker_rows = rows.clone();
         let thread = std::thread::Builder::new()
             .name("metamanager-store".into())
-            .spawn(move || run(conn, rx))?;
+            .spawn(move || run(conn, rx, worker_rows))?;
         Ok(Store {
             tx,
+            rows,
             worker: Arc::new(Worker {
                 path: path.to_owned(),
                 thread: std::sync::Mutex::new(Some(thread)),
@@ -167,15 +192,24 @@ impl Store {
         self.call(|r| Command::Apply(changes, r))
     }
 
-    /// One row by key.
-    pub fn get(&self, key: &str) -> impl Future<Output = Result<Option<Row>>> + Send + 'static {
-        let key = key.to_owned();
-        self.call(|r| Command::Get(key, r))
+    /// One committed row by key.
+    pub fn get(&self, key: &str) -> Option<Arc<Row>> {
+        read(&self.rows).get(key).cloned()
     }
 
-    /// Rows matching `filter`, ordered by key.
-    pub fn list(&self, filter: Filter) -> impl Future<Output = Result<Vec<Row>>> + Send + 'static {
-        self.call(|r| Command::List(filter, r))
+    /// Committed rows matching `filter`, ordered by key.
+    pub fn list(&self, filter: &Filter) -> Vec<Arc<Row>> {
+        list(&self.rows, filter)
+    }
+
+    /// Number of committed rows.
+    pub fn len(&self) -> usize {
+        read(&self.rows).len()
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The rows matching `filter` now, and from then on every committed change to them on
@@ -185,13 +219,13 @@ impl Store {
         &self,
         filter: Filter,
         events: mpsc::Sender<Event>,
-    ) -> impl Future<Output = Result<Vec<Row>>> + Send + 'static {
+    ) -> impl Future<Output = Result<Vec<Arc<Row>>>> + Send + 'static {
         self.call(|r| Command::Watch(filter, events, r))
     }
 
     /// Stops the worker after the queued commands and waits for it.
     pub fn close(self) {
-        let Store { tx, worker } = self;
+        let Store { tx, worker, .. } = self;
         drop(tx);
         if let Ok(mut thread) = worker.thread.lock()
             && let Some(t) = thread.take()
@@ -206,12 +240,36 @@ impl Store {
     }
 }
 
+/// The snapshot holds no invariant a panicking holder could break.
+fn read(rows: &Snapshot) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Row>>> {
+    rows.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn list(rows: &Snapshot, filter: &Filter) -> Vec<Arc<Row>> {
+    let rows = read(rows);
+    match (&filter.kind, &filter.namespace) {
+        // Keys of one namespace and type share the prefix `ns/type/`.
+        (Some(kind), Some(ns)) => {
+            let prefix = format!("{ns}/{kind}/");
+            rows.range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, r)| r.clone())
+                .collect()
+        }
+        _ => rows
+            .values()
+            .filter(|r| filter.matches(r))
+            .cloned()
+            .collect(),
+    }
+}
+
 struct Watcher {
     filter: Filter,
     tx: mpsc::Sender<Event>,
 }
 
-fn run(mut conn: Connection, rx: Receiver<Command>) {
+fn run(mut conn: Connection, rx: Receiver<Command>, rows: Snapshot) {
     let mut watchers: Vec<Watcher> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -222,73 +280,58 @@ fn run(mut conn: Connection, rx: Receiver<Command>) {
         for cmd in batch {
             match cmd {
                 Command::Watch(filter, events, reply) => {
-                    run_segment(&mut conn, std::mem::take(&mut segment), &mut watchers);
-                    let rows = list(&conn, &filter);
-                    if rows.is_ok() {
-                        watchers.push(Watcher { filter, tx: events });
-                    }
-                    let _ = reply.send(rows);
+                    run_segment(&mut conn, &rows, std::mem::take(&mut segment), &mut watchers);
+                    let initial = list(&rows, &filter);
+                    watchers.push(Watcher { filter, tx: events });
+                    let _ = reply.send(Ok(initial));
                 }
-                other => segment.push(other),
+                Command::Apply(changes, reply) => segment.push((changes, reply)),
             }
         }
-        run_segment(&mut conn, segment, &mut watchers);
+        run_segment(&mut conn, &rows, segment, &mut watchers);
     }
     log::debug!("store worker stopped");
 }
 
-enum Reply {
-    Apply(oneshot::Sender<Result<Vec<Outcome>>>, Result<Vec<Outcome>>),
-    Get(oneshot::Sender<Result<Option<Row>>>, Result<Option<Row>>),
-    List(oneshot::Sender<Result<Vec<Row>>>, Result<Vec<Row>>),
-}
+/// Rows written in the current transaction, over the committed snapshot (`None`: deleted).
+type Overlay = HashMap<String, Option<Arc<Row>>>;
 
-fn run_segment(conn: &mut Connection, cmds: Vec<Command>, watchers: &mut Vec<Watcher>) {
+type Applies = Vec<(Vec<Change>, oneshot::Sender<Result<Vec<Outcome>>>)>;
+
+fn run_segment(conn: &mut Connection, rows: &Snapshot, cmds: Applies, watchers: &mut Vec<Watcher>) {
     if cmds.is_empty() {
         return;
     }
-    let mut replies = Vec::with_capacity(cmds.len());
+    let mut results = Vec::with_capacity(cmds.len());
     let mut events = Vec::new();
+    let mut overlay = Overlay::new();
     let committed = (|| -> Result<()> {
         let mut tx = conn.transaction()?;
-        for cmd in cmds {
-            match cmd {
-                Command::Apply(changes, reply) => {
-                    let result = apply(&mut tx, changes, &mut events);
-                    replies.push(Reply::Apply(reply, result));
-                }
-                Command::Get(key, reply) => replies.push(Reply::Get(reply, get(&tx, &key))),
-                Command::List(filter, reply) => {
-                    replies.push(Reply::List(reply, list(&tx, &filter)))
-                }
-                Command::Watch(..) => unreachable!("watches are split out of segments"),
-            }
+        for (changes, reply) in cmds {
+            let result = apply(&mut tx, rows, &mut overlay, changes, &mut events);
+            results.push((reply, result));
         }
         tx.commit()?;
         Ok(())
     })();
     if let Err(e) = committed {
-        log::error!(
-            "store commit failed, {} command(s) answered with an error: {e}",
-            replies.len()
-        );
-        let msg = e.to_string();
-        let fail = || Error::BadRequest(format!("commit failed: {msg}"));
-        for reply in replies {
-            match reply {
-                Reply::Apply(r, _) => drop(r.send(Err(fail()))),
-                Reply::Get(r, _) => drop(r.send(Err(fail()))),
-                Reply::List(r, _) => drop(r.send(Err(fail()))),
-            }
+        log::error!("store commit failed, {} write(s) answered with an error: {e}", results.len());
+        for (reply, _) in results {
+            let _ = reply.send(Err(Error::BadRequest(format!("commit failed: {e}"))));
         }
         return;
     }
-    for reply in replies {
-        match reply {
-            Reply::Apply(r, v) => drop(r.send(v)),
-            Reply::Get(r, v) => drop(r.send(v)),
-            Reply::List(r, v) => drop(r.send(v)),
+    {
+        let mut snapshot = rows.write().unwrap_or_else(|p| p.into_inner());
+        for (key, row) in overlay {
+            match row {
+                Some(row) => snapshot.insert(key, row),
+                None => snapshot.remove(&key),
+            };
         }
+    }
+    for (reply, result) in results {
+        let _ = reply.send(result);
     }
     publish(watchers, events);
 }
@@ -311,31 +354,49 @@ fn publish(watchers: &mut Vec<Watcher>, events: Vec<Event>) {
     }
 }
 
-/// Applies one command's changes under a savepoint, so a failing change undoes the whole
-/// command and nothing else in the batch.
+/// Applies one command's changes atomically: a failing change undoes the whole command and
+/// nothing else in the batch (a savepoint when there is more than one statement).
 fn apply(
     tx: &mut Transaction<'_>,
+    rows: &Snapshot,
+    overlay: &mut Overlay,
     changes: Vec<Change>,
     events: &mut Vec<Event>,
 ) -> Result<Vec<Outcome>> {
-    let sp = tx.savepoint()?;
+    let mut local = Overlay::new();
     let mut outcomes = Vec::with_capacity(changes.len());
     let mut new_events = Vec::new();
-    for change in changes {
-        let (outcome, event) = apply_one(&sp, change)?;
-        outcomes.push(outcome);
-        new_events.extend(event);
+    if changes.len() == 1 {
+        for change in changes {
+            let (outcome, event) = apply_one(tx, rows, overlay, &mut local, change)?;
+            outcomes.push(outcome);
+            new_events.extend(event);
+        }
+    } else {
+        let sp = tx.savepoint()?;
+        for change in changes {
+            let (outcome, event) = apply_one(&sp, rows, overlay, &mut local, change)?;
+            outcomes.push(outcome);
+            new_events.extend(event);
+        }
+        sp.commit()?;
     }
-    sp.commit()?;
+    overlay.extend(local);
     events.extend(new_events);
     Ok(outcomes)
 }
 
-fn apply_one(conn: &Connection, change: Change) -> Result<(Outcome, Option<Event>)> {
-    let existing: Option<String> = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([&change.key], |r| r.get(0))
-        .optional()?;
+fn apply_one(
+    conn: &Connection,
+    rows: &Snapshot,
+    overlay: &Overlay,
+    local: &mut Overlay,
+    change: Change,
+) -> Result<(Outcome, Option<Event>)> {
+    let existing = match local.get(&change.key).or_else(|| overlay.get(&change.key)) {
+        Some(row) => row.clone(),
+        None => read(rows).get(&change.key).cloned(),
+    };
     let kind = change.kind.as_str().to_owned();
     let Some(value) = change.value else {
         let Some(old) = existing else {
@@ -343,74 +404,29 @@ fn apply_one(conn: &Connection, change: Change) -> Result<(Outcome, Option<Event
         };
         conn.prepare_cached("DELETE FROM meta WHERE key = ?1")?
             .execute([&change.key])?;
-        let row = Row {
-            key: change.key,
-            kind,
-            value: old,
-        };
-        return Ok((Outcome::Deleted, Some(Event::Deleted(Arc::new(row)))));
+        local.insert(change.key, None);
+        return Ok((Outcome::Deleted, Some(Event::Deleted(old))));
     };
     if let (Some(incoming), Some(old)) = (&change.resource_version, &existing)
-        && let Some(stored) = stored_version(old)
-        && is_older(incoming, &stored)
+        && let Some(stored) = &old.resource_version
+        && is_older(incoming, stored)
     {
-        log::debug!(
-            "ignoring {} at version {incoming}: {stored} is stored",
-            change.key
-        );
+        log::debug!("ignoring {} at version {incoming}: {stored} is stored", change.key);
         return Ok((Outcome::Ignored, None));
     }
     let text = value.to_string();
     conn.prepare_cached("INSERT OR REPLACE INTO meta(key, type, value) VALUES (?1, ?2, ?3)")?
         .execute(params![change.key, kind, text])?;
     let row = Arc::new(Row {
-        key: change.key,
+        key: change.key.clone(),
         kind,
         value: text,
+        resource_version: change.resource_version,
     });
+    local.insert(change.key, Some(row.clone()));
     Ok(if existing.is_some() {
         (Outcome::Updated, Some(Event::Updated(row)))
     } else {
         (Outcome::Inserted, Some(Event::Inserted(row)))
-    })
-}
-
-fn get(conn: &Connection, key: &str) -> Result<Option<Row>> {
-    Ok(conn
-        .prepare_cached("SELECT key, type, value FROM meta WHERE key = ?1")?
-        .query_row([key], row)
-        .optional()?)
-}
-
-fn list(conn: &Connection, filter: &Filter) -> Result<Vec<Row>> {
-    let rows = match (&filter.kind, &filter.namespace) {
-        (Some(kind), Some(ns)) => {
-            // Keys of one namespace and type share the prefix `ns/type/`; '0' follows '/'.
-            let lo = format!("{ns}/{kind}/");
-            let hi = format!("{ns}/{kind}0");
-            conn.prepare_cached(
-                "SELECT key, type, value FROM meta WHERE key >= ?1 AND key < ?2 ORDER BY key",
-            )?
-            .query_map([lo, hi], row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-        }
-        (Some(kind), None) => conn
-            .prepare_cached("SELECT key, type, value FROM meta WHERE type = ?1 ORDER BY key")?
-            .query_map([kind.as_str()], row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?,
-        (None, _) => conn
-            .prepare_cached("SELECT key, type, value FROM meta ORDER BY key")?
-            .query_map([], row)?
-            .filter(|r| r.as_ref().map_or(true, |r| filter.matches(r)))
-            .collect::<rusqlite::Result<Vec<_>>>()?,
-    };
-    Ok(rows)
-}
-
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok(Row {
-        key: r.get(0)?,
-        kind: r.get(1)?,
-        value: r.get(2)?,
     })
 }
