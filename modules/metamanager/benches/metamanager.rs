@@ -27,7 +27,7 @@ fn service(i: usize, rv: usize) -> Change {
             "spec": {"clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1),
                      "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
                      "selector": {"app": name}}
-        })),
+        }).to_string()),
         resource_version: Some(rv.to_string()),
     }
 }
@@ -38,7 +38,9 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
 
 fn direct_get_latency(db: &Path, n: usize) -> Histogram<u64> {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn.prepare("SELECT value FROM meta WHERE key = ?1").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT value FROM meta WHERE key = ?1")
+        .unwrap();
     let mut h = Histogram::new(3).unwrap();
     for i in 0..n {
         let key = format!("default/service/svc-{:05}", i % 1000);
@@ -51,12 +53,17 @@ fn direct_get_latency(db: &Path, n: usize) -> Histogram<u64> {
 }
 
 async fn socket_get_latency(sock: &Path, n: usize) -> Histogram<u64> {
-    let mut c = MetaClient::connect(sock, Duration::from_secs(5)).await.unwrap();
+    let mut c = MetaClient::connect(sock, Duration::from_secs(5))
+        .await
+        .unwrap();
     let mut h = Histogram::new(3).unwrap();
     for i in 0..n {
         let name = format!("svc-{:05}", i % 1000);
         let t = Instant::now();
-        c.get("default", ResourceType::Service, &name).await.unwrap().unwrap();
+        c.get("default", ResourceType::Service, &name)
+            .await
+            .unwrap()
+            .unwrap();
         h.record(t.elapsed().as_nanos() as u64).unwrap();
     }
     h
@@ -74,7 +81,8 @@ fn direct_upsert(db: &Path, rows: usize) -> f64 {
                 .unwrap();
             for &i in chunk {
                 let c = service(i, 1);
-                stmt.execute([&c.key, "service", &c.value.unwrap().to_string()]).unwrap();
+                stmt.execute([&c.key, "service", &c.value.unwrap()])
+                    .unwrap();
             }
         }
         tx.commit().unwrap();
@@ -82,22 +90,30 @@ fn direct_upsert(db: &Path, rows: usize) -> f64 {
     rows as f64 / t.elapsed().as_secs_f64()
 }
 
-async fn store_upsert_batched(store: &Store, rows: usize, rv: usize) -> f64 {
+/// `rows` upserts issued `per_call` changes per `apply`, with at most `window` calls in
+/// flight (as the bus handler issues them: the worker groups whatever is queued into one
+/// transaction while the caller prepares the next).
+async fn store_upsert(
+    store: &Store,
+    rows: usize,
+    rv: usize,
+    per_call: usize,
+    window: usize,
+) -> f64 {
     let t = Instant::now();
-    for chunk in (0..rows).collect::<Vec<_>>().chunks(1000) {
+    let mut in_flight = std::collections::VecDeque::<
+        tokio::task::JoinHandle<metamanager::Result<Vec<metamanager::Outcome>>>,
+    >::new();
+    for chunk in (0..rows).collect::<Vec<_>>().chunks(per_call) {
+        if in_flight.len() == window {
+            let oldest = in_flight.pop_front().unwrap();
+            oldest.await.unwrap().unwrap();
+        }
         let changes = chunk.iter().map(|&i| service(i, rv)).collect();
-        store.apply(changes).await.unwrap();
+        in_flight.push_back(tokio::spawn(store.apply(changes)));
     }
-    rows as f64 / t.elapsed().as_secs_f64()
-}
-
-/// One change per `apply`, many in flight (as the bus handler issues them): the worker
-/// groups whatever is queued into one transaction.
-async fn store_upsert_pipelined(store: &Store, rows: usize, rv: usize) -> f64 {
-    let t = Instant::now();
-    let pending: Vec<_> = (0..rows).map(|i| store.apply(vec![service(i, rv)])).collect();
-    for p in pending {
-        p.await.unwrap();
+    for p in in_flight {
+        p.await.unwrap().unwrap();
     }
     rows as f64 / t.elapsed().as_secs_f64()
 }
@@ -120,15 +136,39 @@ async fn main() {
 
     println!("upsert throughput, 100,000 service rows, synchronous=FULL");
     let direct = direct_upsert(&direct_db, 100_000);
-    let batched = store_upsert_batched(&store, 100_000, 1).await;
-    let pipelined = store_upsert_pipelined(&store, 100_000, 2).await;
-    println!("  rusqlite directly, 1,000 per transaction   {:>9.0} rows/s", direct);
-    println!("  Store::apply, 1,000 changes per call       {:>9.0} rows/s  ({:.2}x of direct)", batched, batched / direct);
-    println!("  Store::apply, 1 change per call, pipelined {:>9.0} rows/s  ({:.2}x of direct)", pipelined, pipelined / direct);
+    let serial = store_upsert(&store, 100_000, 1, 1000, 1).await;
+    let batched = store_upsert(&store, 100_000, 2, 1000, 4).await;
+    let pipelined = store_upsert(&store, 100_000, 3, 1, 1024).await;
+    println!(
+        "  rusqlite directly, 1,000 per transaction          {:>7.0} rows/s",
+        direct
+    );
+    println!(
+        "  Store::apply, 1,000 per call, one at a time       {:>7.0} rows/s  ({:.2}x of direct)",
+        serial,
+        serial / direct
+    );
+    println!(
+        "  Store::apply, 1,000 per call, 4 calls in flight   {:>7.0} rows/s  ({:.2}x of direct)",
+        batched,
+        batched / direct
+    );
+    println!(
+        "  Store::apply, 1 per call, 1,024 calls in flight   {:>7.0} rows/s  ({:.2}x of direct)",
+        pipelined,
+        pipelined / direct
+    );
 
     // Keep 1,000 services for the read benchmarks.
     store
-        .apply((1000..100_000).map(|i| Change { value: None, ..service(i, 3) }).collect())
+        .apply(
+            (1000..100_000)
+                .map(|i| Change {
+                    value: None,
+                    ..service(i, 4)
+                })
+                .collect(),
+        )
         .await
         .unwrap();
 
@@ -142,18 +182,36 @@ async fn main() {
     .unwrap();
     let socket = socket_get_latency(&config.socket_path, n).await;
     println!("get one service, {n} sequential calls");
-    println!("  rusqlite directly (+ JSON parse)  p50 {:>6.1} us  p99 {:>6.1} us", us(&direct, 0.5), us(&direct, 0.99));
-    println!("  over the socket                    p50 {:>6.1} us  p99 {:>6.1} us  ({:.1}x of direct at p50)", us(&socket, 0.5), us(&socket, 0.99), us(&socket, 0.5) / us(&direct, 0.5));
+    println!(
+        "  rusqlite directly (+ JSON parse)  p50 {:>6.1} us  p99 {:>6.1} us",
+        us(&direct, 0.5),
+        us(&direct, 0.99)
+    );
+    println!(
+        "  over the socket                    p50 {:>6.1} us  p99 {:>6.1} us  ({:.1}x of direct at p50)",
+        us(&socket, 0.5),
+        us(&socket, 0.99),
+        us(&socket, 0.5) / us(&direct, 0.5)
+    );
 
-    let mut c = MetaClient::connect(&config.socket_path, Duration::from_secs(5)).await.unwrap();
+    let mut c = MetaClient::connect(&config.socket_path, Duration::from_secs(5))
+        .await
+        .unwrap();
     let mut lists = Histogram::<u64>::new(3).unwrap();
     for _ in 0..50 {
         let t = Instant::now();
-        let all = c.list(Some("default"), ResourceType::Service).await.unwrap();
+        let all = c
+            .list(Some("default"), ResourceType::Service)
+            .await
+            .unwrap();
         assert_eq!(all.len(), 1000);
         lists.record(t.elapsed().as_nanos() as u64).unwrap();
     }
-    println!("list 1,000 services over the socket, 50 calls: p50 {:.2} ms  p99 {:.2} ms", us(&lists, 0.5) / 1e3, us(&lists, 0.99) / 1e3);
+    println!(
+        "list 1,000 services over the socket, 50 calls: p50 {:.2} ms  p99 {:.2} ms",
+        us(&lists, 0.5) / 1e3,
+        us(&lists, 0.99) / 1e3
+    );
 
     let mut watches = Vec::new();
     for _ in 0..10 {
@@ -181,6 +239,10 @@ async fn main() {
         }
         fanout.record(t.elapsed().as_nanos() as u64).unwrap();
     }
-    println!("one change committed and seen by all 10 watchers, 300 rounds: p50 {:.0} us  p99 {:.0} us", us(&fanout, 0.5), us(&fanout, 0.99));
+    println!(
+        "one change committed and seen by all 10 watchers, 300 rounds: p50 {:.0} us  p99 {:.0} us",
+        us(&fanout, 0.5),
+        us(&fanout, 0.99)
+    );
     stop.cancel();
 }

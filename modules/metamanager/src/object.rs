@@ -12,8 +12,9 @@ pub struct Change {
     pub key: String,
     /// `service`, `endpoints` or `pod`.
     pub kind: ResourceType,
-    /// The object to store; `None` deletes the row.
-    pub value: Option<Value>,
+    /// The object's JSON text; `None` deletes the row. Serialized by the caller, so the
+    /// store's single writer thread only writes.
+    pub value: Option<String>,
     /// The object's Kubernetes resourceVersion, when known.
     pub resource_version: Option<String>,
 }
@@ -83,7 +84,7 @@ fn one(
     Ok(Change {
         key,
         kind,
-        value: (!delete).then(|| object.clone()),
+        value: (!delete).then(|| object.to_string()),
         resource_version,
     })
 }

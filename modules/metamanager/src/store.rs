@@ -94,7 +94,11 @@ impl Filter {
 
 enum Command {
     Apply(Vec<Change>, oneshot::Sender<Result<Vec<Outcome>>>),
-    Watch(Filter, mpsc::Sender<Event>, oneshot::Sender<Result<Vec<Arc<Row>>>>),
+    Watch(
+        Filter,
+        mpsc::Sender<Event>,
+        oneshot::Sender<Result<Vec<Arc<Row>>>>,
+    ),
 }
 
 /// Committed rows by key; written only by the worker, after each commit.
@@ -143,7 +147,11 @@ impl Store {
                 rows.insert(row.key.clone(), Arc::new(row));
             }
         }
-        log::info!("metadata store {} holds {} object(s)", path.display(), rows.len());
+        log::info!(
+            "metadata store {} holds {} object(s)",
+            path.display(),
+            rows.len()
+        );
         let rows: Snapshot = Arc::new(RwLock::new(rows));
         let (tx, rx) = crossbeam_channel::unbounded();
         let worker_rows = rows.clone();
@@ -280,7 +288,12 @@ fn run(mut conn: Connection, rx: Receiver<Command>, rows: Snapshot) {
         for cmd in batch {
             match cmd {
                 Command::Watch(filter, events, reply) => {
-                    run_segment(&mut conn, &rows, std::mem::take(&mut segment), &mut watchers);
+                    run_segment(
+                        &mut conn,
+                        &rows,
+                        std::mem::take(&mut segment),
+                        &mut watchers,
+                    );
                     let initial = list(&rows, &filter);
                     watchers.push(Watcher { filter, tx: events });
                     let _ = reply.send(Ok(initial));
@@ -315,7 +328,10 @@ fn run_segment(conn: &mut Connection, rows: &Snapshot, cmds: Applies, watchers: 
         Ok(())
     })();
     if let Err(e) = committed {
-        log::error!("store commit failed, {} write(s) answered with an error: {e}", results.len());
+        log::error!(
+            "store commit failed, {} write(s) answered with an error: {e}",
+            results.len()
+        );
         for (reply, _) in results {
             let _ = reply.send(Err(Error::BadRequest(format!("commit failed: {e}"))));
         }
@@ -411,10 +427,13 @@ fn apply_one(
         && let Some(stored) = &old.resource_version
         && is_older(incoming, stored)
     {
-        log::debug!("ignoring {} at version {incoming}: {stored} is stored", change.key);
+        log::debug!(
+            "ignoring {} at version {incoming}: {stored} is stored",
+            change.key
+        );
         return Ok((Outcome::Ignored, None));
     }
-    let text = value.to_string();
+    let text = value;
     conn.prepare_cached("INSERT OR REPLACE INTO meta(key, type, value) VALUES (?1, ?2, ?3)")?
         .execute(params![change.key, kind, text])?;
     let row = Arc::new(Row {

@@ -20,7 +20,7 @@ fn upsert(name: &str, rv: &str, ip: &str) -> Change {
     Change {
         key: format!("default/service/{name}"),
         kind: ResourceType::Service,
-        value: Some(svc(name, rv, ip)),
+        value: Some(svc(name, rv, ip).to_string()),
         resource_version: Some(rv.into()),
     }
 }
@@ -180,7 +180,7 @@ async fn a_watch_in_namespace_sees_only_its_rows() {
     let ep = |ns: &str| Change {
         key: format!("{ns}/endpoints/e"),
         kind: ResourceType::Endpoints,
-        value: Some(json!({"metadata": {"name": "e"}})),
+        value: Some(json!({"metadata": {"name": "e"}}).to_string()),
         resource_version: None,
     };
     store

@@ -67,7 +67,8 @@ fn svc(ns: &str, name: &str, ip: &str) -> Change {
         key: format!("{ns}/service/{name}"),
         kind: ResourceType::Service,
         value: Some(
-            json!({"metadata": {"name": name, "namespace": ns}, "spec": {"clusterIP": ip}}),
+            json!({"metadata": {"name": name, "namespace": ns}, "spec": {"clusterIP": ip}})
+                .to_string(),
         ),
         resource_version: None,
     }
@@ -273,7 +274,9 @@ async fn a_watcher_that_stops_reading_is_cut_off_while_another_goes_on() {
         tokio::spawn(async move {
             for i in 0..n {
                 let mut c = svc("default", &format!("s{i}"), "10.0.0.9");
-                c.value.as_mut().unwrap()["pad"] = Value::String(big.clone());
+                let mut v: Value = serde_json::from_str(c.value.as_deref().unwrap()).unwrap();
+                v["pad"] = Value::String(big.clone());
+                c.value = Some(v.to_string());
                 store.apply(vec![c]).await.unwrap();
             }
         })
