@@ -52,6 +52,20 @@ fn direct_get_latency(db: &Path, n: usize) -> Histogram<u64> {
     h
 }
 
+/// The socket round trip with no store access: the floor under a get.
+async fn socket_ping_latency(sock: &Path, n: usize) -> Histogram<u64> {
+    let mut c = MetaClient::connect(sock, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut h = Histogram::new(3).unwrap();
+    for _ in 0..n {
+        let t = Instant::now();
+        c.ping().await.unwrap();
+        h.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+    h
+}
+
 async fn socket_get_latency(sock: &Path, n: usize) -> Histogram<u64> {
     let mut c = MetaClient::connect(sock, Duration::from_secs(5))
         .await
@@ -181,6 +195,7 @@ async fn main() {
     .await
     .unwrap();
     let socket = socket_get_latency(&config.socket_path, n).await;
+    let ping = socket_ping_latency(&config.socket_path, n).await;
     println!("get one service, {n} sequential calls");
     println!(
         "  rusqlite directly (+ JSON parse)  p50 {:>6.1} us  p99 {:>6.1} us",
@@ -192,6 +207,11 @@ async fn main() {
         us(&socket, 0.5),
         us(&socket, 0.99),
         us(&socket, 0.5) / us(&direct, 0.5)
+    );
+    println!(
+        "  ping over the socket (no store)    p50 {:>6.1} us  p99 {:>6.1} us  (the IPC floor)",
+        us(&ping, 0.5),
+        us(&ping, 0.99)
     );
 
     let mut c = MetaClient::connect(&config.socket_path, Duration::from_secs(5))

@@ -1,7 +1,7 @@
 //! The local socket edgemesh reads metadata from (protocol in [`proto::meta_socket`]).
 //!
-//! Each connection has a reader (requests, answered in order), a writer, and one forwarder
-//! per watch. Everything a connection may queue is bounded: a watcher that stops reading
+//! Each connection has one task that reads requests and writes their answers, and one
+//! forwarder per watch. Everything a connection may queue is bounded: a watcher that stops reading
 //! fills its buffers and is disconnected — by the store when its change buffer overflows, or
 //! by its forwarder when the socket accepts nothing for the stall timeout — while the store
 //! and every other client go on.
@@ -114,60 +114,41 @@ impl Server {
         }
     }
 
+    /// One task reads requests and writes their answers itself (no hand-off on the query
+    /// path); watch forwarders queue their changes for it on a bounded channel.
     async fn connection(self: Arc<Self>, stream: UnixStream, close: CancellationToken) {
         let (rd, wr) = stream.into_split();
         let mut reader = FramedRead::new(rd, meta_socket::codec(self.max_frame_len));
         let mut writer = FramedWrite::new(wr, meta_socket::codec(self.max_frame_len));
         let (out, mut out_rx) = mpsc::channel::<Bytes>(OUTBOUND_FRAMES);
-        let writer_close = close.clone();
-        let writer_task = tokio::spawn(async move {
-            while let Some(frame) = tokio::select! {
-                () = writer_close.cancelled() => None,
-                f = out_rx.recv() => f,
-            } {
-                let sent = tokio::select! {
-                    () = writer_close.cancelled() => break,
-                    r = writer.send(frame) => r,
-                };
-                if sent.is_err() {
-                    break;
-                }
-            }
-            writer_close.cancel();
-        });
         loop {
-            let frame = tokio::select! {
+            let frames = tokio::select! {
+                biased;
                 () = close.cancelled() => break,
-                f = reader.next() => f,
-            };
-            match frame {
-                None => break,
-                Some(Err(e)) => {
-                    log::warn!(
-                        "metamanager socket: closing a connection that sent a bad frame: {e}"
-                    );
-                    break;
-                }
-                Some(Ok(bytes)) => {
-                    if !self.request(&bytes, &out, &close).await {
+                Some(frame) = out_rx.recv() => vec![frame],
+                frame = reader.next() => match frame {
+                    None => break,
+                    Some(Err(e)) => {
+                        log::warn!("metamanager socket: closing a connection that sent a bad frame: {e}");
                         break;
                     }
-                }
+                    Some(Ok(bytes)) => self.request(&bytes, &out, &close).await,
+                },
+            };
+            if !write(&mut writer, frames, &close).await {
+                break;
             }
         }
-        // Let queued answers go out unless the connection is being torn down.
-        drop(out);
-        let _ = writer_task.await;
         close.cancel();
     }
 
-    /// Answers one request; false when the connection is gone.
+    /// The frames answering one request.
     async fn request(
         &self,
         bytes: &[u8],
         out: &mpsc::Sender<Bytes>,
         close: &CancellationToken,
-    ) -> bool {
+    ) -> Vec<Bytes> {
         let req = match Message::from_json(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -175,7 +156,7 @@ impl Server {
                     Route::new(MODULE, "meta", operation::ERROR, ""),
                     Content::text(format!("malformed request: {e}")),
                 );
-                return send(out, &reply).await;
+                return encode(&[reply]);
             }
         };
         let reply = match req.operation() {
@@ -185,12 +166,12 @@ impl Server {
                 Err(e) => Message::error_reply(&req, e),
             },
             WATCH => match self.watch(&req, out, close).await {
-                Ok(()) => return true,
+                Ok(initial) => return encode(&initial),
                 Err(e) => Message::error_reply(&req, e),
             },
             other => Message::error_reply(&req, format!("unsupported operation {other:?}")),
         };
-        send(out, &reply).await
+        encode(&[reply])
     }
 
     async fn query(&self, req: &Message) -> Result<Value, String> {
@@ -244,7 +225,7 @@ impl Server {
         req: &Message,
         out: &mpsc::Sender<Bytes>,
         close: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<Message>, String> {
         let Target::Many(filter) = Target::parse(req.resource())? else {
             return Err("a watch names a type, not one object".into());
         };
@@ -254,17 +235,13 @@ impl Server {
             .watch(filter, tx)
             .await
             .map_err(|e| e.to_string())?;
-        for row in &rows {
-            let msg = stream_message(req, operation::INSERT, row);
-            if !send(out, &msg).await {
-                return Ok(());
-            }
-        }
+        let mut initial: Vec<Message> = rows
+            .iter()
+            .map(|row| stream_message(req, operation::INSERT, row))
+            .collect();
         let mut synced = Message::reply(req, Content::default());
         synced.route.operation = WATCH_SYNCED.into();
-        if !send(out, &synced).await {
-            return Ok(());
-        }
+        initial.push(synced);
         let (req, out, close, stall) = (req.clone(), out.clone(), close.clone(), self.stall);
         tokio::spawn(async move {
             loop {
@@ -311,7 +288,7 @@ impl Server {
                 }
             }
         });
-        Ok(())
+        Ok(initial)
     }
 }
 
@@ -355,12 +332,35 @@ fn value(row: &Row) -> Value {
     serde_json::from_str(&row.value).unwrap_or_else(|_| Value::String(row.value.clone()))
 }
 
-async fn send(out: &mpsc::Sender<Bytes>, msg: &Message) -> bool {
-    match msg.to_json_vec() {
-        Ok(json) => out.send(Bytes::from(json)).await.is_ok(),
-        Err(e) => {
-            log::error!("cannot encode a reply: {e}");
-            true
+fn encode(msgs: &[Message]) -> Vec<Bytes> {
+    msgs.iter()
+        .filter_map(|m| match m.to_json_vec() {
+            Ok(json) => Some(Bytes::from(json)),
+            Err(e) => {
+                log::error!("cannot encode an answer: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Writes `frames` and flushes once; false when the connection is closed or closing.
+async fn write(
+    writer: &mut FramedWrite<
+        tokio::net::unix::OwnedWriteHalf,
+        tokio_util::codec::LengthDelimitedCodec,
+    >,
+    frames: Vec<Bytes>,
+    close: &CancellationToken,
+) -> bool {
+    let io = async {
+        for frame in frames {
+            writer.feed(frame).await?;
         }
+        SinkExt::<Bytes>::flush(writer).await
+    };
+    tokio::select! {
+        () = close.cancelled() => false,
+        r = io => r.is_ok(),
     }
 }
