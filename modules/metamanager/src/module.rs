@@ -19,7 +19,7 @@ use crate::config::MetaManagerConfig;
 use crate::error::{Error, Result};
 use crate::object::changes;
 use crate::server::{self, Server};
-use crate::store::{Filter, Row, Store};
+use crate::store::{Filter, Store};
 
 /// Module name on the bus (KubeEdge's).
 pub const MODULE: &str = "metaManager";
@@ -156,7 +156,7 @@ impl Handler {
         let answer = if path.name.is_some() && !path.kind.is_list() {
             let key = path.to_string();
             match self.store.get(&key) {
-                Some(row) => Ok(row_value(&row)),
+                Some(row) => Ok(row.json()),
                 None => self.remote_query(&msg, &path).await,
             }
         } else {
@@ -165,7 +165,7 @@ impl Handler {
                 namespace: Some(path.namespace.to_string()),
             };
             let rows = self.store.list(&filter);
-            Ok(Value::Array(rows.iter().map(|r| row_value(r)).collect()))
+            Ok(Value::Array(rows.iter().map(|r| r.json()).collect()))
         };
         match answer {
             Ok(v) => self.succeed(&msg, Content::Json(v)),
@@ -232,9 +232,4 @@ impl Handler {
 
 fn from_cloud(msg: &Message) -> bool {
     msg.route.group == group::RESOURCE
-}
-
-fn row_value(row: &Row) -> Value {
-    // Rows were written from JSON values, so they parse; a hand-edited row reads as a string.
-    serde_json::from_str(&row.value).unwrap_or_else(|_| Value::String(row.value.clone()))
 }

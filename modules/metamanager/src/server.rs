@@ -180,13 +180,13 @@ impl Server {
             Target::One(path) => {
                 let key = path.to_string();
                 match self.store.get(&key) {
-                    Some(row) => Ok(value(&row)),
+                    Some(row) => Ok(row.json()),
                     None => Ok(self.ask_bus(&key).await),
                 }
             }
             Target::Many(filter) => {
                 let rows = self.store.list(&filter);
-                Ok(Value::Array(rows.iter().map(|r| value(r)).collect()))
+                Ok(Value::Array(rows.iter().map(|r| r.json()).collect()))
             }
         }
     }
@@ -323,13 +323,9 @@ impl Target {
 }
 
 fn stream_message(req: &Message, op: &str, row: &Row) -> Message {
-    let mut msg = Message::reply(req, Content::Json(value(row)));
+    let mut msg = Message::reply(req, Content::Json(row.json()));
     msg.route = Route::new(MODULE, "meta", op, row.key.as_str());
     msg
-}
-
-fn value(row: &Row) -> Value {
-    serde_json::from_str(&row.value).unwrap_or_else(|_| Value::String(row.value.clone()))
 }
 
 fn encode(msgs: &[Message]) -> Vec<Bytes> {

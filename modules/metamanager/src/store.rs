@@ -64,6 +64,15 @@ pub enum Event {
     Deleted(Arc<Row>),
 }
 
+impl Row {
+    /// The object as JSON. Rows are written from JSON values, so they parse; a row edited by
+    /// hand into something else reads as a string rather than failing the caller.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.value)
+            .unwrap_or_else(|_| serde_json::Value::String(self.value.clone()))
+    }
+}
+
 impl Event {
     /// The row the event is about.
     pub fn row(&self) -> &Row {
