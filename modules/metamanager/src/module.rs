@@ -153,19 +153,15 @@ impl Handler {
             Ok(p) => p,
             Err(e) => return self.fail(&msg, &e.to_string()),
         };
-        let answer = if path.name.is_some() && !path.kind.is_list() {
-            let key = path.to_string();
-            match self.store.get(&key) {
+        let answer = match Filter::of(&path) {
+            None => match self.store.get(&path.to_string()) {
                 Some(row) => Ok(row.json()),
                 None => self.remote_query(&msg, &path).await,
+            },
+            Some(filter) => {
+                let rows = self.store.list(&filter);
+                Ok(Value::Array(rows.iter().map(|r| r.json()).collect()))
             }
-        } else {
-            let filter = Filter {
-                kind: Some(path.kind.element()),
-                namespace: Some(path.namespace.to_string()),
-            };
-            let rows = self.store.list(&filter);
-            Ok(Value::Array(rows.iter().map(|r| r.json()).collect()))
         };
         match answer {
             Ok(v) => self.succeed(&msg, Content::Json(v)),

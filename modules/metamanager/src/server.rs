@@ -312,12 +312,9 @@ impl Target {
             }));
         }
         let path = ResourcePath::parse_edge(resource).map_err(|e| e.to_string())?;
-        Ok(match path.name {
-            Some(_) if !path.kind.is_list() => Target::One(path),
-            _ => Target::Many(Filter {
-                kind: Some(path.kind.element()),
-                namespace: Some(path.namespace.to_string()),
-            }),
+        Ok(match Filter::of(&path) {
+            None => Target::One(path),
+            Some(filter) => Target::Many(filter),
         })
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
-use proto::ResourceType;
+use proto::{ResourcePath, ResourceType};
 use rusqlite::{Connection, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,6 +92,18 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The rows `path` names: `None` when it names one object (`<ns>/<type>/<name>`), else
+    /// every object of its type in its namespace (`<ns>/<type>` or a list type).
+    pub fn of(path: &ResourcePath) -> Option<Filter> {
+        if path.name.is_some() && !path.kind.is_list() {
+            return None;
+        }
+        Some(Filter {
+            kind: Some(path.kind.element()),
+            namespace: Some(path.namespace.to_string()),
+        })
+    }
+
     fn matches(&self, row: &Row) -> bool {
         self.kind.is_none_or(|k| k.as_str() == row.kind)
             && self
@@ -138,8 +150,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, type TEXT NOT NULL, value TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS meta_type ON meta(type, key);",
+            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, type TEXT NOT NULL, value TEXT NOT NULL);",
         )?;
         let mut rows = BTreeMap::new();
         {
