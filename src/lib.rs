@@ -1,1 +1,13 @@
-//! Process assembly for the `edgemesh` binaries: which modules run in which process.
+//! Process assembly for the edge mesh: the `cloudcore`, `edgecore` and `edgemesh` binaries,
+//! their config files, health endpoints and TLS material.
+
+pub mod certs;
+pub mod cli;
+pub mod cloudcore;
+pub mod config_file;
+pub mod edgecore;
+pub mod error;
+pub mod health;
+pub mod tls;
+
+pub use error::{Error, Result};

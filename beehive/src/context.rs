@@ -135,6 +135,19 @@ impl Context {
             .unwrap_or_default()
     }
 
+    /// Names of every group with an open member.
+    pub fn groups(&self) -> Vec<String> {
+        let reg = self.shared.registry.load();
+        let mut groups: Vec<String> = reg
+            .groups
+            .iter()
+            .filter(|(_, members)| !members.is_empty())
+            .map(|(group, _)| group.clone())
+            .collect();
+        groups.sort();
+        groups
+    }
+
     fn sender(reg: &Registry, module: &str) -> Result<mpsc::Sender<Message>> {
         match reg.modules.get(module) {
             None => Err(Error::UnknownModule(module.to_owned())),

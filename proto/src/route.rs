@@ -33,6 +33,18 @@ pub mod connection {
     pub const CONNECTED: &str = "cloud_connected";
     /// Content when the link went down.
     pub const DISCONNECTED: &str = "cloud_disconnected";
+    /// Content of cloudhub's event to edgecontroller when a node's link came up; the
+    /// resource is `node/<nodeID>` and the operation [`super::operation::CONNECT`].
+    pub const NODE_CONNECTED: &str = "node_connected";
+    /// Content of cloudhub's event when a node's link went down.
+    pub const NODE_DISCONNECTED: &str = "node_disconnected";
+    /// Content of the `error` reply edgehub gives at once to a sync request sent up while
+    /// the cloud link is down.
+    pub const LINK_DOWN: &str = "cloud link is down";
+    /// `route.resource` of the edge's keepalive.
+    pub const KEEPALIVE_RESOURCE: &str = "node";
+    /// Content of the edge's keepalive.
+    pub const KEEPALIVE_CONTENT: &str = "ping";
 }
 
 /// Wire groups (`route.group`) on the cloud link.

@@ -1,15 +1,60 @@
-//! `edgemesh`: the command-line entry point. Subcommands (demo, query, ...) arrive with the
-//! modules they drive.
+//! `edgemesh`: the command-line entry point. More subcommands (demo, query, ...) arrive
+//! with the modules they drive.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 /// Edge service mesh in the KubeEdge mould.
 #[derive(Parser, Debug)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let _cli = Cli::parse();
-    log::info!("edgemesh {}", env!("CARGO_PKG_VERSION"));
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a new CA, a cloudhub server certificate and one client certificate per node
+    /// (named after the node, as cloudhub requires) into a folder.
+    Certs {
+        /// Folder to write ca.crt, server.crt/.key and <node>.crt/.key into.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A node to issue a certificate for (repeat for more).
+        #[arg(long = "node", value_name = "NODE_ID", required = true)]
+        nodes: Vec<String>,
+        /// A name or IP the server certificate is valid for (repeat for more).
+        #[arg(long = "server-name", value_name = "NAME", default_values = ["localhost", "127.0.0.1"])]
+        server_names: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    edgemesh::cli::init_logging();
+    match Cli::parse().command {
+        Command::Certs {
+            dir,
+            nodes,
+            server_names,
+        } => match edgemesh::certs::write_all(&dir, &server_names, &nodes) {
+            Ok(written) => {
+                println!("CA:     {}", written.ca.display());
+                println!(
+                    "server: {} {}",
+                    written.server.0.display(),
+                    written.server.1.display()
+                );
+                for (crt, key) in written.nodes {
+                    println!("node:   {} {}", crt.display(), key.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }

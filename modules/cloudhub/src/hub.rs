@@ -1,0 +1,360 @@
+//! The hub: every node's queue and session slot, delivery from the bus, and what nodes send
+//! up.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use beehive::Context;
+use compact_str::{CompactString, format_compact};
+use proto::{Message, Route, connection, operation};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CloudHubConfig;
+use crate::queue::{NodeQueue, Outgoing};
+
+/// Module that gets what nodes send up, and node link events.
+pub const UPSTREAM_MODULE: &str = "edgecontroller";
+
+/// One edge node: its queue (kept while it is away) and its current session, if any.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) id: CompactString,
+    pub(crate) queue: Mutex<NodeQueue>,
+    /// Woken when the queue gets something to send.
+    pub(crate) wake: Notify,
+    session: Mutex<Option<SessionSlot>>,
+}
+
+#[derive(Debug)]
+struct SessionSlot {
+    generation: u64,
+    cancel: CancellationToken,
+}
+
+/// A session's claim on its node; give it back with [`Hub::detach`].
+#[derive(Debug)]
+pub(crate) struct Attached {
+    pub(crate) node: Arc<Node>,
+    pub(crate) generation: u64,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Counts across the hub.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Nodes the hub has a queue for (connected or not).
+    pub nodes: usize,
+    /// Nodes with a live session.
+    pub connected: usize,
+    /// Objects waiting to be sent, over all nodes.
+    pub pending: usize,
+    /// Objects sent and not yet ACKed, over all nodes.
+    pub inflight: usize,
+}
+
+/// Shared state of cloudhub.
+pub struct Hub {
+    ctx: OnceLock<Context>,
+    config: CloudHubConfig,
+    nodes: Mutex<HashMap<CompactString, Arc<Node>>>,
+    connected: AtomicUsize,
+    generations: AtomicU64,
+    /// Parent of every session's cancel token: cancelled at shutdown.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Hub {
+    /// A hub with no nodes yet.
+    pub fn new(config: CloudHubConfig) -> Arc<Self> {
+        Arc::new(Hub {
+            ctx: OnceLock::new(),
+            config,
+            nodes: Mutex::new(HashMap::new()),
+            connected: AtomicUsize::new(0),
+            generations: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub(crate) fn set_context(&self, ctx: Context) {
+        let _ = self.ctx.set(ctx);
+    }
+
+    pub(crate) fn config(&self) -> &CloudHubConfig {
+        &self.config
+    }
+
+    fn node(&self, id: &str) -> Arc<Node> {
+        let mut nodes = self.nodes.lock().expect("node map poisoned");
+        if let Some(node) = nodes.get(id) {
+            return node.clone();
+        }
+        let node = Arc::new(Node {
+            id: id.into(),
+            queue: Mutex::new(NodeQueue::default()),
+            wake: Notify::new(),
+            session: Mutex::new(None),
+        });
+        nodes.insert(id.into(), node.clone());
+        node
+    }
+
+    /// Counts across every node.
+    pub fn stats(&self) -> HubStats {
+        let nodes: Vec<Arc<Node>> = self
+            .nodes
+            .lock()
+            .expect("node map poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut stats = HubStats {
+            nodes: nodes.len(),
+            connected: self.connected.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for node in nodes {
+            let len = node.queue.lock().expect("queue poisoned").len();
+            stats.pending += len.pending;
+            stats.inflight += len.inflight;
+        }
+        stats
+    }
+
+    /// Takes a message from the bus (resource `node/<id>/...`) into that node's queue.
+    /// Object changes are queued for reliable delivery; anything else (replies) goes out
+    /// once, and only to a connected node.
+    pub fn deliver(&self, mut msg: Message) {
+        let Some((node_id, rest)) = split_node(msg.resource()) else {
+            log::warn!(
+                "dropping {} for {:?}: the resource must start with node/<nodeID>/",
+                msg.operation(),
+                msg.resource()
+            );
+            return;
+        };
+        let node = self.node(node_id);
+        let rest: CompactString = rest.into();
+        msg.route.resource = rest.clone();
+        let text = match msg.to_json() {
+            Ok(text) => Utf8Bytes::from(text),
+            Err(e) => {
+                log::error!("cannot serialize {} for node {}: {e}", rest, node.id);
+                return;
+            }
+        };
+        let reliable = matches!(
+            msg.operation(),
+            operation::INSERT | operation::UPDATE | operation::DELETE
+        ) && !rest.is_empty();
+        {
+            let mut queue = node.queue.lock().expect("queue poisoned");
+            if reliable {
+                let id = msg.header.id;
+                queue.push(rest, Outgoing { id, text });
+            } else if self.is_connected(&node) {
+                queue.push_direct(text);
+            } else {
+                log::debug!(
+                    "node {} is away: dropping a {} for {rest}",
+                    node.id,
+                    msg.route.operation
+                );
+                return;
+            }
+        }
+        node.wake.notify_one();
+    }
+
+    fn is_connected(&self, node: &Node) -> bool {
+        node.session.lock().expect("session poisoned").is_some()
+    }
+
+    /// Makes a new connection the node's session, ending an older one. Refused (with the
+    /// reason) when the node limit is reached.
+    pub(crate) fn attach(&self, node_id: &str) -> Result<Attached, String> {
+        let node = self.node(node_id);
+        let cancel = self.shutdown.child_token();
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let mut slot = node.session.lock().expect("session poisoned");
+        match slot.take() {
+            Some(old) => {
+                log::info!("node {node_id}: a new connection replaces the old one");
+                old.cancel.cancel();
+            }
+            None => {
+                let limit = self.config.node_limit;
+                let admitted =
+                    self.connected
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                            (n < limit).then_some(n + 1)
+                        });
+                if admitted.is_err() {
+                    return Err(format!("node limit of {limit} connected nodes reached"));
+                }
+            }
+        }
+        *slot = Some(SessionSlot {
+            generation,
+            cancel: cancel.clone(),
+        });
+        drop(slot);
+        node.queue.lock().expect("queue poisoned").reconnect();
+        Ok(Attached {
+            node,
+            generation,
+            cancel,
+        })
+    }
+
+    /// Ends a session's claim. True when it was still the node's session (not replaced),
+    /// so the node is now away.
+    pub(crate) fn detach(&self, attached: &Attached) -> bool {
+        let mut slot = attached.node.session.lock().expect("session poisoned");
+        if slot
+            .as_ref()
+            .is_some_and(|s| s.generation == attached.generation)
+        {
+            *slot = None;
+            self.connected.fetch_sub(1, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Tells edgecontroller that a node's link came up or went down.
+    pub(crate) async fn publish_link(&self, node_id: &str, up: bool) {
+        let content = if up {
+            connection::NODE_CONNECTED
+        } else {
+            connection::NODE_DISCONNECTED
+        };
+        let route = Route::new(
+            crate::MODULE,
+            proto::group::RESOURCE,
+            operation::CONNECT,
+            format_compact!("node/{node_id}"),
+        );
+        self.upstream(Message::new(route, content)).await;
+    }
+
+    /// Handles one message a node sent up: keepalives refresh (the caller already did),
+    /// ACKs settle the node's queue, anything else goes to edgecontroller with the node
+    /// prefix. A request nobody can take is answered with an error at once.
+    pub(crate) async fn inbound(&self, node: &Node, mut msg: Message) {
+        match msg.operation() {
+            operation::KEEPALIVE => return,
+            operation::RESPONSE | operation::ERROR => {
+                if let Some(parent) = msg.parent_id()
+                    && node.queue.lock().expect("queue poisoned").ack(parent)
+                {
+                    if msg.operation() == operation::ERROR {
+                        log::warn!(
+                            "node {} refused {}: {}",
+                            node.id,
+                            msg.resource(),
+                            msg.content.as_str().unwrap_or("(no reason)")
+                        );
+                    }
+                    node.wake.notify_one();
+                    return;
+                }
+            }
+            _ => {}
+        }
+        let refusal = (msg.header.sync || msg.operation() == operation::QUERY).then(|| {
+            Message::error_reply(
+                &msg,
+                "the cloud cannot answer: edgecontroller is not running",
+            )
+        });
+        msg.route.resource = if msg.resource().is_empty() {
+            format_compact!("node/{}", node.id)
+        } else {
+            format_compact!("node/{}/{}", node.id, msg.resource())
+        };
+        if self.upstream(msg).await {
+            return;
+        }
+        if let Some(reply) = refusal
+            && let Ok(text) = reply.to_json()
+        {
+            node.queue
+                .lock()
+                .expect("queue poisoned")
+                .push_direct(Utf8Bytes::from(text));
+            node.wake.notify_one();
+        }
+    }
+
+    async fn upstream(&self, msg: Message) -> bool {
+        let Some(ctx) = self.ctx.get() else {
+            return false;
+        };
+        match ctx.send(UPSTREAM_MODULE, msg).await {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("nothing takes node messages: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Splits `node/<id>[/<rest>]` into the node id and the rest.
+fn split_node(resource: &str) -> Option<(&str, &str)> {
+    let tail = resource.strip_prefix("node/")?;
+    let (id, rest) = tail.split_once('/').unwrap_or((tail, ""));
+    valid_node_id(id).then_some((id, rest))
+}
+
+/// A node name as Kubernetes allows it (a DNS subdomain): lowercase letters, digits, `-`
+/// and `.`, starting and ending with a letter or digit, at most 253 bytes.
+pub fn valid_node_id(id: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    !id.is_empty()
+        && id.len() <= 253
+        && edge_ok(id.chars().next())
+        && edge_ok(id.chars().last())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_prefix_is_split_and_checked() {
+        assert_eq!(
+            split_node("node/edge-1/default/service/a"),
+            Some(("edge-1", "default/service/a"))
+        );
+        assert_eq!(split_node("node/edge-1"), Some(("edge-1", "")));
+        assert_eq!(split_node("default/service/a"), None);
+        assert_eq!(split_node("node//default/service/a"), None);
+        assert_eq!(split_node("node/Edge_1/x"), None);
+        assert!(!valid_node_id("-a"));
+        assert!(valid_node_id("edge-1.example"));
+    }
+
+    #[tokio::test]
+    async fn node_limit_counts_nodes_not_connections() {
+        let hub = Hub::new(CloudHubConfig {
+            node_limit: 1,
+            ..Default::default()
+        });
+        let first = hub.attach("a").unwrap();
+        let again = hub.attach("a").expect("a replacement is not a new node");
+        assert!(first.cancel.is_cancelled());
+        assert!(hub.attach("b").unwrap_err().contains("node limit"));
+        assert!(!hub.detach(&first), "replaced sessions do not free a place");
+        assert!(hub.detach(&again));
+        hub.attach("b").unwrap();
+    }
+}

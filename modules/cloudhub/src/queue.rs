@@ -1,0 +1,299 @@
+//! One node's outbound queue: coalescing by object, a window of unACKed sends, resend
+//! with backoff, and parking for the next connection.
+//!
+//! Objects are keyed by their edge resource path (`<ns>/<type>/<name>`). A newer message for
+//! a key replaces the queued one in place, so the queue holds at most one message per object
+//! however often it changes. Once sent, a message waits in flight for its ACK; a newer
+//! version of the same object may be sent meanwhile (the link is ordered, so the edge applies
+//! them in order), and the older one is then forgotten rather than resent.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use compact_str::CompactString;
+use proto::MsgId;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Replies and other one-off messages kept for a connected node, at most.
+const DIRECT_LIMIT: usize = 4096;
+
+/// A message ready for the wire: its id and its JSON text.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// `header.msg_id`, which the ACK names as its parent.
+    pub id: MsgId,
+    /// The serialized message.
+    pub text: Utf8Bytes,
+}
+
+#[derive(Debug)]
+struct Queued {
+    seq: u64,
+    out: Outgoing,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    seq: u64,
+    out: Outgoing,
+    resends: u32,
+    due: Instant,
+    /// Out of resends on this connection: kept for the next one.
+    parked: bool,
+}
+
+/// The queue of one node. Not thread-safe by itself: the hub keeps it behind a mutex.
+#[derive(Debug, Default)]
+pub struct NodeQueue {
+    /// Keys in send order with the sequence number they were queued under; an entry whose
+    /// number no longer matches `pending` is stale and skipped.
+    order: VecDeque<(CompactString, u64)>,
+    pending: HashMap<CompactString, Queued>,
+    inflight: HashMap<CompactString, InFlight>,
+    by_id: HashMap<MsgId, CompactString>,
+    direct: VecDeque<Utf8Bytes>,
+    next_seq: u64,
+    next_due: Option<Instant>,
+}
+
+/// Sizes of a queue, for stats and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueLen {
+    /// Objects waiting to be sent.
+    pub pending: usize,
+    /// Objects sent and not yet ACKed (parked ones included).
+    pub inflight: usize,
+}
+
+impl NodeQueue {
+    /// Queues the latest message for object `key`, replacing a queued older one in place.
+    pub fn push(&mut self, key: CompactString, out: Outgoing) {
+        if let Some(queued) = self.pending.get_mut(&key) {
+            queued.out = out;
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.push_back((key.clone(), seq));
+        self.pending.insert(key, Queued { seq, out });
+    }
+
+    /// Queues a one-off message (a reply) to go out before objects; not resent.
+    pub fn push_direct(&mut self, text: Utf8Bytes) {
+        if self.direct.len() >= DIRECT_LIMIT {
+            log::warn!("dropping the oldest of {DIRECT_LIMIT} unsent replies to a slow node");
+            self.direct.pop_front();
+        }
+        self.direct.push_back(text);
+    }
+
+    /// Marks the object whose message had id `parent` as delivered. False when no message in
+    /// flight has that id (an ACK of a superseded version, or a duplicate).
+    pub fn ack(&mut self, parent: &MsgId) -> bool {
+        let Some(key) = self.by_id.remove(parent) else {
+            return false;
+        };
+        self.inflight.remove(&key);
+        true
+    }
+
+    /// What to write now: replies, resends that are due, then new objects while the window
+    /// has room. `ack_timeout` is the wait before the first resend; it doubles per resend.
+    pub fn take(
+        &mut self,
+        now: Instant,
+        window: usize,
+        ack_timeout: Duration,
+        max_resends: u32,
+    ) -> Vec<Utf8Bytes> {
+        let mut out: Vec<Utf8Bytes> = self.direct.drain(..).collect();
+        if self.next_due.is_some_and(|due| due <= now) {
+            self.next_due = None;
+            for entry in self.inflight.values_mut().filter(|e| !e.parked) {
+                if entry.due <= now {
+                    if entry.resends >= max_resends {
+                        entry.parked = true;
+                        log::debug!("{} unACKed after {max_resends} resends", entry.out.id);
+                        continue;
+                    }
+                    entry.resends += 1;
+                    entry.due = now + ack_timeout * 2u32.saturating_pow(entry.resends);
+                    out.push(entry.out.text.clone());
+                }
+                self.next_due = Some(self.next_due.map_or(entry.due, |d| d.min(entry.due)));
+            }
+        }
+        while self.inflight.len() < window {
+            let Some((key, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.pending.get(&key).is_none_or(|q| q.seq != seq) {
+                continue;
+            }
+            let queued = self.pending.remove(&key).expect("checked above");
+            let due = now + ack_timeout;
+            self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
+            out.push(queued.out.text.clone());
+            self.by_id.insert(queued.out.id.clone(), key.clone());
+            let entry = InFlight {
+                seq: queued.seq,
+                out: queued.out,
+                resends: 0,
+                due,
+                parked: false,
+            };
+            if let Some(old) = self.inflight.insert(key, entry) {
+                self.by_id.remove(&old.out.id);
+            }
+        }
+        out
+    }
+
+    /// When the next resend falls due, if any message waits for its ACK.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next_due
+    }
+
+    /// Prepares for a new connection: everything unACKed goes back to the front of the
+    /// queue (unless a newer version waits there), in its original order, with fresh
+    /// resend budgets; replies meant for the old connection are dropped.
+    pub fn reconnect(&mut self) {
+        let mut unacked: Vec<(CompactString, InFlight)> = self.inflight.drain().collect();
+        unacked.sort_by_key(|(_, e)| std::cmp::Reverse(e.seq));
+        for (key, entry) in unacked {
+            if self.pending.contains_key(&key) {
+                continue;
+            }
+            self.order.push_front((key.clone(), entry.seq));
+            self.pending.insert(
+                key,
+                Queued {
+                    seq: entry.seq,
+                    out: entry.out,
+                },
+            );
+        }
+        self.by_id.clear();
+        self.direct.clear();
+        self.next_due = None;
+    }
+
+    /// Current sizes.
+    pub fn len(&self) -> QueueLen {
+        QueueLen {
+            pending: self.pending.len(),
+            inflight: self.inflight.len(),
+        }
+    }
+
+    /// True when nothing waits to be sent or ACKed.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.inflight.is_empty() && self.direct.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(id: &str) -> Outgoing {
+        Outgoing {
+            id: MsgId::from(id),
+            text: Utf8Bytes::from(id.to_owned()),
+        }
+    }
+
+    fn texts(v: Vec<Utf8Bytes>) -> Vec<String> {
+        v.into_iter().map(|t| t.to_string()).collect()
+    }
+
+    const ACK: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn newer_version_replaces_queued_one_in_place() {
+        let mut q = NodeQueue::default();
+        q.push("ns/service/a".into(), out("a1"));
+        q.push("ns/service/b".into(), out("b1"));
+        q.push("ns/service/a".into(), out("a2"));
+        assert_eq!(q.len().pending, 2);
+        let now = Instant::now();
+        assert_eq!(texts(q.take(now, 10, ACK, 3)), ["a2", "b1"]);
+        assert!(q.ack(&MsgId::from("a2")));
+        assert!(!q.ack(&MsgId::from("a1")), "never sent, so never ACKed");
+        assert_eq!(
+            q.len(),
+            QueueLen {
+                pending: 0,
+                inflight: 1
+            }
+        );
+    }
+
+    #[test]
+    fn window_limits_unacked_sends() {
+        let mut q = NodeQueue::default();
+        for i in 0..5 {
+            q.push(format!("ns/service/s{i}").into(), out(&format!("m{i}")));
+        }
+        let now = Instant::now();
+        assert_eq!(q.take(now, 2, ACK, 3).len(), 2);
+        assert!(q.take(now, 2, ACK, 3).is_empty());
+        assert!(q.ack(&MsgId::from("m0")));
+        assert_eq!(texts(q.take(now, 2, ACK, 3)), ["m2"]);
+    }
+
+    #[test]
+    fn resends_back_off_then_park_until_reconnect() {
+        let mut q = NodeQueue::default();
+        q.push("ns/service/a".into(), out("a1"));
+        let t0 = Instant::now();
+        assert_eq!(q.take(t0, 10, ACK, 2).len(), 1);
+        assert!(q.take(t0 + ACK / 2, 10, ACK, 2).is_empty());
+        assert_eq!(texts(q.take(t0 + ACK, 10, ACK, 2)), ["a1"]);
+        // The second resend waits twice as long (2 s after the first).
+        assert!(q.take(t0 + ACK * 2, 10, ACK, 2).is_empty());
+        assert_eq!(q.take(t0 + ACK * 3, 10, ACK, 2).len(), 1);
+        // Out of resends: parked, not dropped.
+        assert!(q.take(t0 + ACK * 100, 10, ACK, 2).is_empty());
+        assert_eq!(q.len().inflight, 1);
+        q.reconnect();
+        assert_eq!(texts(q.take(t0 + ACK * 101, 10, ACK, 2)), ["a1"]);
+        assert!(q.ack(&MsgId::from("a1")));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn sending_a_newer_version_supersedes_the_one_in_flight() {
+        let mut q = NodeQueue::default();
+        q.push("ns/service/a".into(), out("a1"));
+        let now = Instant::now();
+        q.take(now, 10, ACK, 3);
+        q.push("ns/service/a".into(), out("a2"));
+        assert_eq!(texts(q.take(now, 10, ACK, 3)), ["a2"]);
+        assert!(!q.ack(&MsgId::from("a1")));
+        q.reconnect();
+        assert_eq!(
+            texts(q.take(now, 10, ACK, 3)),
+            ["a2"],
+            "only the newest is resent"
+        );
+    }
+
+    #[test]
+    fn reconnect_keeps_order_and_prefers_newer_queued_versions() {
+        let mut q = NodeQueue::default();
+        for name in ["a", "b", "c"] {
+            q.push(
+                format!("ns/service/{name}").into(),
+                out(&format!("{name}1")),
+            );
+        }
+        let now = Instant::now();
+        q.take(now, 2, ACK, 3);
+        q.push("ns/service/b".into(), out("b2"));
+        q.push_direct(Utf8Bytes::from_static("reply"));
+        q.reconnect();
+        assert_eq!(texts(q.take(now, 10, ACK, 3)), ["a1", "c1", "b2"]);
+    }
+}

@@ -1,0 +1,209 @@
+//! The WebSocket server: accepts connections, runs TLS and WebSocket handshakes under a
+//! deadline, checks the node's identity and admits it as a session.
+//!
+//! Like KubeEdge's, the upgrade is accepted on any path: identity comes from the `node_id`
+//! and `project_id` headers (and, with TLS, from the client certificate).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, valid_node_id};
+use crate::session;
+use crate::tls::check_node_name;
+
+/// Header that names the node.
+pub const NODE_ID_HEADER: &str = "node_id";
+/// Header that names the project.
+pub const PROJECT_ID_HEADER: &str = "project_id";
+
+/// Bytes a connection's read buffer starts with. Small, so ten thousand idle nodes cost
+/// little; it grows for larger messages.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Accepts connections on `listener` until `stop` is cancelled; each one is served by its
+/// own task.
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    tls: Option<Arc<ServerConfig>>,
+    stop: CancellationToken,
+) {
+    let acceptor = tls.map(TlsAcceptor::from);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let hub = hub.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Err(reason) = handle(stream, hub, acceptor).await {
+                        log::info!("connection from {peer} refused: {reason}");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors, mostly: back off instead of spinning.
+                log::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn ws_config(max_frame_len: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_frame_len))
+        .max_frame_size(Some(max_frame_len))
+}
+
+async fn handle(
+    stream: TcpStream,
+    hub: Arc<Hub>,
+    acceptor: Option<TlsAcceptor>,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let deadline = Duration::from_millis(hub.config().handshake_timeout_ms);
+    match acceptor {
+        None => {
+            let (ws, ident) = timeout(deadline, upgrade(stream, hub.config().max_frame_len))
+                .await
+                .map_err(|_| "handshake timed out".to_owned())??;
+            admit(hub, ws, ident, None).await
+        }
+        Some(acceptor) => {
+            let handshakes = async {
+                let tls = acceptor
+                    .accept(stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                let cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.clone().into_owned());
+                let (ws, ident) = upgrade(tls, hub.config().max_frame_len).await?;
+                Ok::<_, String>((ws, ident, cert))
+            };
+            let (ws, ident, cert) = timeout(deadline, handshakes)
+                .await
+                .map_err(|_| "handshake timed out".to_owned())??;
+            admit(hub, ws, ident, cert).await
+        }
+    }
+}
+
+/// The identity headers as sent; either may be missing.
+#[derive(Debug, Default)]
+struct Identity {
+    node_id: Option<String>,
+    project_id: Option<String>,
+}
+
+async fn upgrade<S>(
+    stream: S,
+    max_frame_len: usize,
+) -> Result<(WebSocketStream<S>, Identity), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ident = Identity::default();
+    // The Err type is tungstenite's, not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        ident.node_id = header(NODE_ID_HEADER);
+        ident.project_id = header(PROJECT_ID_HEADER);
+        Ok(resp)
+    };
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ws_config(max_frame_len)),
+    )
+    .await
+    .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    Ok((ws, ident))
+}
+
+/// Checks who the node is, then serves it; refusals are told to the node in the close
+/// frame, so an operator reading the edge's log sees why.
+async fn admit<S>(
+    hub: Arc<Hub>,
+    mut ws: WebSocketStream<S>,
+    ident: Identity,
+    cert: Option<CertificateDer<'static>>,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let refuse = async |ws: &mut WebSocketStream<S>, code, reason: String| {
+        session::close(ws, code, &reason).await;
+        Err(reason)
+    };
+    let Some(node_id) = ident.node_id else {
+        return refuse(
+            &mut ws,
+            CloseCode::Policy,
+            format!("missing header {NODE_ID_HEADER}"),
+        )
+        .await;
+    };
+    if ident.project_id.as_deref().is_none_or(str::is_empty) {
+        return refuse(
+            &mut ws,
+            CloseCode::Policy,
+            format!("missing header {PROJECT_ID_HEADER}"),
+        )
+        .await;
+    }
+    if !valid_node_id(&node_id) {
+        return refuse(
+            &mut ws,
+            CloseCode::Policy,
+            format!("invalid node_id {node_id:?}"),
+        )
+        .await;
+    }
+    if let Some(cert) = &cert
+        && let Err(reason) = check_node_name(cert, &node_id)
+    {
+        return refuse(&mut ws, CloseCode::Policy, reason).await;
+    }
+    let attached = match hub.attach(&node_id) {
+        Ok(attached) => attached,
+        Err(reason) => return refuse(&mut ws, CloseCode::Again, reason).await,
+    };
+    log::info!("node {node_id} connected");
+    hub.publish_link(&node_id, true).await;
+    let why = session::run(&hub, &attached, &mut ws).await;
+    if hub.detach(&attached) {
+        log::info!("node {node_id} disconnected: {why}");
+        hub.publish_link(&node_id, false).await;
+    } else {
+        log::debug!("node {node_id}: old connection ended: {why}");
+    }
+    Ok(())
+}

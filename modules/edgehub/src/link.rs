@@ -1,0 +1,247 @@
+//! One life of the cloud link: dial, then carry messages both ways until it breaks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use beehive::Context;
+use futures_util::{SinkExt, StreamExt};
+use proto::{Content, FrameCodec, Message, Route, connection, group, operation};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
+
+use crate::config::EdgeHubConfig;
+use crate::module::MODULE;
+
+/// Bus group that gets metadata from the cloud.
+pub const META_GROUP: &str = "meta";
+/// Bus group that gets mesh tunnel traffic.
+pub const MESH_GROUP: &str = "mesh";
+
+/// How a dial or a link ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The link never came up.
+    DialFailed(String),
+    /// The link was up and broke (or the cloud closed it).
+    Lost(String),
+    /// The process is shutting down.
+    Shutdown,
+}
+
+/// The sender into the live link, if any: where the module puts what goes up.
+pub type Uplink = Arc<Mutex<Option<mpsc::Sender<Message>>>>;
+
+/// Dials the cloud and, once connected, runs the link: `uplink` holds its sender while it
+/// lives, and every group hears that the link is up.
+pub async fn dial_and_run(
+    ctx: &Context,
+    config: &EdgeHubConfig,
+    tls: Option<&Arc<ClientConfig>>,
+    up: &Uplink,
+) -> Ended {
+    let deadline = Duration::from_millis(config.handshake_timeout_ms);
+    let tcp = match timeout(deadline, TcpStream::connect(&config.server)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Ended::DialFailed(format!("connect to {}: {e}", config.server)),
+        Err(_) => return Ended::DialFailed(format!("connect to {}: timed out", config.server)),
+    };
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => match timeout(deadline, handshake(tcp, config, "ws")).await {
+            Ok(Ok(ws)) => run(ctx, config, ws, up).await,
+            Ok(Err(e)) => Ended::DialFailed(e),
+            Err(_) => Ended::DialFailed("handshake timed out".into()),
+        },
+        Some(tls) => {
+            let name = match ServerName::try_from(config.tls_server_name().to_owned()) {
+                Ok(name) => name,
+                Err(e) => return Ended::DialFailed(format!("TLS server name: {e}")),
+            };
+            let handshakes = async {
+                let stream = TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                handshake(stream, config, "wss").await
+            };
+            match timeout(deadline, handshakes).await {
+                Ok(Ok(ws)) => run(ctx, config, ws, up).await,
+                Ok(Err(e)) => Ended::DialFailed(e),
+                Err(_) => Ended::DialFailed("handshake timed out".into()),
+            }
+        }
+    }
+}
+
+async fn handshake<S>(
+    stream: S,
+    config: &EdgeHubConfig,
+    scheme: &str,
+) -> Result<WebSocketStream<S>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // KubeEdge's path shape; cloudhub takes the identity from the headers.
+    let url = format!(
+        "{scheme}://{}/{}/{}/events",
+        config.server, config.project_id, config.node_id
+    );
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("bad request URL: {e}"))?;
+    let header = |v: &str| HeaderValue::from_str(v).map_err(|e| format!("bad header: {e}"));
+    request
+        .headers_mut()
+        .insert("node_id", header(&config.node_id)?);
+    request
+        .headers_mut()
+        .insert("project_id", header(&config.project_id)?);
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_frame_len))
+        .max_frame_size(Some(config.max_frame_len));
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
+        .await
+        .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    Ok(ws)
+}
+
+/// The keepalive KubeEdge's cloudhub expects.
+pub fn keepalive() -> Message {
+    Message::new(
+        Route::new(
+            MODULE,
+            group::RESOURCE,
+            operation::KEEPALIVE,
+            connection::KEEPALIVE_RESOURCE,
+        ),
+        connection::KEEPALIVE_CONTENT,
+    )
+}
+
+async fn run<S>(
+    ctx: &Context,
+    config: &EdgeHubConfig,
+    mut ws: WebSocketStream<S>,
+    up: &Uplink,
+) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (tx, mut rx) = mpsc::channel(config.outbound_buffer);
+    *up.lock().expect("uplink poisoned") = Some(tx);
+    log::info!(
+        "cloud link up: {} as node {}",
+        config.server,
+        config.node_id
+    );
+    crate::module::publish(ctx, true).await;
+    let codec = FrameCodec::new(config.max_frame_len);
+    let write_timeout = Duration::from_millis(config.write_timeout_ms);
+    let heartbeat = config.heartbeat();
+    let mut ticks = interval(heartbeat);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        let outgoing = tokio::select! {
+            _ = ctx.done() => {
+                let frame = CloseFrame { code: CloseCode::Away, reason: "edgecore is shutting down".into() };
+                let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+                return Ended::Shutdown;
+            }
+            msg = rx.recv() => match msg {
+                Some(msg) => vec![encode(&codec, &msg)],
+                None => return Ended::Lost("upstream channel closed".into()),
+            },
+            _ = ticks.tick() => {
+                if last_heard.elapsed() > heartbeat * 2 {
+                    return Ended::Lost(format!("nothing heard from the cloud for {:?}", heartbeat * 2));
+                }
+                // The ping makes cloudhub answer, so a dead cloud is noticed too.
+                vec![encode(&codec, &keepalive()), Ok(WsMessage::Ping(Bytes::new()))]
+            }
+            frame = ws.next() => {
+                last_heard = Instant::now();
+                match frame {
+                    None => return Ended::Lost("the cloud closed the connection".into()),
+                    Some(Err(e)) => return Ended::Lost(format!("read failed: {e}")),
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        return Ended::Lost(match frame {
+                            Some(f) => format!("the cloud closed the link: {} {}", f.code, f.reason),
+                            None => "the cloud closed the link".into(),
+                        });
+                    }
+                    Some(Ok(WsMessage::Text(text))) => match Message::from_json(text.as_bytes()) {
+                        Ok(msg) => route_down(ctx, msg).await,
+                        Err(e) => log::warn!("dropping a malformed message from the cloud: {e}"),
+                    },
+                    Some(Ok(WsMessage::Binary(bytes))) => match codec.decode_frame(bytes) {
+                        Ok(msg) => route_down(ctx, msg).await,
+                        Err(e) => log::warn!("dropping a malformed binary frame from the cloud: {e}"),
+                    },
+                    Some(Ok(_)) => {}
+                }
+                continue;
+            }
+        };
+        let write = async {
+            for item in outgoing {
+                match item {
+                    Ok(frame) => ws.feed(frame).await?,
+                    Err(e) => log::error!("cannot encode a message for the cloud: {e}"),
+                }
+            }
+            ws.flush().await
+        };
+        match timeout(write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Ended::Lost(format!("write failed: {e}")),
+            Err(_) => return Ended::Lost(format!("a write blocked for {write_timeout:?}")),
+        }
+    }
+}
+
+/// Stream payloads go as binary frames, everything else as JSON text.
+fn encode(codec: &FrameCodec, msg: &Message) -> Result<WsMessage, proto::Error> {
+    if msg.route.group == group::MESH && matches!(msg.content, Content::Bytes(_)) {
+        Ok(WsMessage::Binary(codec.encode_to_bytes(msg)?))
+    } else {
+        Ok(WsMessage::Text(msg.to_json()?.into()))
+    }
+}
+
+/// Hands a reply to the request waiting for it, or routes the message to its bus group.
+async fn route_down(ctx: &Context, msg: Message) {
+    let is_reply = matches!(msg.operation(), operation::RESPONSE | operation::ERROR)
+        && msg.parent_id().is_some();
+    if is_reply && ctx.send_resp(msg.clone()) {
+        return;
+    }
+    let target = match msg.route.group.as_str() {
+        group::RESOURCE => META_GROUP,
+        group::MESH => MESH_GROUP,
+        other => {
+            log::warn!(
+                "dropping a {} for {} from the cloud: unknown group {other:?}",
+                msg.operation(),
+                msg.resource()
+            );
+            return;
+        }
+    };
+    if let Err(e) = ctx.send_to_group(target, msg).await {
+        log::debug!("no taker for a cloud message: {e}");
+    }
+}

@@ -1,0 +1,214 @@
+//! edgecore: the edge process (edgehub + metamanager; edgemesh when it exists).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use beehive::{Core, CoreConfig, ShutdownReport};
+use edgehub::{EdgeHub, EdgeHubConfig};
+use metamanager::{MetaManager, MetaManagerConfig, Store};
+use proto::metaclient::MetaClient;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config_file::{self, check};
+use crate::error::{Error, Result};
+use crate::health::{self, Check, HealthConfig, LinkWatch, Probe};
+
+/// The complete, commented default config (`edgecore --defaultconfig`).
+pub const DEFAULT_YAML: &str = include_str!("../config/edgecore.yaml");
+
+/// edgecore's config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct EdgeCoreConfig {
+    /// The module bus.
+    pub beehive: CoreConfig,
+    /// `/healthz` and `/readyz`.
+    pub health: HealthConfig,
+    /// The modules.
+    pub modules: EdgeModules,
+}
+
+/// edgecore's modules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct EdgeModules {
+    /// The cloud link.
+    pub edge_hub: EdgeHubConfig,
+    /// The metadata store and its socket.
+    pub meta_manager: MetaManagerConfig,
+}
+
+impl Default for EdgeCoreConfig {
+    fn default() -> Self {
+        EdgeCoreConfig {
+            beehive: CoreConfig::default(),
+            health: HealthConfig::on("127.0.0.1:10350"),
+            modules: EdgeModules::default(),
+        }
+    }
+}
+
+impl EdgeCoreConfig {
+    /// Every problem, one per section.
+    pub fn problems(&self) -> Vec<String> {
+        [
+            check("beehive", self.beehive.validate()),
+            check("health", self.health.validate()),
+            check("modules.edgeHub", self.modules.edge_hub.validate()),
+            check("modules.metaManager", self.modules.meta_manager.validate()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        config_file::load(path, Self::problems)
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> Result<Self> {
+        config_file::parse(text, "config", Self::problems)
+    }
+}
+
+/// An assembled edgecore, ready to run.
+pub struct EdgeCore {
+    /// The bus, for adding modules before running.
+    pub core: Core,
+    link_up: Arc<AtomicBool>,
+    socket: Option<PathBuf>,
+    health: Option<TcpListener>,
+}
+
+impl EdgeCore {
+    /// Opens the store, loads TLS files and registers the modules.
+    pub async fn build(config: &EdgeCoreConfig) -> Result<Self> {
+        let mut core = Core::new(config.beehive.clone())?;
+        let meta = &config.modules.meta_manager;
+        let socket = if meta.enable {
+            let store = Store::open(&meta.db_path)?;
+            core.register(Box::new(MetaManager::new(meta.clone(), store)))?;
+            Some(meta.socket_path.clone())
+        } else {
+            None
+        };
+        let hub = &config.modules.edge_hub;
+        let tls = hub
+            .tls
+            .as_ref()
+            .map(crate::tls::client_config)
+            .transpose()?;
+        core.register(Box::new(EdgeHub::new(hub.clone(), tls)))?;
+        let (watch, link_up) = LinkWatch::new();
+        core.register(Box::new(watch))?;
+        let health = match config.health.enable {
+            true => Some(
+                TcpListener::bind(&config.health.address)
+                    .await
+                    .map_err(|e| {
+                        Error::Io(format!(
+                            "health: cannot listen on {}: {e}",
+                            config.health.address
+                        ))
+                    })?,
+            ),
+            false => None,
+        };
+        Ok(EdgeCore {
+            core,
+            link_up,
+            socket,
+            health,
+        })
+    }
+
+    /// Where `/healthz` is served, if it is.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `stop` resolves, then shuts every module down.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> ShutdownReport {
+        let stop_health = CancellationToken::new();
+        if let Some(listener) = self.health {
+            let link_up = self.link_up.clone();
+            let socket = self.socket.clone();
+            let probe: Probe = Arc::new(move || {
+                let up = link_up.load(Ordering::SeqCst);
+                let socket = socket.clone();
+                Box::pin(async move { edge_checks(up, socket).await })
+            });
+            tokio::spawn(health::serve(listener, probe, stop_health.clone()));
+        }
+        let report = self.core.run_until(stop).await;
+        stop_health.cancel();
+        report
+    }
+}
+
+/// The edge is ready when metamanager answers on its socket; the cloud link is shown but
+/// not required (the edge keeps serving from SQLite while offline).
+async fn edge_checks(link_up: bool, socket: Option<PathBuf>) -> Vec<Check> {
+    let mut checks = vec![Check {
+        name: "cloud link",
+        ok: link_up,
+        required: false,
+        detail: if link_up { "up" } else { "down" }.into(),
+    }];
+    if let Some(path) = socket {
+        let ping = async {
+            let mut client = MetaClient::connect(&path, Duration::from_secs(1)).await?;
+            client.ping().await
+        };
+        let (ok, detail) = match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(Ok(())) => (true, format!("answering on {}", path.display())),
+            Ok(Err(e)) => (false, format!("{}: {e}", path.display())),
+            Err(_) => (false, format!("{}: no answer within 2s", path.display())),
+        };
+        checks.push(Check {
+            name: "metamanager",
+            ok,
+            required: true,
+            detail,
+        });
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_yaml_is_the_default_config() {
+        assert_eq!(
+            EdgeCoreConfig::parse(DEFAULT_YAML).unwrap(),
+            EdgeCoreConfig::default()
+        );
+    }
+
+    #[test]
+    fn every_bad_section_is_reported() {
+        let err = EdgeCoreConfig::parse(
+            "modules:\n  edgeHub: {nodeId: \"Bad Name\"}\n  metaManager: {watchBuffer: 0}\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("modules.edgeHub") && text.contains("nodeId"),
+            "{text}"
+        );
+        assert!(
+            text.contains("modules.metaManager") && text.contains("watchBuffer"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! `/healthz` and `/readyz` over HTTP, and the bus module that tracks the cloud link for
+//! them.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use beehive::{Context, Module, ModuleError, async_trait};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use proto::{connection, operation};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the health endpoint (`health:` in a process's config). Each process has its
+/// own default address; a `health:` section that is present must name one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthConfig {
+    /// Whether to serve `/healthz` and `/readyz`.
+    pub enable: bool,
+    /// Address to serve them on.
+    pub address: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig::on("")
+    }
+}
+
+impl HealthConfig {
+    /// Enabled on `address`.
+    pub fn on(address: &str) -> Self {
+        HealthConfig {
+            enable: true,
+            address: address.into(),
+        }
+    }
+
+    /// Names a bad address.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enable && self.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err("invalid config field address: must be IP:port".into());
+        }
+        Ok(())
+    }
+}
+
+/// One line of `/readyz`.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Whether readiness depends on it (otherwise it is shown only).
+    pub required: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// Produces the current checks.
+pub type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>> + Send + Sync>;
+
+/// Serves `/healthz` (200 while the process answers) and `/readyz` (200 when every
+/// required check passes, else 503, one line per check) until `stop`.
+pub async fn serve(listener: TcpListener, probe: Probe, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    log::warn!("health accept failed: {e}");
+                    continue;
+                }
+            },
+        };
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(req, probe.clone()));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                log::debug!("health connection: {e}");
+            }
+        });
+    }
+}
+
+async fn answer(req: Request<Incoming>, probe: Probe) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body) = match req.uri().path() {
+        "/healthz" | "/livez" => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => {
+            let checks = probe().await;
+            let ready = checks.iter().all(|c| c.ok || !c.required);
+            let mut body: String = checks
+                .iter()
+                .map(|c| {
+                    format!(
+                        "[{}] {}: {}\n",
+                        if c.ok { "+" } else { "-" },
+                        c.name,
+                        c.detail
+                    )
+                })
+                .collect();
+            body.push_str(if ready { "ready\n" } else { "not ready\n" });
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, body)
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "try /healthz or /readyz\n".to_owned(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+/// A bus module (group `health`) that hears edgehub's link events, so `/readyz` can show
+/// the cloud link.
+pub struct LinkWatch {
+    up: Arc<AtomicBool>,
+}
+
+impl LinkWatch {
+    /// The module and the flag it keeps.
+    pub fn new() -> (Self, Arc<AtomicBool>) {
+        let up = Arc::new(AtomicBool::new(false));
+        (LinkWatch { up: up.clone() }, up)
+    }
+}
+
+#[async_trait]
+impl Module for LinkWatch {
+    fn name(&self) -> &str {
+        "healthz"
+    }
+    fn group(&self) -> &str {
+        "health"
+    }
+    async fn start(self: Box<Self>, ctx: Context) -> Result<(), ModuleError> {
+        while let Ok(msg) = ctx.receive("healthz").await {
+            if msg.operation() == operation::CONNECT && msg.resource() == connection::RESOURCE {
+                let up = msg.content.as_str() == Some(connection::CONNECTED);
+                self.up.store(up, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+}
