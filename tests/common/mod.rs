@@ -1,0 +1,324 @@
+//! Helpers shared by the integration tests: assembled cloudcores and edgecores on loopback
+//! ports, a stand-in edgecontroller, raw WebSocket nodes, and waiting with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use beehive::{Context, Module, ModuleError, ShutdownReport, async_trait};
+use cloudhub::Hub;
+use edgemesh::cloudcore::{CloudCore, CloudCoreConfig};
+use edgemesh::edgecore::{EdgeCore, EdgeCoreConfig};
+use edgemesh::health::HealthConfig;
+use proto::{Message, Route, group, operation};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+/// The longest any test waits for a condition.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Awaits `cond` until it holds, failing the test after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Stands in for edgecontroller (issue 5): records what cloudhub sends up and answers
+/// queries from a table of cloud resources.
+pub struct StubController {
+    seen: mpsc::UnboundedSender<Message>,
+    objects: HashMap<String, (Value, String)>,
+}
+
+#[async_trait]
+impl Module for StubController {
+    fn name(&self) -> &str {
+        "edgecontroller"
+    }
+    fn group(&self) -> &str {
+        "edgecontroller"
+    }
+    async fn start(self: Box<Self>, ctx: Context) -> Result<(), ModuleError> {
+        while let Ok(msg) = ctx.receive("edgecontroller").await {
+            if msg.operation() == operation::QUERY {
+                let mut reply = match self.objects.get(msg.resource()) {
+                    Some((object, rv)) => {
+                        Message::reply(&msg, object.clone()).with_resource_version(rv.as_str())
+                    }
+                    None => Message::error_reply(&msg, format!("{} not found", msg.resource())),
+                };
+                reply.route.source = "edgecontroller".into();
+                ctx.send("cloudhub", reply).await?;
+            }
+            let _ = self.seen.send(msg);
+        }
+        Ok(())
+    }
+}
+
+/// A cloudcore assembled as the binary does, plus the stand-in edgecontroller.
+pub struct Cloud {
+    /// The cloud bus.
+    pub ctx: Context,
+    /// cloudhub's state.
+    pub hub: Arc<Hub>,
+    /// Where cloudhub listens.
+    pub addr: SocketAddr,
+    /// What reached edgecontroller.
+    pub upstream: mpsc::UnboundedReceiver<Message>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<ShutdownReport>>,
+}
+
+/// A cloudcore config on a loopback port with no health endpoint.
+pub fn cloud_config(address: &str) -> CloudCoreConfig {
+    let mut config = CloudCoreConfig {
+        health: HealthConfig {
+            enable: false,
+            ..HealthConfig::default()
+        },
+        ..CloudCoreConfig::default()
+    };
+    config.modules.cloud_hub.address = address.into();
+    config
+}
+
+impl Cloud {
+    /// Builds and starts a cloudcore with `config`; queries for the cloud resources in
+    /// `objects` are answered.
+    pub async fn start(
+        config: CloudCoreConfig,
+        objects: HashMap<String, (Value, String)>,
+    ) -> Cloud {
+        let mut cloudcore = CloudCore::build(&config).await.expect("cloudcore builds");
+        let (seen, upstream) = mpsc::unbounded_channel();
+        cloudcore
+            .core
+            .register(Box::new(StubController { seen, objects }))
+            .unwrap();
+        let ctx = cloudcore.core.context();
+        let hub = cloudcore.hub();
+        let addr = cloudcore.hub_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(cloudcore.run_until(async {
+            let _ = stopped.await;
+        }));
+        Cloud {
+            ctx,
+            hub,
+            addr,
+            upstream,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Sends an object change (or any message) to cloudhub as edgecontroller would.
+    pub async fn send(&self, msg: Message) {
+        self.ctx.send("cloudhub", msg).await.unwrap();
+    }
+
+    /// Waits for edgecontroller to hear that `node` connected (`true`) or went away.
+    pub async fn await_link(&mut self, node: &str, up: bool) {
+        let want = if up {
+            proto::connection::NODE_CONNECTED
+        } else {
+            proto::connection::NODE_DISCONNECTED
+        };
+        let resource = format!("node/{node}");
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let msg = self.upstream.recv().await.expect("cloud bus open");
+                if msg.operation() == operation::CONNECT
+                    && msg.resource() == resource
+                    && msg.content.as_str() == Some(want)
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("node {node} never reported {want}"));
+    }
+
+    /// Waits until every queued object has been ACKed.
+    pub async fn await_all_acked(&self) {
+        let hub = self.hub.clone();
+        eventually("every object ACKed", || {
+            let stats = hub.stats();
+            async move { stats.pending == 0 && stats.inflight == 0 }
+        })
+        .await;
+    }
+
+    /// Stops the cloudcore cleanly.
+    pub async fn stop(mut self) -> ShutdownReport {
+        let _ = self.stop.take().expect("running").send(());
+        self.task.take().expect("running").await.unwrap()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A Service object as Kubernetes lists it.
+pub fn service(ns: &str, name: &str, rv: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": rv},
+        "spec": {"clusterIP": ip, "ports": [{"port": 80, "protocol": "TCP"}]}
+    })
+}
+
+/// An object change for `node`, as edgecontroller sends it to cloudhub.
+pub fn change(node: &str, op: &str, ns: &str, name: &str, rv: &str, ip: &str) -> Message {
+    Message::new(
+        Route::new(
+            "edgecontroller",
+            group::RESOURCE,
+            op,
+            format!("node/{node}/{ns}/service/{name}"),
+        ),
+        service(ns, name, rv, ip),
+    )
+    .with_resource_version(rv)
+}
+
+/// An edgecore assembled as the binary does.
+pub struct Edge {
+    /// The edge bus.
+    pub ctx: Context,
+    /// metamanager's socket.
+    pub socket: PathBuf,
+    /// The SQLite file.
+    pub db: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<ShutdownReport>>,
+}
+
+/// An edgecore config for `node` dialling `server`, with files in `dir` and fast
+/// heartbeats and redials.
+pub fn edge_config(node: &str, server: SocketAddr, dir: &Path) -> EdgeCoreConfig {
+    let mut config = EdgeCoreConfig {
+        health: HealthConfig {
+            enable: false,
+            ..HealthConfig::default()
+        },
+        ..EdgeCoreConfig::default()
+    };
+    let hub = &mut config.modules.edge_hub;
+    hub.server = server.to_string();
+    hub.node_id = node.into();
+    hub.heartbeat_ms = 1_000;
+    hub.reconnect_initial_ms = 50;
+    hub.reconnect_max_ms = 500;
+    let meta = &mut config.modules.meta_manager;
+    meta.db_path = dir.join(format!("{node}.db"));
+    meta.socket_path = dir.join(format!("{node}.sock"));
+    config
+}
+
+impl Edge {
+    /// Builds and starts an edgecore with `config`.
+    pub async fn start(config: EdgeCoreConfig) -> Edge {
+        let edgecore = EdgeCore::build(&config).await.expect("edgecore builds");
+        let ctx = edgecore.core.context();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(edgecore.run_until(async {
+            let _ = stopped.await;
+        }));
+        let meta = &config.modules.meta_manager;
+        Edge {
+            ctx,
+            socket: meta.socket_path.clone(),
+            db: meta.db_path.clone(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the edgecore cleanly.
+    pub async fn stop(mut self) -> ShutdownReport {
+        let _ = self.stop.take().expect("running").send(());
+        self.task.take().expect("running").await.unwrap()
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Reads `(key, value)` rows from an SQLite file through a separate connection (python3's
+/// sqlite3), as an operator would.
+pub fn sqlite_rows(db: &Path) -> Vec<(String, Value)> {
+    let script = "import sqlite3,sys,json\n\
+        c=sqlite3.connect(sys.argv[1])\n\
+        print(json.dumps(c.execute('select key, value from meta order by key').fetchall()))";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(db)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<(String, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.into_iter()
+        .map(|(k, v)| (k, serde_json::from_str(&v).unwrap()))
+        .collect()
+}
+
+/// A raw WebSocket client with the given identity headers (absent when `None`).
+pub async fn raw_node(
+    addr: SocketAddr,
+    node_id: Option<&str>,
+    project_id: Option<&str>,
+) -> WebSocketStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("ws://{addr}/project/{}/events", node_id.unwrap_or("x"))
+        .into_client_request()
+        .unwrap();
+    if let Some(id) = node_id {
+        req.headers_mut()
+            .insert("node_id", HeaderValue::from_str(id).unwrap());
+    }
+    if let Some(id) = project_id {
+        req.headers_mut()
+            .insert("project_id", HeaderValue::from_str(id).unwrap());
+    }
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    ws
+}

@@ -1,0 +1,383 @@
+//! The cloud link end to end: cloudcore and edgecore assembled as the binaries assemble
+//! them, on loopback ports, with real WebSockets and the edge's real SQLite.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use proto::metaclient::MetaClient;
+use proto::{Message, ResourceType, Route, connection, group, operation};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// The next message the cloud sends a raw node (skipping control frames).
+async fn next_message(ws: &mut WebSocketStream<TcpStream>) -> Message {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("link open")
+            .expect("readable");
+        match frame {
+            WsMessage::Text(text) => return Message::from_json(text.as_bytes()).unwrap(),
+            WsMessage::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the cloud closes the link; returns the close code and reason.
+async fn close_reason<S>(ws: &mut WebSocketStream<S>) -> (CloseCode, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(WsMessage::Close(Some(f)))) => return (f.code, f.reason.to_string()),
+            Some(Ok(WsMessage::Close(None))) | None => panic!("closed without a reason"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("link failed without a close frame: {e}"),
+        }
+    }
+}
+
+async fn send(ws: &mut WebSocketStream<TcpStream>, msg: &Message) {
+    ws.send(WsMessage::Text(msg.to_json().unwrap().into()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_the_edge_sqlite_and_is_acked_after_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::start(cloud_config("127.0.0.1:0"), HashMap::new()).await;
+    let edge = Edge::start(edge_config("edge-1", cloud.addr, dir.path())).await;
+    cloud.await_link("edge-1", true).await;
+
+    cloud
+        .send(change(
+            "edge-1",
+            operation::INSERT,
+            "default",
+            "hello",
+            "7",
+            "10.96.0.10",
+        ))
+        .await;
+    cloud.await_all_acked().await;
+    // The ACK came after the commit: a separate SQLite connection sees the row now.
+    let rows = sqlite_rows(&edge.db);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "default/service/hello");
+    assert_eq!(rows[0].1["spec"]["clusterIP"], "10.96.0.10");
+
+    // Updates and deletes travel the same way.
+    cloud
+        .send(change(
+            "edge-1",
+            operation::UPDATE,
+            "default",
+            "hello",
+            "8",
+            "10.96.0.11",
+        ))
+        .await;
+    cloud
+        .send(change(
+            "edge-1",
+            operation::INSERT,
+            "default",
+            "bye",
+            "9",
+            "10.96.0.12",
+        ))
+        .await;
+    cloud.await_all_acked().await;
+    cloud
+        .send(change(
+            "edge-1",
+            operation::DELETE,
+            "default",
+            "bye",
+            "10",
+            "10.96.0.12",
+        ))
+        .await;
+    cloud.await_all_acked().await;
+    let rows = sqlite_rows(&edge.db);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].1["spec"]["clusterIP"], "10.96.0.11");
+
+    let report = edge.stop().await;
+    assert!(
+        report.failed.is_empty() && report.abandoned.is_empty(),
+        "{report:?}"
+    );
+    cloud.await_link("edge-1", false).await;
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_a_node_is_away_arrive_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::start(cloud_config("127.0.0.1:0"), HashMap::new()).await;
+    // Queued before the node ever connects; later versions replace earlier ones.
+    for rv in 1..=50 {
+        let ip = format!("10.96.1.{rv}");
+        cloud
+            .send(change(
+                "edge-1",
+                operation::UPDATE,
+                "default",
+                "a",
+                &rv.to_string(),
+                &ip,
+            ))
+            .await;
+    }
+    cloud
+        .send(change(
+            "edge-1",
+            operation::INSERT,
+            "default",
+            "b",
+            "3",
+            "10.96.2.1",
+        ))
+        .await;
+    let hub = cloud.hub.clone();
+    eventually("one queued message per object", || {
+        let pending = hub.stats().pending;
+        async move { pending == 2 }
+    })
+    .await;
+
+    let edge = Edge::start(edge_config("edge-1", cloud.addr, dir.path())).await;
+    cloud.await_link("edge-1", true).await;
+    cloud.await_all_acked().await;
+    let rows = sqlite_rows(&edge.db);
+    let ips: Vec<&str> = rows
+        .iter()
+        .map(|(_, v)| v["spec"]["clusterIP"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips, ["10.96.1.50", "10.96.2.1"]);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_objects_are_resent_and_settled_by_the_ack() {
+    let mut config = cloud_config("127.0.0.1:0");
+    config.modules.cloud_hub.ack_timeout_ms = 50;
+    let mut cloud = Cloud::start(config, HashMap::new()).await;
+    let mut node = raw_node(cloud.addr, Some("edge-r"), Some("p")).await;
+    cloud.await_link("edge-r", true).await;
+    cloud
+        .send(change(
+            "edge-r",
+            operation::INSERT,
+            "default",
+            "a",
+            "1",
+            "10.96.0.1",
+        ))
+        .await;
+    let first = next_message(&mut node).await;
+    assert_eq!(
+        first.resource(),
+        "default/service/a",
+        "node prefix stripped"
+    );
+    let again = next_message(&mut node).await;
+    assert_eq!(again.header.id, first.header.id, "same message resent");
+    let mut ack = Message::reply(&first, "OK");
+    ack.route.source = "metaManager".into();
+    send(&mut node, &ack).await;
+    cloud.await_all_acked().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_from_the_edge_is_answered_by_the_cloud_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let known = HashMap::from([(
+        "node/edge-q/default/service/remote".to_owned(),
+        (
+            service("default", "remote", "4", "10.96.4.4"),
+            "4".to_owned(),
+        ),
+    )]);
+    let mut cloud = Cloud::start(cloud_config("127.0.0.1:0"), known).await;
+    let mut config = edge_config("edge-q", cloud.addr, dir.path());
+    // Long enough that an unanswered query would outlast the test's deadline.
+    config.modules.meta_manager.remote_query_timeout_ms = 60_000;
+    let edge = Edge::start(config).await;
+    cloud.await_link("edge-q", true).await;
+    // metamanager hears of the link through the bus; wait until it asks the cloud.
+    let mut client = MetaClient::connect(&edge.socket, WAIT).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let found = loop {
+        if let Ok(Some(v)) = client.get("default", ResourceType::Service, "remote").await {
+            break Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let found = found.expect("the socket get reached the cloud through the bus and the link");
+    assert_eq!(found["spec"]["clusterIP"], "10.96.4.4");
+    assert!(
+        sqlite_rows(&edge.db)
+            .iter()
+            .any(|(k, _)| k == "default/service/remote"),
+        "the answer is stored"
+    );
+    // An object the cloud does not have: an answer at once, not a wait for the timeout.
+    let missing = tokio::time::timeout(WAIT, client.get("default", ResourceType::Service, "nope"))
+        .await
+        .expect("the cloud's refusal arrives before the edge's timeout");
+    assert!(matches!(missing, Ok(None) | Err(_)), "{missing:?}");
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_requests_fail_at_once_while_the_link_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let edge = Edge::start(edge_config("edge-off", port, dir.path())).await;
+    let ask = Message::new(
+        Route::new(
+            "test",
+            group::RESOURCE,
+            operation::QUERY,
+            "default/service/x",
+        ),
+        json!(null),
+    );
+    let reply = edge
+        .ctx
+        .send_sync("websocket", ask, Duration::from_secs(30))
+        .await
+        .expect("a reply, not a timeout");
+    assert_eq!(reply.operation(), operation::ERROR);
+    assert_eq!(reply.content.as_str(), Some(connection::LINK_DOWN));
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_drop_only_that_node() {
+    let mut config = cloud_config("127.0.0.1:0");
+    config.modules.cloud_hub.max_frame_len = 64 * 1024;
+    let mut cloud = Cloud::start(config, HashMap::new()).await;
+    let mut good = raw_node(cloud.addr, Some("good"), Some("p")).await;
+    cloud.await_link("good", true).await;
+
+    let mut garbage = raw_node(cloud.addr, Some("garbage"), Some("p")).await;
+    garbage
+        .send(WsMessage::Text("{not json".into()))
+        .await
+        .unwrap();
+    let (code, reason) = close_reason(&mut garbage).await;
+    assert_eq!(code, CloseCode::Invalid);
+    assert!(reason.contains("malformed"), "{reason}");
+
+    let mut binary = raw_node(cloud.addr, Some("binary"), Some("p")).await;
+    binary
+        .send(WsMessage::Binary(vec![0u8; 100].into()))
+        .await
+        .unwrap();
+    let (code, _) = close_reason(&mut binary).await;
+    assert_eq!(code, CloseCode::Invalid);
+
+    let mut big = raw_node(cloud.addr, Some("big"), Some("p")).await;
+    let _ = big
+        .send(WsMessage::Text("x".repeat(200 * 1024).into()))
+        .await;
+    let (code, reason) = close_reason(&mut big).await;
+    assert_eq!(code, CloseCode::Size, "{reason}");
+
+    // The well-behaved node still gets its changes.
+    cloud
+        .send(change(
+            "good",
+            operation::INSERT,
+            "default",
+            "a",
+            "1",
+            "10.96.0.1",
+        ))
+        .await;
+    let msg = next_message(&mut good).await;
+    assert_eq!(msg.resource(), "default/service/a");
+    send(&mut good, &Message::reply(&msg, "OK")).await;
+    cloud.await_all_acked().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_node_limit_and_replacement() {
+    let mut config = cloud_config("127.0.0.1:0");
+    config.modules.cloud_hub.node_limit = 1;
+    let mut cloud = Cloud::start(config, HashMap::new()).await;
+
+    let mut anonymous = raw_node(cloud.addr, None, Some("p")).await;
+    let (code, reason) = close_reason(&mut anonymous).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::Policy, "missing header node_id")
+    );
+    let mut no_project = raw_node(cloud.addr, Some("a"), None).await;
+    let (_, reason) = close_reason(&mut no_project).await;
+    assert_eq!(reason, "missing header project_id");
+    let mut bad_name = raw_node(cloud.addr, Some("Not_A_Node"), Some("p")).await;
+    let (_, reason) = close_reason(&mut bad_name).await;
+    assert!(reason.contains("invalid node_id"), "{reason}");
+
+    let mut first = raw_node(cloud.addr, Some("a"), Some("p")).await;
+    cloud.await_link("a", true).await;
+    let mut over = raw_node(cloud.addr, Some("b"), Some("p")).await;
+    let (code, reason) = close_reason(&mut over).await;
+    assert_eq!(code, CloseCode::Again);
+    assert!(reason.contains("node limit of 1"), "{reason}");
+
+    let mut second = raw_node(cloud.addr, Some("a"), Some("p")).await;
+    let (code, reason) = close_reason(&mut first).await;
+    assert_eq!(code, CloseCode::Away);
+    assert!(reason.contains("replaced"), "{reason}");
+    cloud
+        .send(change(
+            "a",
+            operation::INSERT,
+            "default",
+            "x",
+            "1",
+            "10.96.0.1",
+        ))
+        .await;
+    let msg = next_message(&mut second).await;
+    assert_eq!(msg.resource(), "default/service/x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_dropped() {
+    let mut config = cloud_config("127.0.0.1:0");
+    config.modules.cloud_hub.keepalive_timeout_ms = 1_000;
+    let mut cloud = Cloud::start(config, HashMap::new()).await;
+    let mut node = raw_node(cloud.addr, Some("quiet"), Some("p")).await;
+    cloud.await_link("quiet", true).await;
+    let (code, reason) = close_reason(&mut node).await;
+    assert_eq!(code, CloseCode::Away);
+    assert!(reason.contains("silent"), "{reason}");
+    cloud.await_link("quiet", false).await;
+}
