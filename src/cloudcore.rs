@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config_file::{self, check};
+use crate::config_file::{self, check, section};
 use crate::error::{Error, Result};
 use crate::health::{self, Check, HealthConfig, Probe};
 
@@ -51,14 +51,15 @@ impl Default for CloudCoreConfig {
 impl CloudCoreConfig {
     /// Every problem, one per section.
     pub fn problems(&self) -> Vec<String> {
-        [
-            check("beehive", self.beehive.validate()),
-            check("health", self.health.validate()),
-            check("modules.cloudHub", self.modules.cloud_hub.validate()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        let mut problems: Vec<String> = check("health", self.health.validate())
+            .into_iter()
+            .collect();
+        problems.extend(section("beehive", self.beehive.problems()));
+        problems.extend(section(
+            "modules.cloudHub",
+            self.modules.cloud_hub.problems(),
+        ));
+        problems
     }
 
     /// Reads and checks a config file.
@@ -173,7 +174,7 @@ mod tests {
     #[test]
     fn problems_are_reported_per_field() {
         let err = CloudCoreConfig::parse(
-            "beehive: {inboxCapacity: 0}\nmodules: {cloudHub: {window: 0}}\n",
+            "beehive: {inboxCapacity: 0}\nmodules: {cloudHub: {window: 0, nodeLimit: 0}}\n",
         )
         .unwrap_err();
         assert_eq!(err.exit_code(), 64);

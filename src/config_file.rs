@@ -44,3 +44,11 @@ pub fn load<T: DeserializeOwned>(path: &Path, validate: impl Fn(&T) -> Vec<Strin
 pub fn check<E: std::fmt::Display>(section: &str, result: Result<(), E>) -> Option<String> {
     result.err().map(|e| format!("{section}: {e}"))
 }
+
+/// Adds `section.` before each of a module's validation errors, which name their fields.
+pub fn section<E: std::fmt::Display>(section: &str, problems: Vec<E>) -> Vec<String> {
+    problems
+        .into_iter()
+        .map(|e| format!("{section}: {e}"))
+        .collect()
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config_file::{self, check};
+use crate::config_file::{self, check, section};
 use crate::error::{Error, Result};
 use crate::health::{self, Check, HealthConfig, LinkWatch, Probe};
 
@@ -57,15 +57,16 @@ impl Default for EdgeCoreConfig {
 impl EdgeCoreConfig {
     /// Every problem, one per section.
     pub fn problems(&self) -> Vec<String> {
-        [
-            check("beehive", self.beehive.validate()),
-            check("health", self.health.validate()),
-            check("modules.edgeHub", self.modules.edge_hub.validate()),
-            check("modules.metaManager", self.modules.meta_manager.validate()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        let mut problems: Vec<String> = check("health", self.health.validate())
+            .into_iter()
+            .collect();
+        problems.extend(section("beehive", self.beehive.problems()));
+        problems.extend(section("modules.edgeHub", self.modules.edge_hub.problems()));
+        problems.extend(section(
+            "modules.metaManager",
+            self.modules.meta_manager.problems(),
+        ));
+        problems
     }
 
     /// Reads and checks a config file.

@@ -381,3 +381,111 @@ async fn a_silent_node_is_dropped() {
     assert!(reason.contains("silent"), "{reason}");
     cloud.await_link("quiet", false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_payloads_cross_as_binary_frames_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::start(cloud_config("127.0.0.1:0"), HashMap::new()).await;
+    let (tx, mut at_edge) = tokio::sync::mpsc::unbounded_channel();
+    let mesh = Recorder {
+        name: "edgemesh",
+        group: "mesh",
+        tx,
+    };
+    let edge = Edge::start_with(
+        edge_config("edge-m", cloud.addr, dir.path()),
+        vec![Box::new(mesh)],
+    )
+    .await;
+    cloud.await_link("edge-m", true).await;
+    let payload = bytes::Bytes::from((0..=255u8).cycle().take(100_000).collect::<Vec<u8>>());
+
+    let down = Message::new(
+        Route::new(
+            "edgecontroller",
+            group::MESH,
+            "data",
+            "node/edge-m/stream/7",
+        ),
+        payload.clone(),
+    );
+    cloud.send(down).await;
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            let msg = at_edge.recv().await.unwrap();
+            if msg.operation() == "data" {
+                return msg;
+            }
+        }
+    })
+    .await
+    .expect("the payload reaches the edge's mesh group");
+    assert_eq!(got.resource(), "stream/7");
+    // Bytes, not base64 text: it crossed as a binary frame.
+    assert!(matches!(&got.content, proto::Content::Bytes(b) if *b == payload));
+
+    let up = Message::new(
+        Route::new("edgemesh", group::MESH, "data", "stream/8"),
+        payload.clone(),
+    );
+    edge.ctx.send("websocket", up).await.unwrap();
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            let msg = cloud.upstream.recv().await.unwrap();
+            if msg.operation() == "data" {
+                return msg;
+            }
+        }
+    })
+    .await
+    .expect("the payload reaches the cloud");
+    assert_eq!(got.resource(), "node/edge-m/stream/8");
+    assert!(matches!(&got.content, proto::Content::Bytes(b) if *b == payload));
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_reads_nothing_delays_no_other_node() {
+    let mut config = cloud_config("127.0.0.1:0");
+    config.modules.cloud_hub.write_timeout_ms = 500;
+    let mut cloud = Cloud::start(config, HashMap::new()).await;
+    let _slow = raw_node(cloud.addr, Some("slow"), Some("p")).await;
+    let mut good = raw_node(cloud.addr, Some("good"), Some("p")).await;
+    cloud.await_link("slow", true).await;
+    cloud.await_link("good", true).await;
+
+    // Far more than the socket buffers hold, to a node that never reads.
+    let padding = "x".repeat(64 * 1024);
+    for i in 0..200 {
+        let mut msg = change(
+            "slow",
+            operation::INSERT,
+            "default",
+            &format!("s{i}"),
+            "1",
+            "10.96.0.1",
+        );
+        if let proto::Content::Json(v) = &mut msg.content {
+            v["metadata"]["annotations"] = json!({ "pad": padding });
+        }
+        cloud.send(msg).await;
+    }
+    cloud
+        .send(change(
+            "good",
+            operation::INSERT,
+            "default",
+            "a",
+            "1",
+            "10.96.0.2",
+        ))
+        .await;
+    let msg = next_message(&mut good).await;
+    assert_eq!(msg.resource(), "default/service/a");
+    send(&mut good, &Message::reply(&msg, "OK")).await;
+
+    // The stuck node is dropped; its objects stay queued for its next connection.
+    cloud.await_link("slow", false).await;
+    let stats = cloud.hub.stats();
+    assert_eq!(stats.pending + stats.inflight, 200, "{stats:?}");
+}

@@ -31,8 +31,14 @@ impl CoreConfig {
 
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every field out of range, each named.
+    pub fn problems(&self) -> Vec<Error> {
+        let mut problems = Vec::new();
         if self.inbox_capacity == 0 || self.inbox_capacity > Self::MAX_INBOX_CAPACITY {
-            return Err(Error::InvalidConfig {
+            problems.push(Error::InvalidConfig {
                 field: "inboxCapacity",
                 reason: format!(
                     "must be between 1 and {}, got {}",
@@ -42,7 +48,7 @@ impl CoreConfig {
             });
         }
         if self.grace_period_ms > 600_000 {
-            return Err(Error::InvalidConfig {
+            problems.push(Error::InvalidConfig {
                 field: "gracePeriodMs",
                 reason: format!(
                     "must be at most 600000 (10 min), got {}",
@@ -50,7 +56,7 @@ impl CoreConfig {
                 ),
             });
         }
-        Ok(())
+        problems
     }
 
     /// The grace period as a duration.

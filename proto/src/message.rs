@@ -94,6 +94,12 @@ impl Message {
         }
     }
 
+    /// True when the message carries stream bytes (group `mesh` with byte content): the
+    /// cloud link sends it as a binary frame ([`crate::frame`]) instead of JSON text.
+    pub fn is_stream_payload(&self) -> bool {
+        self.route.group == crate::route::group::MESH && matches!(self.content, Content::Bytes(_))
+    }
+
     /// Marks the message as a request that waits for a reply.
     pub fn with_sync(mut self, sync: bool) -> Self {
         self.header.sync = sync;

@@ -77,6 +77,32 @@ impl Module for StubController {
     }
 }
 
+/// A module that forwards everything it receives to a channel.
+pub struct Recorder {
+    /// Module name.
+    pub name: &'static str,
+    /// Module group.
+    pub group: &'static str,
+    /// Where received messages go.
+    pub tx: mpsc::UnboundedSender<Message>,
+}
+
+#[async_trait]
+impl Module for Recorder {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn group(&self) -> &str {
+        self.group
+    }
+    async fn start(self: Box<Self>, ctx: Context) -> Result<(), ModuleError> {
+        while let Ok(msg) = ctx.receive(self.name).await {
+            let _ = self.tx.send(msg);
+        }
+        Ok(())
+    }
+}
+
 /// A cloudcore assembled as the binary does, plus the stand-in edgecontroller.
 pub struct Cloud {
     /// The cloud bus.
@@ -248,7 +274,15 @@ pub fn edge_config(node: &str, server: SocketAddr, dir: &Path) -> EdgeCoreConfig
 impl Edge {
     /// Builds and starts an edgecore with `config`.
     pub async fn start(config: EdgeCoreConfig) -> Edge {
-        let edgecore = EdgeCore::build(&config).await.expect("edgecore builds");
+        Self::start_with(config, Vec::new()).await
+    }
+
+    /// Builds and starts an edgecore with `config` and `extra` modules on its bus.
+    pub async fn start_with(config: EdgeCoreConfig, extra: Vec<Box<dyn Module>>) -> Edge {
+        let mut edgecore = EdgeCore::build(&config).await.expect("edgecore builds");
+        for module in extra {
+            edgecore.core.register(module).unwrap();
+        }
         let ctx = edgecore.core.context();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(edgecore.run_until(async {

@@ -87,43 +87,51 @@ impl Default for CloudHubConfig {
 impl CloudHubConfig {
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason: &str| {
-            Err(Error::InvalidConfig {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every field out of range, each named.
+    pub fn problems(&self) -> Vec<Error> {
+        let mut problems = Vec::new();
+        let mut bad = |field, reason: &str| {
+            problems.push(Error::InvalidConfig {
                 field,
                 reason: reason.to_owned(),
             })
         };
         if self.address.parse::<std::net::SocketAddr>().is_err() {
-            return bad("address", "must be IP:port, such as 0.0.0.0:10000");
+            bad("address", "must be IP:port, such as 0.0.0.0:10000");
         }
-        if let Some(tls) = &self.tls {
-            tls.validate()?;
+        if let Some(tls) = &self.tls
+            && let Err(Error::InvalidConfig { field, reason }) = tls.validate()
+        {
+            bad(field, &reason);
         }
         if !(1_000..=3_600_000).contains(&self.keepalive_timeout_ms) {
-            return bad("keepaliveTimeoutMs", "must be between 1000 and 3600000");
+            bad("keepaliveTimeoutMs", "must be between 1000 and 3600000");
         }
         if !(1..=1_000_000).contains(&self.node_limit) {
-            return bad("nodeLimit", "must be between 1 and 1000000");
+            bad("nodeLimit", "must be between 1 and 1000000");
         }
         if !(10..=600_000).contains(&self.ack_timeout_ms) {
-            return bad("ackTimeoutMs", "must be between 10 and 600000");
+            bad("ackTimeoutMs", "must be between 10 and 600000");
         }
         if self.max_resends > 100 {
-            return bad("maxResends", "must be at most 100");
+            bad("maxResends", "must be at most 100");
         }
         if !(1..=65_536).contains(&self.window) {
-            return bad("window", "must be between 1 and 65536");
+            bad("window", "must be between 1 and 65536");
         }
         if !(1024..=(64 << 20)).contains(&self.max_frame_len) {
-            return bad("maxFrameLen", "must be between 1 KiB and 64 MiB");
+            bad("maxFrameLen", "must be between 1 KiB and 64 MiB");
         }
         if !(100..=600_000).contains(&self.handshake_timeout_ms) {
-            return bad("handshakeTimeoutMs", "must be between 100 and 600000");
+            bad("handshakeTimeoutMs", "must be between 100 and 600000");
         }
         if !(100..=600_000).contains(&self.write_timeout_ms) {
-            return bad("writeTimeoutMs", "must be between 100 and 600000");
+            bad("writeTimeoutMs", "must be between 100 and 600000");
         }
-        Ok(())
+        problems
     }
 
     pub(crate) fn keepalive_timeout(&self) -> Duration {

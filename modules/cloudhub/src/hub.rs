@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use beehive::Context;
 use compact_str::{CompactString, format_compact};
-use proto::{Message, Route, connection, operation};
+use proto::{FrameCodec, Message, Route, connection, operation};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CloudHubConfig;
@@ -62,6 +62,7 @@ pub struct Hub {
     nodes: Mutex<HashMap<CompactString, Arc<Node>>>,
     connected: AtomicUsize,
     generations: AtomicU64,
+    codec: FrameCodec,
     /// Parent of every session's cancel token: cancelled at shutdown.
     pub(crate) shutdown: CancellationToken,
 }
@@ -71,6 +72,7 @@ impl Hub {
     pub fn new(config: CloudHubConfig) -> Arc<Self> {
         Arc::new(Hub {
             ctx: OnceLock::new(),
+            codec: FrameCodec::new(config.max_frame_len),
             config,
             nodes: Mutex::new(HashMap::new()),
             connected: AtomicUsize::new(0),
@@ -139,10 +141,10 @@ impl Hub {
         let node = self.node(node_id);
         let rest: CompactString = rest.into();
         msg.route.resource = rest.clone();
-        let text = match msg.to_json() {
-            Ok(text) => Utf8Bytes::from(text),
+        let frame = match encode(&self.codec, &msg) {
+            Ok(frame) => frame,
             Err(e) => {
-                log::error!("cannot serialize {} for node {}: {e}", rest, node.id);
+                log::error!("cannot encode {} for node {}: {e}", rest, node.id);
                 return;
             }
         };
@@ -152,11 +154,11 @@ impl Hub {
         ) && !rest.is_empty();
         {
             let mut queue = node.queue.lock().expect("queue poisoned");
-            if reliable {
+            if reliable && let WsMessage::Text(text) = frame {
                 let id = msg.header.id;
                 queue.push(rest, Outgoing { id, text });
             } else if self.is_connected(&node) {
-                queue.push_direct(text);
+                queue.push_direct(frame);
             } else {
                 log::debug!(
                     "node {} is away: dropping a {} for {rest}",
@@ -286,7 +288,7 @@ impl Hub {
             node.queue
                 .lock()
                 .expect("queue poisoned")
-                .push_direct(Utf8Bytes::from(text));
+                .push_direct(WsMessage::Text(Utf8Bytes::from(text)));
             node.wake.notify_one();
         }
     }
@@ -302,6 +304,16 @@ impl Hub {
                 false
             }
         }
+    }
+}
+
+/// Stream payloads (group `mesh`, byte content) go as binary frames, everything else as
+/// JSON text, as on the edge side.
+fn encode(codec: &FrameCodec, msg: &Message) -> Result<WsMessage, proto::Error> {
+    if msg.is_stream_payload() {
+        Ok(WsMessage::Binary(codec.encode_to_bytes(msg)?))
+    } else {
+        Ok(WsMessage::Text(msg.to_json()?.into()))
     }
 }
 

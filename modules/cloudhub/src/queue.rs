@@ -13,7 +13,7 @@ use std::time::Duration;
 use compact_str::CompactString;
 use proto::MsgId;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 /// Replies and other one-off messages kept for a connected node, at most.
 const DIRECT_LIMIT: usize = 4096;
@@ -52,7 +52,7 @@ pub struct NodeQueue {
     pending: HashMap<CompactString, Queued>,
     inflight: HashMap<CompactString, InFlight>,
     by_id: HashMap<MsgId, CompactString>,
-    direct: VecDeque<Utf8Bytes>,
+    direct: VecDeque<WsMessage>,
     next_seq: u64,
     next_due: Option<Instant>,
 }
@@ -79,13 +79,13 @@ impl NodeQueue {
         self.pending.insert(key, Queued { seq, out });
     }
 
-    /// Queues a one-off message (a reply) to go out before objects; not resent.
-    pub fn push_direct(&mut self, text: Utf8Bytes) {
+    /// Queues a one-off frame (a reply, tunnel data) to go out before objects; not resent.
+    pub fn push_direct(&mut self, frame: WsMessage) {
         if self.direct.len() >= DIRECT_LIMIT {
             log::warn!("dropping the oldest of {DIRECT_LIMIT} unsent replies to a slow node");
             self.direct.pop_front();
         }
-        self.direct.push_back(text);
+        self.direct.push_back(frame);
     }
 
     /// Marks the object whose message had id `parent` as delivered. False when no message in
@@ -106,8 +106,8 @@ impl NodeQueue {
         window: usize,
         ack_timeout: Duration,
         max_resends: u32,
-    ) -> Vec<Utf8Bytes> {
-        let mut out: Vec<Utf8Bytes> = self.direct.drain(..).collect();
+    ) -> Vec<WsMessage> {
+        let mut out: Vec<WsMessage> = self.direct.drain(..).collect();
         if self.next_due.is_some_and(|due| due <= now) {
             self.next_due = None;
             for entry in self.inflight.values_mut().filter(|e| !e.parked) {
@@ -119,7 +119,7 @@ impl NodeQueue {
                     }
                     entry.resends += 1;
                     entry.due = now + ack_timeout * 2u32.saturating_pow(entry.resends);
-                    out.push(entry.out.text.clone());
+                    out.push(WsMessage::Text(entry.out.text.clone()));
                 }
                 self.next_due = Some(self.next_due.map_or(entry.due, |d| d.min(entry.due)));
             }
@@ -134,7 +134,7 @@ impl NodeQueue {
             let queued = self.pending.remove(&key).expect("checked above");
             let due = now + ack_timeout;
             self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
-            out.push(queued.out.text.clone());
+            out.push(WsMessage::Text(queued.out.text.clone()));
             self.by_id.insert(queued.out.id.clone(), key.clone());
             let entry = InFlight {
                 seq: queued.seq,
@@ -204,8 +204,10 @@ mod tests {
         }
     }
 
-    fn texts(v: Vec<Utf8Bytes>) -> Vec<String> {
-        v.into_iter().map(|t| t.to_string()).collect()
+    fn texts(v: Vec<WsMessage>) -> Vec<String> {
+        v.into_iter()
+            .map(|t| t.into_text().unwrap().to_string())
+            .collect()
     }
 
     const ACK: Duration = Duration::from_secs(1);
@@ -292,7 +294,7 @@ mod tests {
         let now = Instant::now();
         q.take(now, 2, ACK, 3);
         q.push("ns/service/b".into(), out("b2"));
-        q.push_direct(Utf8Bytes::from_static("reply"));
+        q.push_direct(WsMessage::Text(Utf8Bytes::from_static("reply")));
         q.reconnect();
         assert_eq!(texts(q.take(now, 10, ACK, 3)), ["a1", "c1", "b2"]);
     }

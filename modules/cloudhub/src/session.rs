@@ -37,8 +37,8 @@ where
         );
         if !batch.is_empty() {
             let write = async {
-                for text in batch {
-                    ws.feed(WsMessage::Text(text)).await?;
+                for frame in batch {
+                    ws.feed(frame).await?;
                 }
                 ws.flush().await
             };

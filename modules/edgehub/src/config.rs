@@ -75,26 +75,32 @@ impl Default for EdgeHubConfig {
 impl EdgeHubConfig {
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason: &str| {
-            Err(Error::InvalidConfig {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every field out of range, each named.
+    pub fn problems(&self) -> Vec<Error> {
+        let mut problems = Vec::new();
+        let mut bad = |field, reason: &str| {
+            problems.push(Error::InvalidConfig {
                 field,
                 reason: reason.to_owned(),
             })
         };
         if self.host().is_none() {
-            return bad("server", "must be host:port, such as 127.0.0.1:10000");
+            bad("server", "must be host:port, such as 127.0.0.1:10000");
         }
         let name_ok =
             |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
         if self.node_id.is_empty() || self.node_id.len() > 253 || !self.node_id.chars().all(name_ok)
         {
-            return bad(
+            bad(
                 "nodeId",
                 "must be a Kubernetes node name: lowercase letters, digits, '-' and '.'",
             );
         }
         if self.project_id.is_empty() {
-            return bad("projectId", "must not be empty");
+            bad("projectId", "must not be empty");
         }
         if let Some(tls) = &self.tls {
             for (field, path) in [
@@ -103,35 +109,35 @@ impl EdgeHubConfig {
                 ("tls.keyFile", &tls.key_file),
             ] {
                 if path.as_os_str().is_empty() {
-                    return bad(field, "must not be empty when tls is set");
+                    bad(field, "must not be empty when tls is set");
                 }
             }
         }
         if !(100..=600_000).contains(&self.heartbeat_ms) {
-            return bad("heartbeatMs", "must be between 100 and 600000");
+            bad("heartbeatMs", "must be between 100 and 600000");
         }
         if !(1..=60_000).contains(&self.reconnect_initial_ms) {
-            return bad("reconnectInitialMs", "must be between 1 and 60000");
+            bad("reconnectInitialMs", "must be between 1 and 60000");
         }
         if self.reconnect_max_ms < self.reconnect_initial_ms || self.reconnect_max_ms > 3_600_000 {
-            return bad(
+            bad(
                 "reconnectMaxMs",
                 "must be at least reconnectInitialMs and at most 3600000",
             );
         }
         if !(100..=600_000).contains(&self.handshake_timeout_ms) {
-            return bad("handshakeTimeoutMs", "must be between 100 and 600000");
+            bad("handshakeTimeoutMs", "must be between 100 and 600000");
         }
         if !(100..=600_000).contains(&self.write_timeout_ms) {
-            return bad("writeTimeoutMs", "must be between 100 and 600000");
+            bad("writeTimeoutMs", "must be between 100 and 600000");
         }
         if !(1024..=(64 << 20)).contains(&self.max_frame_len) {
-            return bad("maxFrameLen", "must be between 1 KiB and 64 MiB");
+            bad("maxFrameLen", "must be between 1 KiB and 64 MiB");
         }
         if !(1..=1 << 20).contains(&self.outbound_buffer) {
-            return bad("outboundBuffer", "must be between 1 and 1048576");
+            bad("outboundBuffer", "must be between 1 and 1048576");
         }
-        Ok(())
+        problems
     }
 
     /// The host part of `server`, when it is `host:port`.

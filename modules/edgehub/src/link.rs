@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use beehive::Context;
 use futures_util::{SinkExt, StreamExt};
-use proto::{Content, FrameCodec, Message, Route, connection, group, operation};
+use proto::{FrameCodec, Message, Route, connection, group, operation};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -215,7 +215,7 @@ where
 
 /// Stream payloads go as binary frames, everything else as JSON text.
 fn encode(codec: &FrameCodec, msg: &Message) -> Result<WsMessage, proto::Error> {
-    if msg.route.group == group::MESH && matches!(msg.content, Content::Bytes(_)) {
+    if msg.is_stream_payload() {
         Ok(WsMessage::Binary(codec.encode_to_bytes(msg)?))
     } else {
         Ok(WsMessage::Text(msg.to_json()?.into()))

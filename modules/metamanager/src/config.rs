@@ -44,37 +44,43 @@ impl Default for MetaManagerConfig {
 impl MetaManagerConfig {
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason: &str| {
-            Err(Error::InvalidConfig {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every field out of range, each named.
+    pub fn problems(&self) -> Vec<Error> {
+        let mut problems = Vec::new();
+        let mut bad = |field, reason: &str| {
+            problems.push(Error::InvalidConfig {
                 field,
                 reason: reason.to_owned(),
             })
         };
         if self.db_path.as_os_str().is_empty() {
-            return bad("dbPath", "must not be empty");
+            bad("dbPath", "must not be empty");
         }
         if self.socket_path.as_os_str().is_empty() {
-            return bad("socketPath", "must not be empty");
+            bad("socketPath", "must not be empty");
         }
         // sun_path holds 108 bytes including the terminating NUL.
         if self.socket_path.as_os_str().len() > 107 {
-            return bad(
+            bad(
                 "socketPath",
                 "longer than the 107 bytes a Unix socket path may have",
             );
         }
         if self.remote_query_timeout_ms == 0 || self.remote_query_timeout_ms > 60_000 {
-            return bad("remoteQueryTimeoutMs", "must be between 1 and 60000");
+            bad("remoteQueryTimeoutMs", "must be between 1 and 60000");
         }
         if self.watch_buffer == 0 || self.watch_buffer > 1 << 20 {
-            return bad("watchBuffer", "must be between 1 and 1048576");
+            bad("watchBuffer", "must be between 1 and 1048576");
         }
         if self.watch_stall_timeout_ms == 0 || self.watch_stall_timeout_ms > 600_000 {
-            return bad("watchStallTimeoutMs", "must be between 1 and 600000");
+            bad("watchStallTimeoutMs", "must be between 1 and 600000");
         }
         if self.max_frame_len < 1024 || self.max_frame_len > 64 << 20 {
-            return bad("maxFrameLen", "must be between 1 KiB and 64 MiB");
+            bad("maxFrameLen", "must be between 1 KiB and 64 MiB");
         }
-        Ok(())
+        problems
     }
 }
