@@ -105,6 +105,7 @@ async fn cloud(nodes: usize) -> Result<()> {
             Some("change") => {
                 let rv: u64 = words.next().context("change RV")?.parse()?;
                 let started = Instant::now();
+                let delivered_before = hub.stats().delivered;
                 for i in 0..nodes {
                     let svc = json!({
                         "apiVersion": "v1", "kind": "Service",
@@ -126,7 +127,8 @@ async fn cloud(nodes: usize) -> Result<()> {
                 let queued = started.elapsed();
                 loop {
                     let s = hub.stats();
-                    if s.pending == 0 && s.inflight == 0 {
+                    let taken = s.delivered >= delivered_before + nodes as u64;
+                    if taken && s.pending == 0 && s.inflight == 0 {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;

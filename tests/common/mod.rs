@@ -113,6 +113,8 @@ pub struct Cloud {
     pub addr: SocketAddr,
     /// What reached edgecontroller.
     pub upstream: mpsc::UnboundedReceiver<Message>,
+    /// Messages sent to cloudhub through [`Cloud::send`].
+    sent: std::sync::atomic::AtomicU64,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<ShutdownReport>>,
 }
@@ -155,6 +157,7 @@ impl Cloud {
             hub,
             addr,
             upstream,
+            sent: Default::default(),
             stop: Some(stop),
             task: Some(task),
         }
@@ -163,6 +166,7 @@ impl Cloud {
     /// Sends an object change (or any message) to cloudhub as edgecontroller would.
     pub async fn send(&self, msg: Message) {
         self.ctx.send("cloudhub", msg).await.unwrap();
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Waits for edgecontroller to hear that `node` connected (`true`) or went away.
@@ -188,12 +192,14 @@ impl Cloud {
         .unwrap_or_else(|_| panic!("node {node} never reported {want}"));
     }
 
-    /// Waits until every queued object has been ACKed.
+    /// Waits until cloudhub has taken every message sent so far and every queued object
+    /// has been ACKed.
     pub async fn await_all_acked(&self) {
         let hub = self.hub.clone();
+        let sent = self.sent.load(std::sync::atomic::Ordering::SeqCst);
         eventually("every object ACKed", || {
             let stats = hub.stats();
-            async move { stats.pending == 0 && stats.inflight == 0 }
+            async move { stats.delivered >= sent && stats.pending == 0 && stats.inflight == 0 }
         })
         .await;
     }

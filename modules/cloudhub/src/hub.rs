@@ -53,6 +53,10 @@ pub struct HubStats {
     pub pending: usize,
     /// Objects sent and not yet ACKed, over all nodes.
     pub inflight: usize,
+    /// Messages taken from the bus for nodes since start.
+    pub delivered: u64,
+    /// ACKs received from nodes since start.
+    pub acked: u64,
 }
 
 /// Shared state of cloudhub.
@@ -61,6 +65,8 @@ pub struct Hub {
     config: CloudHubConfig,
     nodes: Mutex<HashMap<CompactString, Arc<Node>>>,
     connected: AtomicUsize,
+    delivered: AtomicU64,
+    acked: AtomicU64,
     generations: AtomicU64,
     codec: FrameCodec,
     /// Parent of every session's cancel token: cancelled at shutdown.
@@ -76,6 +82,8 @@ impl Hub {
             config,
             nodes: Mutex::new(HashMap::new()),
             connected: AtomicUsize::new(0),
+            delivered: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
             generations: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         })
@@ -116,6 +124,8 @@ impl Hub {
         let mut stats = HubStats {
             nodes: nodes.len(),
             connected: self.connected.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
             ..Default::default()
         };
         for node in nodes {
@@ -130,6 +140,11 @@ impl Hub {
     /// Object changes are queued for reliable delivery; anything else (replies) goes out
     /// once, and only to a connected node.
     pub fn deliver(&self, mut msg: Message) {
+        self.deliver_inner(&mut msg);
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn deliver_inner(&self, msg: &mut Message) {
         let Some((node_id, rest)) = split_node(msg.resource()) else {
             log::warn!(
                 "dropping {} for {:?}: the resource must start with node/<nodeID>/",
@@ -141,7 +156,7 @@ impl Hub {
         let node = self.node(node_id);
         let rest: CompactString = rest.into();
         msg.route.resource = rest.clone();
-        let frame = match encode(&self.codec, &msg) {
+        let frame = match encode(&self.codec, msg) {
             Ok(frame) => frame,
             Err(e) => {
                 log::error!("cannot encode {} for node {}: {e}", rest, node.id);
@@ -155,7 +170,7 @@ impl Hub {
         {
             let mut queue = node.queue.lock().expect("queue poisoned");
             if reliable && let WsMessage::Text(text) = frame {
-                let id = msg.header.id;
+                let id = msg.header.id.clone();
                 queue.push(rest, Outgoing { id, text });
             } else if self.is_connected(&node) {
                 queue.push_direct(frame);
@@ -254,6 +269,7 @@ impl Hub {
                 if let Some(parent) = msg.parent_id()
                     && node.queue.lock().expect("queue poisoned").ack(parent)
                 {
+                    self.acked.fetch_add(1, Ordering::Relaxed);
                     if msg.operation() == operation::ERROR {
                         log::warn!(
                             "node {} refused {}: {}",
