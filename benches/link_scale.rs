@@ -220,6 +220,21 @@ where
     }
 }
 
+/// Asks the cloud process for (connected nodes, RSS in KiB).
+async fn cloud_stats(
+    to_cloud: &mut impl Write,
+    lines: &mut mpsc::UnboundedReceiver<String>,
+) -> Result<(u64, u64)> {
+    writeln!(to_cloud, "stats")?;
+    let line = lines.recv().await.context("stats")?;
+    let parts: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    Ok((parts[0], parts[1]))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -305,14 +320,7 @@ async fn drive(nodes: usize, rounds: usize, hold: u64, tls: bool) -> Result<()> 
         conn_rx.recv().await.context("a node failed to connect")?;
     }
     let connect_secs = started.elapsed().as_secs_f64();
-    writeln!(to_cloud, "stats")?;
-    let stats = line_rx.recv().await.context("stats")?;
-    let parts: Vec<u64> = stats
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let (held, held_rss) = (parts[0], parts[1]);
+    let (held, held_rss) = cloud_stats(&mut to_cloud, &mut line_rx).await?;
     println!(
         "machine: {} cores; link: {}",
         std::thread::available_parallelism()?.get(),
@@ -365,17 +373,10 @@ async fn drive(nodes: usize, rounds: usize, hold: u64, tls: bool) -> Result<()> 
     if hold > 0 {
         // Longer than cloudhub's 30 s keepalive timeout: nodes that keep alive stay held.
         tokio::time::sleep(Duration::from_secs(hold)).await;
-        writeln!(to_cloud, "stats")?;
-        let stats = line_rx.recv().await.context("stats")?;
-        let parts: Vec<u64> = stats
-            .split_whitespace()
-            .skip(1)
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
+        let (held, rss) = cloud_stats(&mut to_cloud, &mut line_rx).await?;
         println!(
-            "after {hold} s more: {} nodes held, cloudcore RSS {} MiB",
-            parts[0],
-            parts[1] / 1024
+            "after {hold} s more: {held} nodes held, cloudcore RSS {} MiB",
+            rss / 1024
         );
     }
     FINISHED.store(true, std::sync::atomic::Ordering::SeqCst);

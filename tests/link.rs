@@ -56,6 +56,23 @@ async fn send(ws: &mut WebSocketStream<TcpStream>, msg: &Message) {
         .unwrap();
 }
 
+/// A change for `node` reaches its raw client, which ACKs it.
+async fn assert_served(cloud: &Cloud, ws: &mut WebSocketStream<TcpStream>, node: &str) {
+    cloud
+        .send(change(
+            node,
+            operation::INSERT,
+            "default",
+            "served",
+            "1",
+            "10.96.0.1",
+        ))
+        .await;
+    let msg = next_message(ws).await;
+    assert_eq!(msg.resource(), "default/service/served");
+    send(ws, &Message::reply(&msg, "OK")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_reaches_the_edge_sqlite_and_is_acked_after_commit() {
     let dir = tempfile::tempdir().unwrap();
@@ -309,19 +326,7 @@ async fn garbage_and_oversized_frames_drop_only_that_node() {
     assert_eq!(code, CloseCode::Size, "{reason}");
 
     // The well-behaved node still gets its changes.
-    cloud
-        .send(change(
-            "good",
-            operation::INSERT,
-            "default",
-            "a",
-            "1",
-            "10.96.0.1",
-        ))
-        .await;
-    let msg = next_message(&mut good).await;
-    assert_eq!(msg.resource(), "default/service/a");
-    send(&mut good, &Message::reply(&msg, "OK")).await;
+    assert_served(&cloud, &mut good, "good").await;
     cloud.await_all_acked().await;
 }
 
@@ -470,19 +475,7 @@ async fn a_node_that_reads_nothing_delays_no_other_node() {
         }
         cloud.send(msg).await;
     }
-    cloud
-        .send(change(
-            "good",
-            operation::INSERT,
-            "default",
-            "a",
-            "1",
-            "10.96.0.2",
-        ))
-        .await;
-    let msg = next_message(&mut good).await;
-    assert_eq!(msg.resource(), "default/service/a");
-    send(&mut good, &Message::reply(&msg, "OK")).await;
+    assert_served(&cloud, &mut good, "good").await;
 
     // The stuck node is dropped; its objects stay queued for its next connection.
     cloud.await_link("slow", false).await;
