@@ -1,4 +1,4 @@
-//! cloudcore: the cloud process (cloudhub; edgecontroller when it exists).
+//! cloudcore: the cloud process (cloudhub and edgecontroller).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use beehive::{Core, CoreConfig, ShutdownReport};
 use cloudhub::{CloudHub, CloudHubConfig, Hub};
+use edgecontroller::{EdgeController, EdgeControllerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,8 @@ pub struct CloudCoreConfig {
 pub struct CloudModules {
     /// The WebSocket server edge nodes dial.
     pub cloud_hub: CloudHubConfig,
+    /// The source of Services, Endpoints and Pods, and what each node gets of them.
+    pub edge_controller: EdgeControllerConfig,
 }
 
 impl Default for CloudCoreConfig {
@@ -105,6 +108,10 @@ impl CloudCore {
         let module = CloudHub::new(hub_cfg.clone(), listener, tls);
         let hub = module.hub();
         core.register(Box::new(module))?;
+        let controller = &config.modules.edge_controller;
+        if controller.enable {
+            core.register(Box::new(EdgeController::new(controller.clone())))?;
+        }
         let health = match config.health.enable {
             true => Some(bind("health", &config.health.address).await?),
             false => None,

@@ -21,6 +21,10 @@ pub mod operation {
     pub const KEEPALIVE: &str = "keepalive";
     /// A cloud link state change, published by edgehub to every group (KubeEdge's name).
     pub const CONNECT: &str = "connect";
+    /// Ours, edge → cloud when the link comes up: what the edge holds, as a JSON object
+    /// `{"<ns>/<type>/<name>": "<resourceVersion>", ...}`. The cloud answers with the inserts,
+    /// updates and deletes that make the edge hold exactly what it should.
+    pub const RESYNC: &str = "resync";
 }
 
 /// The cloud link state change edgehub publishes, as KubeEdge shapes it: resource

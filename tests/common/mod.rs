@@ -129,22 +129,27 @@ pub fn cloud_config(address: &str) -> CloudCoreConfig {
         ..CloudCoreConfig::default()
     };
     config.modules.cloud_hub.address = address.into();
+    // The stand-in takes edgecontroller's place.
+    config.modules.edge_controller.enable = false;
     config
 }
 
 impl Cloud {
-    /// Builds and starts a cloudcore with `config`; queries for the cloud resources in
-    /// `objects` are answered.
+    /// Builds and starts a cloudcore with `config`. Unless the config enables the real
+    /// edgecontroller, the stand-in takes its place and answers queries for the cloud
+    /// resources in `objects`.
     pub async fn start(
         config: CloudCoreConfig,
         objects: HashMap<String, (Value, String)>,
     ) -> Cloud {
         let mut cloudcore = CloudCore::build(&config).await.expect("cloudcore builds");
         let (seen, upstream) = mpsc::unbounded_channel();
-        cloudcore
-            .core
-            .register(Box::new(StubController { seen, objects }))
-            .unwrap();
+        if !config.modules.edge_controller.enable {
+            cloudcore
+                .core
+                .register(Box::new(StubController { seen, objects }))
+                .unwrap();
+        }
         let ctx = cloudcore.core.context();
         let hub = cloudcore.hub();
         let addr = cloudcore.hub_addr();

@@ -103,6 +103,9 @@ impl Handler {
                 let up = msg.content.as_str() == Some(connection::CONNECTED);
                 self.online.store(up, Ordering::SeqCst);
                 log::info!("cloud link {}", if up { "up" } else { "down" });
+                if up {
+                    tokio::spawn(async move { self.report_holdings().await });
+                }
             }
             operation::RESPONSE | operation::ERROR => {
                 // Replies to our own remote queries arrive through send_resp, not here.
@@ -116,6 +119,28 @@ impl Handler {
                 let reason = format!("unsupported operation {other:?}");
                 self.fail(&msg, &reason);
             }
+        }
+    }
+
+    /// Tells the cloud what this node holds, so it sends only what changed while the link
+    /// was down and deletes what no longer exists.
+    async fn report_holdings(&self) {
+        let rows = self.store.list(&Filter::default());
+        let digest: serde_json::Map<String, Value> = rows
+            .iter()
+            .map(|row| {
+                let rv = row.resource_version.clone().unwrap_or_default();
+                (row.key.clone(), Value::String(rv))
+            })
+            .collect();
+        let report = Message::new(
+            Route::new(MODULE, group::RESOURCE, operation::RESYNC, ""),
+            Value::Object(digest),
+        );
+        if let Err(e) = self.ctx.send_to_group(HUB_GROUP, report).await {
+            log::warn!("cannot report holdings to the cloud: {e}");
+        } else {
+            log::info!("reported {} object(s) to the cloud for resync", rows.len());
         }
     }
 

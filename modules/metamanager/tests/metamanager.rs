@@ -378,6 +378,13 @@ async fn a_missing_object_is_asked_of_the_cloud_when_online_and_refused_when_off
         Content::text(connection::CONNECTED),
     );
     bed.ctx.send_to_group("meta", up).await.unwrap();
+    // The link coming up makes metamanager report what it holds (nothing yet).
+    let report = hub_next(&bed).await;
+    assert_eq!(report.operation(), operation::RESYNC);
+    assert_eq!(
+        report.content.decode::<Value>().unwrap(),
+        serde_json::json!({})
+    );
 
     // Online: the hub is asked; its answer is returned and stored.
     let ctx = bed.ctx.clone();

@@ -1,0 +1,392 @@
+//! The bus module: keeps the desired state from the source, sends each connected edge node
+//! its share as it changes, resyncs nodes that (re)connect, and answers their queries.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use beehive::{Context, Module, ModuleError, async_trait};
+use proto::{Message, ResourcePath, Route, connection, group, operation};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EdgeControllerConfig, SourceKind};
+use crate::manifests::ManifestSource;
+use crate::object::{Kind, Object};
+use crate::source::{Source, SourceEvent};
+use crate::state::{Delta, State};
+
+/// Module name on the bus.
+pub const MODULE: &str = "edgecontroller";
+/// Group of the module.
+pub const GROUP: &str = "edgecontroller";
+/// Where messages for nodes go.
+const HUB: &str = "cloudhub";
+/// Internal: a node's holdings report did not arrive in time (content: the wait's token).
+const RESYNC_TIMEOUT: &str = "resync_timeout";
+
+/// The edgecontroller module.
+pub struct EdgeController {
+    config: EdgeControllerConfig,
+    source: Box<dyn Source>,
+}
+
+impl EdgeController {
+    /// A module reading from the source `config` names.
+    pub fn new(config: EdgeControllerConfig) -> Self {
+        let source: Box<dyn Source> = match config.source {
+            SourceKind::Manifests => Box::new(ManifestSource::new(
+                config.manifests.dir.clone(),
+                Duration::from_millis(config.manifests.poll_interval_ms),
+            )),
+        };
+        Self::with_source(config, source)
+    }
+
+    /// A module reading from `source`.
+    pub fn with_source(config: EdgeControllerConfig, source: Box<dyn Source>) -> Self {
+        EdgeController { config, source }
+    }
+}
+
+#[async_trait]
+impl Module for EdgeController {
+    fn name(&self) -> &str {
+        MODULE
+    }
+    fn group(&self) -> &str {
+        GROUP
+    }
+    fn enabled(&self) -> bool {
+        self.config.enable
+    }
+    async fn start(self: Box<Self>, ctx: Context) -> Result<(), ModuleError> {
+        let (tx, rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        log::info!("edgecontroller reading from {}", self.source.name());
+        let source = tokio::spawn(self.source.run(tx, stop.clone()));
+        let mut events = Some(rx);
+        let mut ctl = Controller {
+            ctx: ctx.clone(),
+            config: self.config,
+            state: State::default(),
+            connected: BTreeSet::new(),
+            edge_nodes: BTreeSet::new(),
+            awaiting: HashMap::new(),
+            next_token: 0,
+        };
+        loop {
+            let next_event = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = next_event => match event {
+                    Some(event) => ctl.on_source(event).await,
+                    None => {
+                        log::error!("the source stopped; serving its last state");
+                        events = None;
+                    }
+                },
+                msg = ctx.receive(MODULE) => match msg {
+                    Ok(msg) => ctl.on_message(msg).await,
+                    Err(_) => break,
+                },
+            }
+        }
+        stop.cancel();
+        let _ = source.await;
+        Ok(())
+    }
+}
+
+struct Controller {
+    ctx: Context,
+    config: EdgeControllerConfig,
+    state: State,
+    connected: BTreeSet<String>,
+    /// Edge nodes per the source; empty means every connected node is served.
+    edge_nodes: BTreeSet<String>,
+    /// Nodes whose holdings report is awaited, with the token of the wait.
+    awaiting: HashMap<String, u64>,
+    next_token: u64,
+}
+
+impl Controller {
+    fn serves(&self, node: &str) -> bool {
+        self.edge_nodes.is_empty() || self.edge_nodes.contains(node)
+    }
+
+    /// Connected nodes that get Services and Endpoints.
+    fn audience(&self) -> Vec<String> {
+        self.connected
+            .iter()
+            .filter(|n| self.serves(n))
+            .cloned()
+            .collect()
+    }
+
+    async fn on_source(&mut self, event: SourceEvent) {
+        let deltas = match event {
+            SourceEvent::Replace(kind, objects) => self.state.replace(kind, objects),
+            SourceEvent::Apply(obj) => self.state.apply(obj).into_iter().collect(),
+            SourceEvent::Delete(key) => self.state.delete(&key).into_iter().collect(),
+        };
+        let mut nodes_changed = false;
+        for delta in &deltas {
+            let kind = match delta {
+                Delta::Upsert { new, .. } => new.kind,
+                Delta::Delete(old) => old.kind,
+            };
+            if kind == Kind::Node {
+                nodes_changed = true;
+            } else {
+                self.distribute(delta).await;
+            }
+        }
+        if nodes_changed {
+            self.refresh_edge_nodes().await;
+        }
+    }
+
+    async fn refresh_edge_nodes(&mut self) {
+        let before: Vec<String> = self.audience();
+        self.edge_nodes = self
+            .state
+            .labelled_nodes(&self.config.edge_node_label)
+            .into_iter()
+            .collect();
+        log::info!(
+            "{} edge node(s) labelled {}",
+            self.edge_nodes.len(),
+            self.config.edge_node_label
+        );
+        for node in self.audience() {
+            if !before.contains(&node) {
+                self.resync(&node, None).await;
+            }
+        }
+    }
+
+    async fn distribute(&self, delta: &Delta) {
+        match delta {
+            Delta::Upsert { old, new } if new.kind == Kind::Pod => {
+                let old_node = old.as_ref().and_then(Object::pod_node);
+                let new_node = new.pod_node();
+                if let (Some(o), Some(old)) = (old_node, old)
+                    && old_node != new_node
+                {
+                    self.send_if_present(o, operation::DELETE, old).await;
+                }
+                if let Some(n) = new_node {
+                    let op = if old_node == new_node && old.is_some() {
+                        operation::UPDATE
+                    } else {
+                        operation::INSERT
+                    };
+                    self.send_if_present(n, op, new).await;
+                }
+            }
+            Delta::Upsert { old, new } => {
+                let op = if old.is_some() {
+                    operation::UPDATE
+                } else {
+                    operation::INSERT
+                };
+                for node in self.audience() {
+                    self.send(&node, op, new).await;
+                }
+            }
+            Delta::Delete(old) if old.kind == Kind::Pod => {
+                if let Some(n) = old.pod_node() {
+                    self.send_if_present(n, operation::DELETE, old).await;
+                }
+            }
+            Delta::Delete(old) => {
+                for node in self.audience() {
+                    self.send(&node, operation::DELETE, old).await;
+                }
+            }
+        }
+    }
+
+    /// Sends to `node` when it is connected and served; an absent node is resynced when it
+    /// returns, so nothing is queued for it meanwhile.
+    async fn send_if_present(&self, node: &str, op: &str, obj: &Object) {
+        if self.connected.contains(node) && self.serves(node) {
+            self.send(node, op, obj).await;
+        }
+    }
+
+    async fn send(&self, node: &str, op: &str, obj: &Object) {
+        let Some(path) = obj.edge_path() else {
+            return;
+        };
+        let content = if op == operation::DELETE {
+            json!({"metadata": {"name": obj.name, "namespace": obj.namespace}})
+        } else {
+            (*obj.value).clone()
+        };
+        self.send_path(node, op, &path, content, &obj.rv).await;
+    }
+
+    async fn send_path(&self, node: &str, op: &str, path: &str, content: Value, rv: &str) {
+        let msg = Message::new(
+            Route::new(MODULE, group::RESOURCE, op, format!("node/{node}/{path}")),
+            content,
+        )
+        .with_resource_version(rv);
+        if let Err(e) = self.ctx.send(HUB, msg).await {
+            log::warn!("cannot hand {op} {path} for {node} to cloudhub: {e}");
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message) {
+        let node = msg
+            .resource()
+            .strip_prefix("node/")
+            .map(|rest| rest.split('/').next().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        match msg.operation() {
+            operation::CONNECT if msg.content.as_str() == Some(connection::NODE_CONNECTED) => {
+                self.connected.insert(node.clone());
+                let token = self.next_token;
+                self.next_token += 1;
+                self.awaiting.insert(node.clone(), token);
+                let ctx = self.ctx.clone();
+                let wait = Duration::from_millis(self.config.resync_wait_ms);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let timeout = Message::new(
+                        Route::new(
+                            MODULE,
+                            group::RESOURCE,
+                            RESYNC_TIMEOUT,
+                            format!("node/{node}"),
+                        ),
+                        json!(token),
+                    );
+                    let _ = ctx.send(MODULE, timeout).await;
+                });
+            }
+            operation::CONNECT if msg.content.as_str() == Some(connection::NODE_DISCONNECTED) => {
+                self.connected.remove(&node);
+                self.awaiting.remove(&node);
+            }
+            operation::RESYNC => {
+                self.awaiting.remove(&node);
+                self.connected.insert(node.clone());
+                match msg.content.decode::<Map<String, Value>>() {
+                    Ok(digest) => self.resync(&node, Some(digest)).await,
+                    Err(e) => log::warn!("node {node} sent an unreadable holdings report: {e}"),
+                }
+            }
+            RESYNC_TIMEOUT => {
+                let token = msg.content.decode::<u64>().ok();
+                if token.is_some() && self.awaiting.get(&node) == token.as_ref() {
+                    self.awaiting.remove(&node);
+                    log::info!("node {node} reported no holdings: sending it everything");
+                    self.resync(&node, None).await;
+                }
+            }
+            operation::QUERY => {
+                let mut reply = self.answer(&node, &msg);
+                reply.route.source = MODULE.into();
+                if let Err(e) = self.ctx.send(HUB, reply).await {
+                    log::warn!("cannot answer node {node}: {e}");
+                }
+            }
+            other => log::debug!("ignoring {other} for {} from cloudhub", msg.resource()),
+        }
+    }
+
+    /// Brings `node` in line with what it should hold. With its report (`digest`: path →
+    /// version), only differences travel and what it holds beyond its share is deleted;
+    /// without one, everything it should hold is sent.
+    async fn resync(&self, node: &str, digest: Option<Map<String, Value>>) {
+        if !self.serves(node) {
+            log::warn!(
+                "node {node} is not labelled {} in the source: it gets nothing",
+                self.config.edge_node_label
+            );
+            return;
+        }
+        let mut want: HashSet<String> = HashSet::new();
+        let (mut sent, mut deleted) = (0usize, 0usize);
+        for obj in self.state.desired_for(node) {
+            let Some(path) = obj.edge_path() else {
+                continue;
+            };
+            let held = digest
+                .as_ref()
+                .and_then(|d| d.get(&path))
+                .map(|v| v.as_str());
+            let op = match held {
+                Some(Some(rv)) if rv == obj.rv => None,
+                Some(_) => Some(operation::UPDATE),
+                None => Some(operation::INSERT),
+            };
+            want.insert(path);
+            if let Some(op) = op {
+                self.send(node, op, obj).await;
+                sent += 1;
+            }
+        }
+        for key in digest.iter().flat_map(|d| d.keys()) {
+            if want.contains(key) {
+                continue;
+            }
+            let Ok(path) = ResourcePath::parse_edge(key) else {
+                continue;
+            };
+            let Some(name) = &path.name else { continue };
+            let content =
+                json!({"metadata": {"name": name.as_str(), "namespace": path.namespace.as_str()}});
+            self.send_path(node, operation::DELETE, key, content, "")
+                .await;
+            deleted += 1;
+        }
+        log::info!(
+            "resync of node {node}: {sent} object(s) sent, {deleted} deleted, {} already current",
+            want.len() - sent
+        );
+    }
+
+    /// The object or list a node asked for, or an error reply saying why not.
+    fn answer(&self, node: &str, msg: &Message) -> Message {
+        let rest = msg
+            .resource()
+            .strip_prefix(&format!("node/{node}/"))
+            .unwrap_or_default();
+        let path = match ResourcePath::parse_edge(rest) {
+            Ok(path) => path,
+            Err(e) => return Message::error_reply(msg, format!("bad query: {e}")),
+        };
+        if !self.serves(node) {
+            return Message::error_reply(msg, format!("node {node} is not an edge node here"));
+        }
+        let kind = Kind::from_edge(path.kind);
+        let visible = |o: &Object| kind != Kind::Pod || o.pod_node() == Some(node);
+        match (&path.name, path.kind.is_list()) {
+            (Some(name), false) => {
+                let key = (kind, path.namespace.to_string(), name.to_string());
+                match self.state.get(&key).filter(|o| visible(o)) {
+                    Some(obj) => Message::reply(msg, (*obj.value).clone())
+                        .with_resource_version(obj.rv.as_str()),
+                    None => Message::error_reply(msg, format!("{rest} not found")),
+                }
+            }
+            _ => {
+                let items: Vec<Value> = self
+                    .state
+                    .of_kind(kind)
+                    .filter(|o| o.namespace == path.namespace.as_str() && visible(o))
+                    .map(|o| (*o.value).clone())
+                    .collect();
+                Message::reply(msg, Value::Array(items))
+            }
+        }
+    }
+}

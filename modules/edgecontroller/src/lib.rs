@@ -1,0 +1,38 @@
+//! edgecontroller: the cloud's source of edge metadata.
+//!
+//! It keeps the desired state — Services, Endpoints, Pods and Nodes — from a source, and
+//! sends each connected edge node its share through cloudhub: every Service and Endpoints
+//! (with each address's node name, so edgemesh tells local from remote), and the Pods
+//! scheduled on it. Messages carry `node/<id>/<ns>/<type>/<name>`, the object's version,
+//! and `insert`, `update` or `delete`.
+//!
+//! **Resync.** When a node's link comes up, its metamanager reports what it holds (path →
+//! resourceVersion, operation `resync`). The controller answers with exactly the
+//! differences: inserts for what is missing, updates for what changed, deletes for what no
+//! longer exists. A node away for a day converges in one step and an unchanged node costs
+//! nothing. A node that sends no report within `resyncWaitMs` is sent everything. Nothing
+//! is queued for absent nodes: the resync on return covers them.
+//!
+//! **Versions.** Objects from an API server keep their resourceVersion. Objects with no
+//! server behind them (manifest files, derived Endpoints) get a content hash (`h…`), so a
+//! restart of cloudcore changes no version and resends nothing.
+//!
+//! **Sources** implement [`Source`]: `manifests` (default) reads a folder of ordinary
+//! Kubernetes YAML.
+//!
+//! **Queries** from a node get the object (or list), or an `error` reply when it does not
+//! exist or the node may not see it (another node's Pod) — never silence.
+
+pub mod config;
+pub mod controller;
+pub mod derive;
+pub mod error;
+pub mod manifests;
+pub mod object;
+pub mod source;
+pub mod state;
+
+pub use config::{EdgeControllerConfig, ManifestsConfig, SourceKind};
+pub use controller::{EdgeController, GROUP, MODULE};
+pub use error::{Error, Result};
+pub use source::{Source, SourceEvent};
