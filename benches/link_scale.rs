@@ -2,16 +2,22 @@
 //! and ACK) held by one cloudcore, the cloudcore's RSS, and the time from one Service change
 //! to each node's ACK.
 //!
-//! `cargo bench --bench link_scale -- [--nodes 10000] [--rounds 5] [--hold 35] [--tls]`
+//! `cargo bench --bench link_scale -- [--nodes 10000] [--rounds 5] [--hold 35] [--tls] [--services S]`
 //!
 //! `--hold` keeps the nodes connected that many seconds more (beyond cloudhub's keepalive
 //! timeout) and counts them again; `--tls` runs the link over TLS with one certificate per
 //! node.
 //!
 //! The cloud side runs in a child process (this same binary with `--role cloud`) assembled
-//! exactly as `cloudcore` assembles it, plus a stand-in for edgecontroller that, on each
-//! `change` line on its stdin, sends one Service update per node to cloudhub. Its RSS is
-//! read from /proc, so the load generator's own memory is not counted.
+//! exactly as `cloudcore` assembles it. Its RSS is read from /proc, so the load generator's
+//! own memory is not counted. A "change" is, by default, one Service update per node handed
+//! to cloudhub by a stand-in for edgecontroller (on a `change` line on the child's stdin).
+//!
+//! With `--services S`, the real edgecontroller runs instead, on a manifest folder the
+//! bench writes (S Services, each with Endpoints, in 10 files). Every node reports empty
+//! holdings on connect, so it is sent all 2×S objects (the initial sync is timed), and a
+//! change is an edit of one Service in one file: the time runs from the file write to each
+//! node's ACK, so it includes the folder poll (`pollIntervalMs`, 500 by default).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -68,11 +74,12 @@ fn main() -> Result<()> {
     let workers = arg("--client-threads").map_or(Ok(1), |v| v.parse())?;
     let hold: u64 = arg("--hold").map_or(Ok(35), |v| v.parse())?;
     let tls = std::env::args().any(|a| a == "--tls");
+    let services: usize = arg("--services").map_or(Ok(0), |v| v.parse())?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()?
-        .block_on(drive(nodes, rounds, hold, tls))
+        .block_on(drive(nodes, rounds, hold, tls, services))
 }
 
 /// The cloud process: cloudcore's assembly and a line protocol on stdin/stdout.
@@ -89,8 +96,14 @@ async fn cloud(nodes: usize) -> Result<()> {
             key_file: dir.join("server.key"),
         });
     }
+    config.modules.edge_controller.enable = false;
+    if let Some(dir) = arg("--manifests") {
+        config.modules.edge_controller.enable = true;
+        config.modules.edge_controller.manifests.dir = dir.into();
+    }
     let cloudcore = CloudCore::build(&config).await?;
     let ctx = cloudcore.core.context();
+    let mut mark = (Instant::now(), 0u64);
     let hub = cloudcore.hub();
     println!("listening {}", cloudcore.hub_addr());
     let running = tokio::spawn(cloudcore.run_until(std::future::pending::<()>()));
@@ -101,6 +114,25 @@ async fn cloud(nodes: usize) -> Result<()> {
             Some("stats") => {
                 let s = hub.stats();
                 println!("stats {} {}", s.connected, rss_kb(std::process::id()));
+            }
+            Some("mark") => {
+                mark = (Instant::now(), hub.stats().delivered);
+                println!("marked");
+            }
+            Some("wait") => {
+                let n: u64 = words.next().context("wait N")?.parse()?;
+                loop {
+                    let s = hub.stats();
+                    if s.delivered >= mark.1 + n && s.pending == 0 && s.inflight == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                println!(
+                    "acked 0 {:.1} {}",
+                    mark.0.elapsed().as_secs_f64() * 1e3,
+                    rss_kb(std::process::id())
+                );
             }
             Some("change") => {
                 let rv: u64 = words.next().context("change RV")?.parse()?;
@@ -153,7 +185,7 @@ async fn node(
     addr: std::net::SocketAddr,
     name: String,
     tls: Option<Arc<rustls::ClientConfig>>,
-    acks: mpsc::UnboundedSender<(String, Instant)>,
+    acks: mpsc::UnboundedSender<Ack>,
     connected: mpsc::UnboundedSender<()>,
 ) -> Result<()> {
     let tcp = TcpStream::connect(addr).await?;
@@ -186,15 +218,24 @@ async fn node(
     }
 }
 
+/// What a node ACKed and when: resource, resourceVersion, time.
+type Ack = (String, String, Instant);
+
 async fn node_session<S>(
     mut ws: tokio_tungstenite::WebSocketStream<S>,
     name: String,
-    acks: mpsc::UnboundedSender<(String, Instant)>,
+    acks: mpsc::UnboundedSender<Ack>,
     connected: mpsc::UnboundedSender<()>,
 ) -> Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    // As metamanager does when the link comes up: "I hold nothing".
+    let holdings = Message::new(
+        Route::new("metaManager", group::RESOURCE, operation::RESYNC, ""),
+        json!({}),
+    );
+    ws.send(WsMessage::Text(holdings.to_json()?.into())).await?;
     let _ = connected.send(());
     let keepalive = Message::new(
         Route::new("websocket", group::RESOURCE, operation::KEEPALIVE, "node"),
@@ -209,7 +250,11 @@ where
                     let msg = Message::from_json(text.as_bytes())?;
                     let ack = Message::reply(&msg, "OK");
                     ws.send(WsMessage::Text(ack.to_json()?.into())).await?;
-                    let _ = acks.send((msg.header.resource_version.to_string(), Instant::now()));
+                    let _ = acks.send((
+                        msg.resource().to_owned(),
+                        msg.header.resource_version.to_string(),
+                        Instant::now(),
+                    ));
                 }
                 Some(Ok(WsMessage::Close(f))) => bail!("{name} closed: {f:?}"),
                 Some(Ok(_)) => {}
@@ -243,8 +288,48 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
-async fn drive(nodes: usize, rounds: usize, hold: u64, tls: bool) -> Result<()> {
+/// Files the manifest folder is split into.
+const FILES: usize = 10;
+
+fn service_name(i: usize) -> String {
+    format!("svc-{i:05}")
+}
+
+/// One manifest file: its share of the Services, each with Endpoints on two nodes;
+/// `changed` gets a different clusterIP in round `round`.
+fn manifest_file(file: usize, services: usize, changed: Option<(usize, usize)>) -> String {
+    let mut text = String::new();
+    for i in (0..services).filter(|i| i % FILES == file) {
+        let name = service_name(i);
+        let ip = match changed {
+            Some((svc, round)) if svc == i => format!("10.97.{}.{}", round / 250, round % 250 + 1),
+            _ => format!("10.96.{}.{}", i / 250, i % 250 + 1),
+        };
+        text.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: default}}\n\
+             subsets: [{{addresses: [{{ip: 10.244.0.{a}, nodeName: {n0}}}, {{ip: 10.244.1.{a}, nodeName: {n1}}}], \
+             ports: [{{name: http, port: 8080}}]}}]\n---\n",
+            a = i % 250 + 1,
+            n0 = node_name(0),
+            n1 = node_name(1),
+        ));
+    }
+    text
+}
+
+fn write_manifest(dir: &std::path::Path, file: usize, text: &str) -> Result<()> {
+    let path = dir.join(format!("services-{file}.yaml"));
+    let tmp = dir.join(format!(".services-{file}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+async fn drive(nodes: usize, rounds: usize, hold: u64, tls: bool, services: usize) -> Result<()> {
     let certs = tempfile::tempdir()?;
+    let manifests = tempfile::tempdir()?;
     let mut client_tls = Vec::new();
     let mut cloud_args = vec![
         "--role".to_owned(),
@@ -252,6 +337,12 @@ async fn drive(nodes: usize, rounds: usize, hold: u64, tls: bool) -> Result<()> 
         "--nodes".into(),
         nodes.to_string(),
     ];
+    if services > 0 {
+        for file in 0..FILES {
+            write_manifest(manifests.path(), file, &manifest_file(file, services, None))?;
+        }
+        cloud_args.extend(["--manifests".into(), manifests.path().display().to_string()]);
+    }
     if tls {
         let names: Vec<String> = (0..nodes).map(node_name).collect();
         let written = edgemesh::certs::write_all(certs.path(), &["localhost".into()], &names)?;
@@ -320,6 +411,18 @@ async fn drive(nodes: usize, rounds: usize, hold: u64, tls: bool) -> Result<()> 
         conn_rx.recv().await.context("a node failed to connect")?;
     }
     let connect_secs = started.elapsed().as_secs_f64();
+    let mut initial_sync = None;
+    if services > 0 {
+        // Every node is sent every Service and Endpoints.
+        let expected = nodes * services * 2;
+        for _ in 0..expected {
+            tokio::time::timeout(Duration::from_secs(600), ack_rx.recv())
+                .await
+                .context("initial sync stalled")?
+                .context("nodes gone")?;
+        }
+        initial_sync = Some(started.elapsed().as_secs_f64());
+    }
     let (held, held_rss) = cloud_stats(&mut to_cloud, &mut line_rx).await?;
     println!(
         "machine: {} cores; link: {}",
@@ -336,21 +439,52 @@ async fn drive(nodes: usize, rounds: usize, hold: u64, tls: bool) -> Result<()> 
         held_rss / 1024,
         (held_rss.saturating_sub(idle_rss)) as f64 / nodes as f64
     );
+    if let Some(secs) = initial_sync {
+        println!(
+            "initial sync: {services} Services + {services} Endpoints to each of {nodes} nodes ({} messages) in {secs:.1} s",
+            nodes * services * 2
+        );
+    }
     println!(
         "| round | change → node ACK p50 | p99 | last node | cloud saw every ACK | cloudcore RSS |"
     );
     println!("|---|---|---|---|---|---|");
     for round in 1..=rounds {
         let rv = round.to_string();
-        let t0 = Instant::now();
-        writeln!(to_cloud, "change {rv}")?;
+        let changed = (round * 7919) % services.max(1);
+        let watched = format!("default/service/{}", service_name(changed));
+        let t0;
+        if services > 0 {
+            // Rounds would otherwise fall in step with the folder poll; a random pause
+            // samples the whole poll interval.
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..500))).await;
+            writeln!(to_cloud, "mark")?;
+            line_rx.recv().await.context("marked")?;
+            t0 = Instant::now();
+            let file = changed % FILES;
+            write_manifest(
+                manifests.path(),
+                file,
+                &manifest_file(file, services, Some((changed, round))),
+            )?;
+            writeln!(to_cloud, "wait {nodes}")?;
+        } else {
+            t0 = Instant::now();
+            writeln!(to_cloud, "change {rv}")?;
+        }
         let mut lat = Vec::with_capacity(nodes);
         while lat.len() < nodes {
-            let (got_rv, at) = tokio::time::timeout(Duration::from_secs(120), ack_rx.recv())
-                .await
-                .context("ACKs stalled")?
-                .context("nodes gone")?;
-            if got_rv == rv {
+            let (resource, got_rv, at) =
+                tokio::time::timeout(Duration::from_secs(120), ack_rx.recv())
+                    .await
+                    .context("ACKs stalled")?
+                    .context("nodes gone")?;
+            let this_round = if services > 0 {
+                resource == watched
+            } else {
+                got_rv == rv
+            };
+            if this_round {
                 lat.push((at - t0).as_secs_f64() * 1e3);
             }
         }

@@ -119,11 +119,18 @@ impl Controller {
         self.edge_nodes.is_empty() || self.edge_nodes.contains(node)
     }
 
-    /// Connected nodes that get Services and Endpoints.
+    /// Whether live changes go to `node` now: connected, served, and not awaiting its
+    /// holdings report (the resync that follows the report covers what changes meanwhile,
+    /// so sending it now would only send it twice).
+    fn live(&self, node: &str) -> bool {
+        self.connected.contains(node) && self.serves(node) && !self.awaiting.contains_key(node)
+    }
+
+    /// Nodes that get live changes to Services and Endpoints.
     fn audience(&self) -> Vec<String> {
         self.connected
             .iter()
-            .filter(|n| self.serves(n))
+            .filter(|n| self.live(n))
             .cloned()
             .collect()
     }
@@ -212,10 +219,10 @@ impl Controller {
         }
     }
 
-    /// Sends to `node` when it is connected and served; an absent node is resynced when it
+    /// Sends to `node` when it takes live changes; an absent node is resynced when it
     /// returns, so nothing is queued for it meanwhile.
     async fn send_if_present(&self, node: &str, op: &str, obj: &Object) {
-        if self.connected.contains(node) && self.serves(node) {
+        if self.live(node) {
             self.send(node, op, obj).await;
         }
     }
