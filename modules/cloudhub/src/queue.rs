@@ -95,7 +95,31 @@ impl NodeQueue {
             return false;
         };
         self.inflight.remove(&key);
+        if self.inflight.is_empty() && self.pending.is_empty() {
+            self.shrink();
+        }
         true
+    }
+
+    /// Gives back what a burst (a node's full resync) grew the collections to, so an idle
+    /// node costs little however much it was once sent.
+    fn shrink(&mut self) {
+        const KEEP: usize = 16;
+        if self.pending.capacity() > KEEP {
+            self.pending.shrink_to(KEEP);
+        }
+        if self.order.capacity() > KEEP {
+            self.order.shrink_to(KEEP);
+        }
+        if self.inflight.capacity() > KEEP {
+            self.inflight.shrink_to(KEEP);
+        }
+        if self.by_id.capacity() > KEEP {
+            self.by_id.shrink_to(KEEP);
+        }
+        if self.direct.capacity() > KEEP {
+            self.direct.shrink_to(KEEP);
+        }
     }
 
     /// What to write now: replies, resends that are due, then new objects while the window
