@@ -110,7 +110,10 @@ impl CloudCore {
         core.register(Box::new(module))?;
         let controller = &config.modules.edge_controller;
         if controller.enable {
-            core.register(Box::new(EdgeController::new(controller.clone())))?;
+            let module = EdgeController::new(controller.clone())
+                .await
+                .map_err(|e| Error::Io(format!("edgecontroller: {e}")))?;
+            core.register(Box::new(module))?;
         }
         let health = match config.health.enable {
             true => Some(bind("health", &config.health.address).await?),

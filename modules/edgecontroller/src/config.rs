@@ -13,6 +13,17 @@ pub enum SourceKind {
     /// A folder of Kubernetes YAML (no cluster needed).
     #[default]
     Manifests,
+    /// A Kubernetes API server, watched with kube-rs.
+    Kubernetes,
+}
+
+/// Settings of the Kubernetes source.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesConfig {
+    /// kubeconfig file; empty means the in-cluster service account (or `$KUBECONFIG`,
+    /// then `~/.kube/config`).
+    pub kubeconfig: PathBuf,
 }
 
 /// Settings of the manifest-folder source.
@@ -40,10 +51,12 @@ impl Default for ManifestsConfig {
 pub struct EdgeControllerConfig {
     /// Whether cloudcore runs edgecontroller.
     pub enable: bool,
-    /// Where objects come from: `manifests`.
+    /// Where objects come from: `manifests` or `kubernetes`.
     pub source: SourceKind,
     /// The manifest folder.
     pub manifests: ManifestsConfig,
+    /// The Kubernetes API.
+    pub kubernetes: KubernetesConfig,
     /// Label that marks a Node as an edge node. When the source has no Node with it, every
     /// node that connects is served.
     pub edge_node_label: String,
@@ -58,6 +71,7 @@ impl Default for EdgeControllerConfig {
             enable: true,
             source: SourceKind::Manifests,
             manifests: ManifestsConfig::default(),
+            kubernetes: KubernetesConfig::default(),
             edge_node_label: "node-role.kubernetes.io/edge".into(),
             resync_wait_ms: 3_000,
         }

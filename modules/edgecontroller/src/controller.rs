@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EdgeControllerConfig, SourceKind};
+use crate::kubernetes::KubernetesSource;
 use crate::manifests::ManifestSource;
 use crate::object::{Kind, Object};
 use crate::source::{Source, SourceEvent};
@@ -32,15 +33,20 @@ pub struct EdgeController {
 }
 
 impl EdgeController {
-    /// A module reading from the source `config` names.
-    pub fn new(config: EdgeControllerConfig) -> Self {
+    /// A module reading from the source `config` names (for `kubernetes`, the client is
+    /// set up here, so a bad kubeconfig stops cloudcore at start with the reason).
+    pub async fn new(config: EdgeControllerConfig) -> crate::Result<Self> {
         let source: Box<dyn Source> = match config.source {
             SourceKind::Manifests => Box::new(ManifestSource::new(
                 config.manifests.dir.clone(),
                 Duration::from_millis(config.manifests.poll_interval_ms),
             )),
+            SourceKind::Kubernetes => {
+                let client = crate::kubernetes::client(&config.kubernetes.kubeconfig).await?;
+                Box::new(KubernetesSource::new(client, &config.edge_node_label))
+            }
         };
-        Self::with_source(config, source)
+        Ok(Self::with_source(config, source))
     }
 
     /// A module reading from `source`.

@@ -25,6 +25,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The Kubernetes client could not be set up.
+    #[error("Kubernetes client: {0}")]
+    Kube(String),
     /// A folder or file could not be read.
     #[error("{path}: {reason}")]
     Io {

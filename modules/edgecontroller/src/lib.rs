@@ -18,7 +18,9 @@
 //! restart of cloudcore changes no version and resends nothing.
 //!
 //! **Sources** implement [`Source`]: `manifests` (default) reads a folder of ordinary
-//! Kubernetes YAML.
+//! Kubernetes YAML; `kubernetes` watches an API server with kube-rs (see [`kubernetes`] for
+//! why EndpointSlices rather than Endpoints, and how relists stay exact). The RBAC it needs
+//! is in `deploy/rbac.yaml`.
 //!
 //! **Queries** from a node get the object (or list), or an `error` reply when it does not
 //! exist or the node may not see it (another node's Pod) — never silence.
@@ -27,12 +29,13 @@ pub mod config;
 pub mod controller;
 pub mod derive;
 pub mod error;
+pub mod kubernetes;
 pub mod manifests;
 pub mod object;
 pub mod source;
 pub mod state;
 
-pub use config::{EdgeControllerConfig, ManifestsConfig, SourceKind};
+pub use config::{EdgeControllerConfig, KubernetesConfig, ManifestsConfig, SourceKind};
 pub use controller::{EdgeController, GROUP, MODULE};
 pub use error::{Error, Result};
 pub use source::{Source, SourceEvent};
