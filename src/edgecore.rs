@@ -1,4 +1,4 @@
-//! edgecore: the edge process (edgehub + metamanager; edgemesh when it exists).
+//! edgecore: the edge process (edgehub, metamanager and edgemesh).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use beehive::{Core, CoreConfig, ShutdownReport};
 use edgehub::{EdgeHub, EdgeHubConfig};
+use edgemesh_proxy::{EdgeMesh, EdgeMeshConfig};
 use metamanager::{MetaManager, MetaManagerConfig, Store};
 use proto::metaclient::MetaClient;
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,8 @@ pub struct EdgeModules {
     pub edge_hub: EdgeHubConfig,
     /// The metadata store and its socket.
     pub meta_manager: MetaManagerConfig,
+    /// The proxy.
+    pub edge_mesh: EdgeMeshConfig,
 }
 
 impl Default for EdgeCoreConfig {
@@ -66,6 +69,20 @@ impl EdgeCoreConfig {
             "modules.metaManager",
             self.modules.meta_manager.problems(),
         ));
+        problems.extend(section(
+            "modules.edgeMesh",
+            self.modules.edge_mesh.problems(),
+        ));
+        let mesh = &self.modules.edge_mesh;
+        if mesh.enable
+            && mesh.socket_path.as_os_str().is_empty()
+            && !self.modules.meta_manager.enable
+        {
+            problems.push(
+                "modules.edgeMesh: invalid config field socketPath: must be set when metaManager is disabled"
+                    .into(),
+            );
+        }
         problems
     }
 
@@ -86,6 +103,7 @@ pub struct EdgeCore {
     pub core: Core,
     link_up: Arc<AtomicBool>,
     socket: Option<PathBuf>,
+    mesh: Option<tokio::sync::watch::Receiver<u64>>,
     health: Option<TcpListener>,
 }
 
@@ -108,6 +126,25 @@ impl EdgeCore {
             .map(crate::tls::client_config)
             .transpose()?;
         core.register(Box::new(EdgeHub::new(hub.clone(), tls)))?;
+        let mesh_cfg = &config.modules.edge_mesh;
+        let mesh = if mesh_cfg.enable {
+            let mut mesh_cfg = mesh_cfg.clone();
+            if mesh_cfg.socket_path.as_os_str().is_empty() {
+                mesh_cfg.socket_path = meta.socket_path.clone();
+            }
+            let listener = TcpListener::bind(&mesh_cfg.listen).await.map_err(|e| {
+                Error::Io(format!(
+                    "edgemesh: cannot listen on {}: {e}",
+                    mesh_cfg.listen
+                ))
+            })?;
+            let module = EdgeMesh::new(mesh_cfg, &hub.node_id, listener);
+            let generation = module.generation();
+            core.register(Box::new(module))?;
+            Some(generation)
+        } else {
+            None
+        };
         let (watch, link_up) = LinkWatch::new();
         core.register(Box::new(watch))?;
         let health = match config.health.enable {
@@ -127,6 +164,7 @@ impl EdgeCore {
             core,
             link_up,
             socket,
+            mesh,
             health,
         })
     }
@@ -142,10 +180,12 @@ impl EdgeCore {
         if let Some(listener) = self.health {
             let link_up = self.link_up.clone();
             let socket = self.socket.clone();
+            let mesh = self.mesh.clone();
             let probe: Probe = Arc::new(move || {
                 let up = link_up.load(Ordering::SeqCst);
                 let socket = socket.clone();
-                Box::pin(async move { edge_checks(up, socket).await })
+                let mesh = mesh.as_ref().map(|g| *g.borrow());
+                Box::pin(async move { edge_checks(up, socket, mesh).await })
             });
             tokio::spawn(health::serve(listener, probe, stop_health.clone()));
         }
@@ -157,7 +197,7 @@ impl EdgeCore {
 
 /// The edge is ready when metamanager answers on its socket; the cloud link is shown but
 /// not required (the edge keeps serving from SQLite while offline).
-async fn edge_checks(link_up: bool, socket: Option<PathBuf>) -> Vec<Check> {
+async fn edge_checks(link_up: bool, socket: Option<PathBuf>, mesh: Option<u64>) -> Vec<Check> {
     let mut checks = vec![Check {
         name: "cloud link",
         ok: link_up,
@@ -179,6 +219,18 @@ async fn edge_checks(link_up: bool, socket: Option<PathBuf>) -> Vec<Check> {
             ok,
             required: true,
             detail,
+        });
+    }
+    if let Some(generation) = mesh {
+        checks.push(Check {
+            name: "edgemesh",
+            ok: generation > 0,
+            required: true,
+            detail: if generation > 0 {
+                "services loaded".into()
+            } else {
+                "waiting for services from metamanager".into()
+            },
         });
     }
     checks

@@ -2,12 +2,14 @@
 # The project's one test command: on a fresh machine it installs what the tests need, then
 # checks formatting and lints and runs every test of the workspace.
 #
-# Later tests need system tools (iptables, ip, curl, redis-server, ...): add each to TOOLS
-# below as "command:debian-package" and this script installs the missing ones.
+# Tests need system tools: each is in TOOLS below as "command:debian-package", and this
+# script installs the missing ones. The proxy tests create network namespaces and iptables
+# rules, so they need root (as CI has).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TOOLS=(python3:python3)
+TOOLS=(python3:python3 ip:iproute2 iptables:iptables iptables-restore:iptables curl:curl
+       redis-server:redis-server redis-cli:redis-tools)
 
 missing=()
 for entry in "${TOOLS[@]}"; do

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kube_double;
+pub mod netns;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -281,6 +282,8 @@ pub fn edge_config(node: &str, server: SocketAddr, dir: &Path) -> EdgeCoreConfig
     let meta = &mut config.modules.meta_manager;
     meta.db_path = dir.join(format!("{node}.db"));
     meta.socket_path = dir.join(format!("{node}.sock"));
+    // The link tests need no proxy; the mesh tests turn it on with their own listener.
+    config.modules.edge_mesh.enable = false;
     config
 }
 

@@ -1,0 +1,52 @@
+//! The crate's error type.
+
+/// Everything the proxy can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is out of range.
+    #[error("invalid config field {field}: {reason}")]
+    InvalidConfig {
+        /// The field, as spelled in the YAML.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No Service has this ClusterIP and port.
+    #[error("no service at {0}")]
+    UnknownService(std::net::SocketAddr),
+    /// The Service has no ready endpoint for the port.
+    #[error("service {0} has no ready endpoint")]
+    NoEndpoint(String),
+    /// The chosen endpoint is on another node or in the cloud; the tunnel that reaches it
+    /// is not built yet.
+    #[error(
+        "service {service}: endpoint {endpoint} is on node {node}, and the tunnel to other nodes is not available yet"
+    )]
+    Remote {
+        /// `<ns>/<name>`.
+        service: String,
+        /// `ip:port`.
+        endpoint: std::net::SocketAddr,
+        /// Where it runs.
+        node: String,
+    },
+    /// Dialling the endpoint failed or timed out.
+    #[error("service {service}: connecting to {endpoint}: {reason}")]
+    Connect {
+        /// `<ns>/<name>`.
+        service: String,
+        /// `ip:port`.
+        endpoint: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// An iptables command failed.
+    #[error("iptables: {0}")]
+    Iptables(String),
+    /// A socket failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result with the crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,82 @@
+//! Follows metamanager's watch of Services and Endpoints and swaps a new [`Catalog`] in on
+//! every change, once both initial lists are complete.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use proto::ResourceType;
+use proto::metaclient::{Watch, WatchEvent};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::lb::{Load, Strategy};
+
+#[derive(Default)]
+struct Side {
+    objects: BTreeMap<String, Value>,
+    /// Objects of a list in progress (a restarted watch): swapped in at its end.
+    listing: Option<BTreeMap<String, Value>>,
+    synced: bool,
+}
+
+impl Side {
+    /// Applies one event; true when the current view changed.
+    fn apply(&mut self, event: WatchEvent) -> bool {
+        match event {
+            WatchEvent::Init => {
+                self.listing = Some(BTreeMap::new());
+                false
+            }
+            WatchEvent::InitApply(key, value) => {
+                self.listing.get_or_insert_default().insert(key, value);
+                false
+            }
+            WatchEvent::InitDone => {
+                self.objects = self.listing.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            WatchEvent::Apply(key, value) => {
+                self.objects.insert(key, value);
+                self.synced
+            }
+            WatchEvent::Delete(key, _) => {
+                self.objects.remove(&key);
+                self.synced
+            }
+        }
+    }
+}
+
+/// Keeps `catalog` current until `stop`; `generation` counts the catalogs swapped in (the
+/// first one marks the initial sync).
+pub async fn follow(
+    socket: PathBuf,
+    catalog: Arc<ArcSwap<Catalog>>,
+    default: Strategy,
+    load: Arc<Load>,
+    generation: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
+    let mut services = Side::default();
+    let mut endpoints = Side::default();
+    let mut svc_watch = Watch::new(&socket, None, ResourceType::Service);
+    let mut ep_watch = Watch::new(&socket, None, ResourceType::Endpoints);
+    loop {
+        let changed = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = svc_watch.next() => services.apply(event),
+            event = ep_watch.next() => endpoints.apply(event),
+        };
+        if changed && services.synced && endpoints.synced {
+            let next = Catalog::build(&services.objects, &endpoints.objects, default, &load);
+            log::debug!("catalog: {} service port(s)", next.vips().len());
+            catalog.store(Arc::new(next));
+            generation.send_modify(|g| *g += 1);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The iptables rules that hand every Service's ClusterIP:port to the listener: a nat chain
+//! of ours (`EDGE-MESH`) jumped to from OUTPUT (this host's own connections) and PREROUTING
+//! (connections from pods and containers behind any bridge). The chain is replaced in one
+//! `iptables-restore --noflush` batch per change, checked periodically and repaired when
+//! something removed it, and removed on clean exit.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::error::{Error, Result};
+
+/// The chain's name.
+pub const CHAIN: &str = "EDGE-MESH";
+const HOOKS: [&str; 2] = ["OUTPUT", "PREROUTING"];
+
+/// The `iptables-restore` input that makes the chain redirect every `vip` to `port`.
+pub fn render(vips: &[SocketAddr], port: u16) -> String {
+    let mut text = format!("*nat\n:{CHAIN} - [0:0]\n");
+    for vip in vips.iter().filter(|v| v.is_ipv4()) {
+        text.push_str(&format!(
+            "-A {CHAIN} -d {}/32 -p tcp -m tcp --dport {} -j REDIRECT --to-ports {port}\n",
+            vip.ip(),
+            vip.port()
+        ));
+    }
+    text.push_str("COMMIT\n");
+    text
+}
+
+async fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new("iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| Error::Iptables(format!("cannot run iptables: {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(Error::Iptables(format!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Installs the chain for `vips` and the jumps to it.
+pub async fn apply(vips: &[SocketAddr], port: u16) -> Result<()> {
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "5", "--noflush"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Iptables(format!("cannot run iptables-restore: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(render(vips, port).as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        return Err(Error::Iptables(format!(
+            "iptables-restore: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    for hook in HOOKS {
+        if run(&["-t", "nat", "-C", hook, "-j", CHAIN]).await.is_err() {
+            run(&["-t", "nat", "-I", hook, "1", "-j", CHAIN]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// True when the chain holds `expected` rules and both jumps are there.
+pub async fn in_place(expected: usize) -> bool {
+    let Ok(listing) = run(&["-t", "nat", "-S", CHAIN]).await else {
+        return false;
+    };
+    let rules = listing.lines().filter(|l| l.starts_with("-A ")).count();
+    if rules != expected {
+        return false;
+    }
+    for hook in HOOKS {
+        if run(&["-t", "nat", "-C", hook, "-j", CHAIN]).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Removes the jumps and the chain.
+pub async fn remove() -> Result<()> {
+    for hook in HOOKS {
+        while run(&["-t", "nat", "-D", hook, "-j", CHAIN]).await.is_ok() {}
+    }
+    if run(&["-t", "nat", "-S", CHAIN]).await.is_ok() {
+        run(&["-t", "nat", "-F", CHAIN]).await?;
+        run(&["-t", "nat", "-X", CHAIN]).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_redirect_each_ipv4_vip_to_the_listener() {
+        let vips: Vec<SocketAddr> = vec![
+            "10.96.0.10:80".parse().unwrap(),
+            "[fd00::1]:80".parse().unwrap(),
+        ];
+        let text = render(&vips, 40001);
+        assert_eq!(
+            text,
+            "*nat\n:EDGE-MESH - [0:0]\n\
+             -A EDGE-MESH -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 40001\n\
+             COMMIT\n"
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! edgemesh: the proxy on every edge node (module `edgemesh`, group `mesh`).
+//!
+//! - **Metadata** comes over metamanager's socket, never by a function call: a watch of
+//!   Services and Endpoints feeds an in-memory [`Catalog`] that is rebuilt whole and
+//!   swapped in on each change, so the connection path reads it without locks.
+//! - **Interception**: iptables nat rules in our own chain (`EDGE-MESH`) send every
+//!   ClusterIP:port to one listener, which recovers the original destination with
+//!   `SO_ORIGINAL_DST`. No bridge (docker0 or other) is assumed.
+//! - **Balancing** per Service from the `edgemesh.io/lb-strategy` annotation: RoundRobin,
+//!   Random, LeastRequest (power of two choices), ConsistentHash (client IP, or a header
+//!   named by `edgemesh.io/hash-key`).
+//! - **Forwarding**: endpoints on this node (or with no node recorded) are dialled
+//!   directly; endpoints elsewhere are a typed error until the tunnel exists.
+//!
+//! Connections are relayed as opaque TCP (any protocol, half-close passed on). Protocol
+//! sniffing and per-request HTTP balancing are the next step.
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod follow;
+pub mod iptables;
+pub mod lb;
+pub mod module;
+pub mod proxy;
+pub mod relay;
+
+pub use catalog::Catalog;
+pub use config::EdgeMeshConfig;
+pub use error::{Error, Result};
+pub use lb::Strategy;
+pub use module::{EdgeMesh, GROUP, MODULE};

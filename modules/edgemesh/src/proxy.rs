@@ -1,0 +1,128 @@
+//! The interception listener: recovers where each connection was going, picks an endpoint
+//! and relays the bytes (opaque TCP, so any protocol passes: HTTP, Redis, PostgreSQL...).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, Target};
+use crate::error::{Error, Result};
+use crate::lb::{Backend, InFlight};
+use crate::relay::relay;
+
+/// What every connection needs.
+pub struct Shared {
+    /// The current snapshot.
+    pub catalog: Arc<ArcSwap<Catalog>>,
+    /// This node's name: endpoints elsewhere go through the tunnel.
+    pub node: String,
+    /// Limit on dialling an endpoint.
+    pub connect_timeout: Duration,
+    /// Limit on a silent connection.
+    pub idle_timeout: Duration,
+}
+
+/// Accepts intercepted connections until `stop`; each is served by its own task, so a
+/// stalled client holds up nobody else.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, peer, local, &shared).await {
+                log::warn!("{peer}: {e}");
+            }
+        });
+    }
+}
+
+/// Where an intercepted connection was going (`SO_ORIGINAL_DST`).
+pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let addr = match stream.local_addr()? {
+        SocketAddr::V4(_) => sock.original_dst_v4()?,
+        SocketAddr::V6(_) => sock.original_dst_v6()?,
+    };
+    addr.as_socket()
+        .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
+}
+
+async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    shared: &Shared,
+) -> Result<()> {
+    let dst = original_dst(&client)?;
+    if Some(dst) == local {
+        // Dialled directly, not redirected: there is no Service to go to.
+        return Err(Error::UnknownService(dst));
+    }
+    let catalog = shared.catalog.load();
+    let target = catalog
+        .lookup(dst)
+        .cloned()
+        .ok_or(Error::UnknownService(dst))?;
+    drop(catalog);
+    let key = peer.ip().to_string();
+    let backend = choose(&target, Some(key.as_bytes()))?;
+    let _inflight = InFlight::on(&backend);
+    let server = dial(&target, &backend, shared).await?;
+    let _ = client.set_nodelay(true);
+    let (up, down) = relay(client, server, shared.idle_timeout).await?;
+    log::debug!(
+        "{peer} → {} via {}: {up} bytes up, {down} down",
+        target.service,
+        backend.addr
+    );
+    Ok(())
+}
+
+/// Picks an endpoint that this node can reach now.
+pub fn choose(target: &Target, key: Option<&[u8]>) -> Result<Backend> {
+    let backend = target
+        .balancer
+        .pick(&target.backends, key)
+        .ok_or_else(|| Error::NoEndpoint(target.service.clone()))?;
+    Ok(backend.clone())
+}
+
+/// Dials a local endpoint; one on another node is a typed error until the tunnel exists.
+pub async fn dial(target: &Target, backend: &Backend, shared: &Shared) -> Result<TcpStream> {
+    if let Some(node) = &backend.node
+        && *node != shared.node
+    {
+        return Err(Error::Remote {
+            service: target.service.clone(),
+            endpoint: backend.addr,
+            node: node.clone(),
+        });
+    }
+    let connect_err = |reason: String| Error::Connect {
+        service: target.service.clone(),
+        endpoint: backend.addr,
+        reason,
+    };
+    let stream = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(backend.addr))
+        .await
+        .map_err(|_| connect_err(format!("timed out after {:?}", shared.connect_timeout)))?
+        .map_err(|e| connect_err(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
