@@ -9,6 +9,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
+use common::backend;
 use common::netns::{Netns, is_root};
 use common::{WAIT, eventually};
 use metamanager::Store;
@@ -49,6 +52,38 @@ fn endpoints(name: &str, ip: &str, port: u16, node: &str) -> Value {
         "metadata": {"name": name, "namespace": "default"},
         "subsets": [{"addresses": [{"ip": ip, "nodeName": node}],
                      "ports": [{"name": "main", "port": port, "protocol": "TCP"}]}]})
+}
+
+/// Starts an edgecore (metamanager + edgemesh, no cloud link) inside `ns` on `db`.
+fn start_edgecore(ns: &Netns, dir: &Path, db: &Path) -> Process {
+    let config = dir.join("edgecore.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "health: {{address: \"127.0.0.1:10350\"}}\n\
+             modules:\n  \
+               edgeHub: {{enable: false, nodeId: edge-t}}\n  \
+               metaManager: {{dbPath: \"{}\", socketPath: \"{}\"}}\n  \
+               edgeMesh: {{listen: \"0.0.0.0:40001\", iptablesSyncMs: 200}}\n",
+            db.display(),
+            dir.join("mm.sock").display()
+        ),
+    )
+    .unwrap();
+    Process(ns.spawn(
+        &[
+            env!("CARGO_BIN_EXE_edgecore"),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &dir.join("edgecore.log"),
+    ))
+}
+
+/// Rules in our chain inside `ns`.
+fn rule_count(ns: &Netns) -> usize {
+    let out = ns.output(&["iptables", "-t", "nat", "-S", "EDGE-MESH"]);
+    stdout(&out).lines().filter(|l| l.starts_with("-A")).count()
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -132,33 +167,8 @@ async fn curl_and_redis_reach_backends_through_iptables_interception() {
     )
     .await;
 
-    let config = dir.path().join("edgecore.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "health: {{address: \"127.0.0.1:10350\"}}\n\
-             modules:\n  \
-               edgeHub: {{enable: false, nodeId: edge-t}}\n  \
-               metaManager: {{dbPath: \"{}\", socketPath: \"{}\"}}\n  \
-               edgeMesh: {{listen: \"0.0.0.0:40001\", iptablesSyncMs: 200}}\n",
-            db.display(),
-            dir.path().join("mm.sock").display()
-        ),
-    )
-    .unwrap();
-    let mut edgecore = Process(ns.spawn(
-        &[
-            env!("CARGO_BIN_EXE_edgecore"),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &dir.path().join("edgecore.log"),
-    ));
-
-    let rules = || {
-        let out = ns.output(&["iptables", "-t", "nat", "-S", "EDGE-MESH"]);
-        stdout(&out).lines().filter(|l| l.starts_with("-A")).count()
-    };
+    let mut edgecore = start_edgecore(&ns, dir.path(), &db);
+    let rules = || rule_count(&ns);
     eventually("rules for both service ports", || {
         let n = rules();
         async move { n == 2 }
@@ -242,4 +252,162 @@ async fn curl_and_redis_reach_backends_through_iptables_interception() {
     );
     let output_chain = stdout(&ns.output(&["iptables", "-t", "nat", "-S", "OUTPUT"]));
     assert!(!output_chain.contains("EDGE-MESH"), "{output_chain}");
+}
+
+fn annotated(name: &str, ip: &str, annotations: Value) -> Value {
+    let mut svc = service(name, ip, 80);
+    svc["metadata"]["annotations"] = annotations;
+    svc
+}
+
+/// Endpoints with one address per backend (each on its own port), on `node`.
+fn spread(name: &str, backends: &[SocketAddr], node: &str) -> Value {
+    let subsets: Vec<Value> = backends
+        .iter()
+        .map(|b| {
+            json!({"addresses": [{"ip": b.ip().to_string(), "nodeName": node}],
+                        "ports": [{"name": "main", "port": b.port(), "protocol": "TCP"}]})
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": name, "namespace": "default"}, "subsets": subsets})
+}
+
+/// Backend names in the order the bodies came back.
+fn answered_by(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with('b'))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_is_balanced_per_request_with_every_strategy() {
+    assert!(
+        is_root(),
+        "this test needs root for namespaces and iptables (CI runs as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create();
+    // Backends on the host end of the veth: reachable from the namespace by its route.
+    let backends = vec![
+        backend::spawn(&ns.host_ip, "b1").await,
+        backend::spawn(&ns.host_ip, "b2").await,
+        backend::spawn(&ns.host_ip, "b3").await,
+    ];
+    let db = dir.path().join("edge.db");
+    let strategy = |s: &str| json!({"edgemesh.io/lb-strategy": s});
+    store(
+        &db,
+        &[
+            ("default/service/web", service("web", "10.96.8.10", 80)),
+            ("default/endpoints/web", spread("web", &backends, "edge-t")),
+            ("default/service/rand", annotated("rand", "10.96.8.11", strategy("Random"))),
+            ("default/endpoints/rand", spread("rand", &backends, "edge-t")),
+            ("default/service/least", annotated("least", "10.96.8.12", strategy("LeastRequest"))),
+            ("default/endpoints/least", spread("least", &backends, "edge-t")),
+            (
+                "default/service/sticky",
+                annotated(
+                    "sticky",
+                    "10.96.8.13",
+                    json!({"edgemesh.io/lb-strategy": "ConsistentHash", "edgemesh.io/hash-key": "x-user"}),
+                ),
+            ),
+            ("default/endpoints/sticky", spread("sticky", &backends, "edge-t")),
+            ("default/service/empty", service("empty", "10.96.8.14", 80)),
+            ("default/service/far", service("far", "10.96.8.15", 80)),
+            ("default/endpoints/far", spread("far", &backends[..1], "edge-far")),
+        ],
+    )
+    .await;
+    let _edgecore = start_edgecore(&ns, dir.path(), &db);
+    eventually("rules for six service ports", || {
+        let n = rule_count(&ns);
+        async move { n == 6 }
+    })
+    .await;
+    let curl = |args: &[&str]| {
+        let mut full = vec!["curl", "-s", "--max-time", "10"];
+        full.extend_from_slice(args);
+        stdout(&ns.output(&full))
+    };
+
+    // Six requests on one keep-alive connection: round robin over three endpoints.
+    let urls: Vec<String> = (0..6).map(|i| format!("http://10.96.8.10/r{i}")).collect();
+    let mut args = vec!["-w", " %{num_connects}\n"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = curl(&args);
+    let connects: usize = out
+        .lines()
+        .filter(|l| l.starts_with(' '))
+        .map(|l| l.trim().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(connects, 1, "one connection for all six: {out}");
+    let mut by = answered_by(&out);
+    assert_eq!(by.len(), 6, "{out}");
+    by.sort();
+    assert_eq!(by, ["b1", "b1", "b2", "b2", "b3", "b3"], "{out}");
+
+    // Random and LeastRequest reach every endpoint over one connection.
+    for vip in ["10.96.8.11", "10.96.8.12"] {
+        let urls: Vec<String> = (0..30).map(|i| format!("http://{vip}/{i}")).collect();
+        let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let by = answered_by(&curl(&args));
+        assert_eq!(by.len(), 30);
+        for b in ["b1", "b2", "b3"] {
+            assert!(by.iter().any(|x| x == b), "{vip}: {b} never chosen: {by:?}");
+        }
+    }
+
+    // ConsistentHash on a header: one user, one endpoint; many users, several.
+    let alice: Vec<String> = (0..8)
+        .flat_map(|_| answered_by(&curl(&["-H", "x-user: alice", "http://10.96.8.13/"])))
+        .collect();
+    assert_eq!(alice.len(), 8);
+    assert!(alice.iter().all(|b| *b == alice[0]), "{alice:?}");
+    let users: std::collections::HashSet<String> = (0..16)
+        .flat_map(|i| {
+            answered_by(&curl(&[
+                "-H",
+                &format!("x-user: user-{i}"),
+                "http://10.96.8.13/",
+            ]))
+        })
+        .collect();
+    assert!(users.len() >= 2, "{users:?}");
+
+    // HTTP/2 with prior knowledge (as gRPC speaks it) goes upstream as HTTP/2.
+    let h2 = curl(&["--http2-prior-knowledge", "http://10.96.8.10/h2"]);
+    assert!(h2.contains("HTTP/2.0 /h2"), "{h2}");
+
+    // No endpoint, and an endpoint on another node: 503 with the reason.
+    let out = curl(&["-w", "\n%{http_code}", "http://10.96.8.14/"]);
+    assert!(
+        out.ends_with("503") && out.contains("no ready endpoint"),
+        "{out}"
+    );
+    let out = curl(&["-w", "\n%{http_code}", "http://10.96.8.15/"]);
+    assert!(out.ends_with("503") && out.contains("edge-far"), "{out}");
+
+    // A client that sends half a request and stalls holds up nobody.
+    let _stalled = Process(ns.spawn(
+        &["python3", "-c", "import socket,time\ns=socket.create_connection(('10.96.8.10',80))\ns.send(b'GET / HTTP/1.1\\r\\nHo')\ntime.sleep(60)"],
+        &dir.path().join("stalled.log"),
+    ));
+    let by = answered_by(&curl(&["http://10.96.8.10/after-stall"]));
+    assert_eq!(by.len(), 1);
+
+    // An upgrade (WebSocket handshake) passes through, then bytes flow both ways.
+    let script = "import socket\n\
+        s=socket.create_connection(('10.96.8.10',80))\n\
+        s.sendall(b'GET /ws HTTP/1.1\\r\\nHost: web\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n')\n\
+        head=b''\n\
+        while b'\\r\\n\\r\\n' not in head: head+=s.recv(1)\n\
+        s.sendall(b'ping-through')\n\
+        got=b''\n\
+        while len(got)<12: got+=s.recv(12-len(got))\n\
+        print(head.split(b'\\r\\n')[0].decode(), got.decode())";
+    let out = stdout(&ns.output(&["python3", "-c", script]));
+    assert!(out.contains("101") && out.contains("ping-through"), "{out}");
 }

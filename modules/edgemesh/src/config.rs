@@ -30,6 +30,9 @@ pub struct EdgeMeshConfig {
     pub connect_timeout_ms: u64,
     /// Milliseconds a proxied connection may carry nothing either way before it is closed.
     pub idle_timeout_ms: u64,
+    /// Milliseconds to wait for a client's first bytes to tell its protocol; a client
+    /// silent that long is taken to wait for the server (MySQL, SMTP...) and relayed as is.
+    pub sniff_timeout_ms: u64,
 }
 
 impl Default for EdgeMeshConfig {
@@ -43,6 +46,7 @@ impl Default for EdgeMeshConfig {
             lb_strategy: Strategy::RoundRobin,
             connect_timeout_ms: 5_000,
             idle_timeout_ms: 600_000,
+            sniff_timeout_ms: 200,
         }
     }
 }
@@ -73,6 +77,9 @@ impl EdgeMeshConfig {
         }
         if !(1_000..=86_400_000).contains(&self.idle_timeout_ms) {
             bad("idleTimeoutMs", "must be between 1000 and 86400000");
+        }
+        if !(1..=60_000).contains(&self.sniff_timeout_ms) {
+            bad("sniffTimeoutMs", "must be between 1 and 60000");
         }
         problems
     }

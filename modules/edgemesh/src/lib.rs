@@ -12,18 +12,23 @@
 //! - **Forwarding**: endpoints on this node (or with no node recorded) are dialled
 //!   directly; endpoints elsewhere are a typed error until the tunnel exists.
 //!
-//! Connections are relayed as opaque TCP (any protocol, half-close passed on). Protocol
-//! sniffing and per-request HTTP balancing are the next step.
+//! - **Sniffing**: one bounded read decides HTTP/1.x, HTTP/2 (h2c, gRPC), TLS (the SNI is
+//!   logged) or opaque; the bytes are replayed. HTTP is served by hyper and balanced per
+//!   request over pooled upstream connections, upgrades passed through; everything else is
+//!   relayed as bytes with half-close passed on.
 
 pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod follow;
+pub mod http;
 pub mod iptables;
 pub mod lb;
 pub mod module;
+pub mod prefixed;
 pub mod proxy;
 pub mod relay;
+pub mod sniff;
 
 pub use catalog::Catalog;
 pub use config::EdgeMeshConfig;

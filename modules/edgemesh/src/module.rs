@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::Catalog;
 use crate::config::EdgeMeshConfig;
 use crate::follow::follow;
+use crate::http::Upstreams;
 use crate::iptables;
 use crate::lb::Load;
 use crate::proxy::{self, Shared};
@@ -89,6 +90,11 @@ impl Module for EdgeMesh {
             node: self.node.clone(),
             connect_timeout: Duration::from_millis(self.config.connect_timeout_ms),
             idle_timeout: Duration::from_millis(self.config.idle_timeout_ms),
+            sniff_timeout: Duration::from_millis(self.config.sniff_timeout_ms),
+            upstreams: Upstreams::new(
+                Duration::from_millis(self.config.connect_timeout_ms),
+                Duration::from_millis(self.config.idle_timeout_ms),
+            ),
         });
         let serving = tokio::spawn(proxy::serve(listener, shared, stop.clone()));
         let rules = self.config.iptables.then(|| {

@@ -1,5 +1,6 @@
-//! The interception listener: recovers where each connection was going, picks an endpoint
-//! and relays the bytes (opaque TCP, so any protocol passes: HTTP, Redis, PostgreSQL...).
+//! The interception listener: recovers where each connection was going, detects the
+//! protocol, and hands HTTP to the per-request path and everything else (TLS included) to
+//! an opaque relay, so any protocol passes: Redis, PostgreSQL, MQTT...
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +11,15 @@ use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use tokio::io::AsyncWriteExt;
+
 use crate::catalog::{Catalog, Target};
 use crate::error::{Error, Result};
+use crate::http::{self, Upstreams};
 use crate::lb::{Backend, InFlight};
+use crate::prefixed::Prefixed;
 use crate::relay::relay;
+use crate::sniff::{Protocol, sniff};
 
 /// What every connection needs.
 pub struct Shared {
@@ -25,6 +31,10 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Limit on a silent connection.
     pub idle_timeout: Duration,
+    /// How long to wait for a client's first bytes before treating it as opaque.
+    pub sniff_timeout: Duration,
+    /// Pooled upstream HTTP clients.
+    pub upstreams: Upstreams,
 }
 
 /// Accepts intercepted connections until `stop`; each is served by its own task, so a
@@ -45,7 +55,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, peer, local, &shared).await {
+            if let Err(e) = handle(stream, peer, local, shared).await {
                 log::warn!("{peer}: {e}");
             }
         });
@@ -64,32 +74,59 @@ pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
 }
 
 async fn handle(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
-    shared: &Shared,
+    shared: Arc<Shared>,
 ) -> Result<()> {
     let dst = original_dst(&client)?;
     if Some(dst) == local {
         // Dialled directly, not redirected: there is no Service to go to.
         return Err(Error::UnknownService(dst));
     }
-    let catalog = shared.catalog.load();
-    let target = catalog
+    let _ = client.set_nodelay(true);
+    let (protocol, first) = sniff(&mut client, shared.sniff_timeout).await?;
+    match protocol {
+        Protocol::Http1 | Protocol::Http2 => {
+            http::serve(Prefixed::new(first, client), peer, dst, shared).await;
+            Ok(())
+        }
+        Protocol::Tls { sni } => {
+            log::debug!(
+                "{peer} → {dst}: TLS for {}",
+                sni.as_deref().unwrap_or("(no SNI)")
+            );
+            opaque(client, first, peer, dst, &shared).await
+        }
+        Protocol::Opaque => opaque(client, first, peer, dst, &shared).await,
+    }
+}
+
+/// Relays a connection as bytes, after the ones read for detection.
+async fn opaque(
+    client: TcpStream,
+    first: Vec<u8>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    shared: &Shared,
+) -> Result<()> {
+    let target = shared
+        .catalog
+        .load()
         .lookup(dst)
         .cloned()
         .ok_or(Error::UnknownService(dst))?;
-    drop(catalog);
     let key = peer.ip().to_string();
     let backend = choose(&target, Some(key.as_bytes()))?;
     let _inflight = InFlight::on(&backend);
-    let server = dial(&target, &backend, shared).await?;
-    let _ = client.set_nodelay(true);
+    let mut server = dial(&target, &backend, shared).await?;
+    server.write_all(&first).await?;
     let (up, down) = relay(client, server, shared.idle_timeout).await?;
     log::debug!(
-        "{peer} → {} via {}: {up} bytes up, {down} down",
+        "{peer} → {} via {}: {} bytes up, {down} down",
         target.service,
-        backend.addr
+        backend.addr,
+        up + first.len() as u64
     );
     Ok(())
 }
