@@ -8,6 +8,7 @@ pub mod config_file;
 pub mod edgecore;
 pub mod error;
 pub mod health;
+pub mod standalone;
 pub mod tls;
 
 pub use error::{Error, Result};

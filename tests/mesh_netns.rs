@@ -56,6 +56,10 @@ fn endpoints(name: &str, ip: &str, port: u16, node: &str) -> Value {
 
 /// Starts an edgecore (metamanager + edgemesh, no cloud link) inside `ns` on `db`.
 fn start_edgecore(ns: &Netns, dir: &Path, db: &Path) -> Process {
+    start_edgecore_with(ns, dir, db, true)
+}
+
+fn start_edgecore_with(ns: &Netns, dir: &Path, db: &Path, mesh: bool) -> Process {
     let config = dir.join("edgecore.yaml");
     std::fs::write(
         &config,
@@ -64,7 +68,7 @@ fn start_edgecore(ns: &Netns, dir: &Path, db: &Path) -> Process {
              modules:\n  \
                edgeHub: {{enable: false, nodeId: edge-t}}\n  \
                metaManager: {{dbPath: \"{}\", socketPath: \"{}\"}}\n  \
-               edgeMesh: {{listen: \"0.0.0.0:40001\", iptablesSyncMs: 200}}\n",
+               edgeMesh: {{enable: {mesh}, listen: \"0.0.0.0:40001\", iptablesSyncMs: 200}}\n",
             db.display(),
             dir.join("mm.sock").display()
         ),
@@ -410,4 +414,56 @@ async fn http_is_balanced_per_request_with_every_strategy() {
         print(head.split(b'\\r\\n')[0].decode(), got.decode())";
     let out = stdout(&ns.output(&["python3", "-c", script]));
     assert!(out.contains("101") && out.contains("ping-through"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_runs_as_its_own_process_and_relays_declared_tcp_ports_as_bytes() {
+    assert!(
+        is_root(),
+        "this test needs root for namespaces and iptables (CI runs as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create();
+    let backend = backend::spawn(&ns.host_ip, "b1").await;
+    let mut svc = service("raw", "10.96.9.10", 80);
+    svc["spec"]["ports"][0]["appProtocol"] = json!("tcp");
+    let db = dir.path().join("edge.db");
+    store(
+        &db,
+        &[
+            ("default/service/raw", svc),
+            ("default/endpoints/raw", spread("raw", &[backend], "edge-t")),
+        ],
+    )
+    .await;
+    // edgecore without its proxy; the proxy beside it, on metamanager's socket.
+    let _edgecore = start_edgecore_with(&ns, dir.path(), &db, false);
+    let config = dir.path().join("edgemesh.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "nodeName: edge-t\nedgeMesh: {{socketPath: \"{}\", listen: \"0.0.0.0:40002\"}}\n",
+            dir.path().join("mm.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut proxy = Process(ns.spawn(
+        &[
+            env!("CARGO_BIN_EXE_edgemesh"),
+            "proxy",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &dir.path().join("edgemesh.log"),
+    ));
+    eventually("the rule", || {
+        let n = rule_count(&ns);
+        async move { n == 1 }
+    })
+    .await;
+    // appProtocol tcp: no detection, the bytes go through as they are (HTTP included).
+    let out = stdout(&ns.output(&["curl", "-s", "--max-time", "5", "http://10.96.9.10/raw"]));
+    assert_eq!(out, "b1 HTTP/1.1 /raw\n");
+    let _ = proxy.0.kill();
+    let _ = proxy.0.wait();
 }

@@ -16,6 +16,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the proxy as its own process, reading metadata from an edgecore's metamanager
+    /// socket.
+    Proxy {
+        /// The config file (YAML).
+        #[arg(long, value_name = "FILE", required_unless_present = "defaultconfig")]
+        config: Option<PathBuf>,
+        /// Print the complete, commented default config and exit.
+        #[arg(long)]
+        defaultconfig: bool,
+    },
     /// Write a new CA, a cloudhub server certificate and one client certificate per node
     /// (named after the node, as cloudhub requires) into a folder.
     Certs {
@@ -31,9 +41,36 @@ enum Command {
     },
 }
 
+fn proxy(config: Option<PathBuf>, defaultconfig: bool) -> ExitCode {
+    use edgemesh::standalone::{DEFAULT_YAML, ProxyConfig, run};
+    if defaultconfig {
+        print!("{DEFAULT_YAML}");
+        return ExitCode::SUCCESS;
+    }
+    let path = config.expect("clap requires --config");
+    let result = ProxyConfig::load(&path).and_then(|config| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| edgemesh::Error::Io(format!("cannot start the runtime: {e}")))?
+            .block_on(run(&config, beehive::termination_signal()))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     edgemesh::cli::init_logging();
     match Cli::parse().command {
+        Command::Proxy {
+            config,
+            defaultconfig,
+        } => proxy(config, defaultconfig),
         Command::Certs {
             dir,
             nodes,

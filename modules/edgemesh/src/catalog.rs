@@ -29,6 +29,9 @@ pub struct Target {
     pub balancer: Balancer,
     /// Header ConsistentHash keys on, if the Service names one.
     pub hash_key: Option<String>,
+    /// Relay as bytes without looking: the port's `appProtocol` names something other than
+    /// HTTP (say `tcp`, `mysql`), so detection would only add a wait.
+    pub opaque: bool,
 }
 
 /// Every Service port by ClusterIP:port.
@@ -89,6 +92,17 @@ impl Catalog {
                     continue;
                 }
                 let port_name = port["name"].as_str().unwrap_or_default().to_owned();
+                let opaque = port["appProtocol"].as_str().is_some_and(|p| {
+                    !matches!(
+                        p.to_ascii_lowercase().as_str(),
+                        "http"
+                            | "http2"
+                            | "h2c"
+                            | "grpc"
+                            | "kubernetes.io/h2c"
+                            | "kubernetes.io/ws"
+                    )
+                });
                 let backends = eps
                     .map(|e| backends(e, &port_name, load))
                     .unwrap_or_default();
@@ -99,6 +113,7 @@ impl Catalog {
                     backends,
                     balancer: Balancer::new(strategy),
                     hash_key: hash_key.clone(),
+                    opaque,
                 };
                 by_vip.insert(SocketAddr::new(ip, number), Arc::new(target));
             }
@@ -150,7 +165,7 @@ mod tests {
                 json!({"metadata": {"name": "web", "namespace": "default",
                     "annotations": {"edgemesh.io/lb-strategy": "Random"}},
                    "spec": {"clusterIP": "10.96.0.10", "ports": [
-                       {"name": "http", "port": 80}, {"name": "admin", "port": 9000},
+                       {"name": "http", "port": 80}, {"name": "admin", "port": 9000, "appProtocol": "tcp"},
                        {"name": "dns", "port": 53, "protocol": "UDP"}]}}),
             ),
             (
@@ -185,5 +200,6 @@ mod tests {
         assert_eq!(http.backends[0].node.as_deref(), Some("edge-1"));
         let admin = catalog.lookup("10.96.0.10:9000".parse().unwrap()).unwrap();
         assert_eq!(admin.backends[0].addr.port(), 9090);
+        assert!(admin.opaque && !http.opaque);
     }
 }

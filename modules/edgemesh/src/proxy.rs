@@ -85,6 +85,10 @@ async fn handle(
         return Err(Error::UnknownService(dst));
     }
     let _ = client.set_nodelay(true);
+    let declared_opaque = shared.catalog.load().lookup(dst).is_some_and(|t| t.opaque);
+    if declared_opaque {
+        return opaque(client, Vec::new(), peer, dst, &shared).await;
+    }
     let (protocol, first) = sniff(&mut client, shared.sniff_timeout).await?;
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {

@@ -1,0 +1,89 @@
+//! `edgemesh proxy`: the proxy as its own process against a metamanager socket — the
+//! reason metamanager serves metadata over a socket at all.
+
+use std::future::Future;
+use std::path::Path;
+
+use beehive::{Core, CoreConfig};
+use edgemesh_proxy::{EdgeMesh, EdgeMeshConfig};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::config_file::{self, section};
+use crate::error::{Error, Result};
+
+/// The complete, commented default config (`edgemesh proxy --defaultconfig`).
+pub const DEFAULT_YAML: &str = include_str!("../config/edgemesh.yaml");
+
+/// The standalone proxy's config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyConfig {
+    /// The module bus.
+    pub beehive: CoreConfig,
+    /// This node's name, as Endpoints record it.
+    pub node_name: String,
+    /// The proxy.
+    pub edge_mesh: EdgeMeshConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        let mut edge_mesh = EdgeMeshConfig::default();
+        edge_mesh.socket_path = "/var/lib/edgemesh/metamanager.sock".into();
+        ProxyConfig {
+            beehive: CoreConfig::default(),
+            node_name: "edge-node".into(),
+            edge_mesh,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Every problem, one per field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = section("beehive", self.beehive.problems());
+        problems.extend(section("edgeMesh", self.edge_mesh.problems()));
+        if self.node_name.is_empty() {
+            problems.push("nodeName: must not be empty".into());
+        }
+        if self.edge_mesh.socket_path.as_os_str().is_empty() {
+            problems.push("edgeMesh: invalid config field socketPath: must be set".into());
+        }
+        problems
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        config_file::load(path, Self::problems)
+    }
+}
+
+/// Runs the proxy until `stop` resolves.
+pub async fn run(config: &ProxyConfig, stop: impl Future<Output = ()>) -> Result<()> {
+    let mut core = Core::new(config.beehive.clone())?;
+    let mesh = &config.edge_mesh;
+    let listener = TcpListener::bind(&mesh.listen)
+        .await
+        .map_err(|e| Error::Io(format!("edgemesh: cannot listen on {}: {e}", mesh.listen)))?;
+    core.register(Box::new(EdgeMesh::new(
+        mesh.clone(),
+        &config.node_name,
+        listener,
+    )))?;
+    let report = core.run_until(stop).await;
+    log::info!("stopped: {report:?}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_yaml_is_the_default_config() {
+        let parsed: ProxyConfig =
+            config_file::parse(DEFAULT_YAML, "default", ProxyConfig::problems).unwrap();
+        assert_eq!(parsed, ProxyConfig::default());
+    }
+}
