@@ -29,8 +29,10 @@ pub struct ProxyConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        let mut edge_mesh = EdgeMeshConfig::default();
-        edge_mesh.socket_path = "/var/lib/edgemesh/metamanager.sock".into();
+        let edge_mesh = EdgeMeshConfig {
+            socket_path: "/var/lib/edgemesh/metamanager.sock".into(),
+            ..Default::default()
+        };
         ProxyConfig {
             beehive: CoreConfig::default(),
             node_name: "edge-node".into(),
