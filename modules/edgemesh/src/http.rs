@@ -2,9 +2,10 @@
 //! request balanced on its own over pooled upstream connections, upgrades (WebSocket)
 //! passed through, and failures answered in plain text.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,37 +16,96 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 
+use hyper::client::conn::http1::SendRequest;
+
+use crate::catalog::Target;
 use crate::error::Error;
-use crate::lb::InFlight;
+use crate::lb::{Backend, InFlight};
 use crate::prefixed::Prefixed;
-use crate::proxy::{Shared, choose};
+use crate::proxy::{Shared, choose, dial};
 
 /// A response body: the upstream's, or ours.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Upstream clients, shared by every connection: one pool for HTTP/1.1, one for h2c.
+/// The shared HTTP/2 (h2c) upstream client: it multiplexes many streams per connection.
 pub struct Upstreams {
-    h1: Client<HttpConnector, Incoming>,
     h2: Client<HttpConnector, Incoming>,
 }
 
 impl Upstreams {
-    /// Clients dialling with `connect_timeout`, keeping idle connections `idle`.
+    /// A client dialling with `connect_timeout`, keeping idle connections `idle`.
     pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        let builder = || {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(idle).pool_timer(TokioTimer::new());
-            b
-        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(idle)
+            .pool_timer(TokioTimer::new());
         Upstreams {
-            h1: builder().build(connector.clone()),
-            h2: builder().http2_only(true).build(connector),
+            h2: builder.http2_only(true).build(connector),
         }
+    }
+}
+
+/// Upstream HTTP/1.1 connections of one client connection, by endpoint. A client
+/// connection sends one request at a time, so one upstream connection per endpoint is
+/// enough, and keeping them here (not in a shared pool) means no lock is shared between
+/// worker threads on the request path.
+#[derive(Default)]
+struct Http1Pool {
+    conns: Mutex<HashMap<SocketAddr, SendRequest<Incoming>>>,
+}
+
+impl Http1Pool {
+    /// Sends `req` to `backend` on a kept connection or a new one; an upgrade request gets
+    /// a connection of its own, since the upgrade takes it over.
+    async fn send(
+        &self,
+        req: Request<Incoming>,
+        target: &Target,
+        backend: &Backend,
+        shared: &Shared,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, String> {
+        let kept = self
+            .conns
+            .lock()
+            .expect("pool poisoned")
+            .remove(&backend.addr);
+        let mut sender = match kept {
+            Some(s) if !s.is_closed() => s,
+            _ => {
+                let stream = dial(target, backend, shared)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("{}: {e}", backend.addr))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        log::debug!("upstream connection: {e}");
+                    }
+                });
+                sender
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("{}: {e}", backend.addr))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("{} did not answer: {e}", backend.addr))?;
+        if !upgrade {
+            self.conns
+                .lock()
+                .expect("pool poisoned")
+                .insert(backend.addr, sender);
+        }
+        Ok(resp)
     }
 }
 
@@ -62,21 +122,36 @@ pub fn text(status: StatusCode, reason: impl Into<String>) -> Response<Body> {
     resp
 }
 
-/// Serves one client connection (its first bytes in `io` already) meant for `dst`.
-pub async fn serve(io: Prefixed, peer: SocketAddr, dst: SocketAddr, shared: Arc<Shared>) {
+/// Serves one client connection (its first bytes in `io` already) meant for `dst`, in the
+/// HTTP version detection found, so hyper need not detect it again.
+pub async fn serve(
+    io: Prefixed,
+    http2: bool,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    let pool = Arc::new(Http1Pool::default());
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(forward(req, peer, dst, &shared).await) }
+        let pool = pool.clone();
+        async move { Ok::<_, Infallible>(forward(req, peer, dst, &shared, &pool).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
+    let io = TokioIo::new(io);
+    let ended = if http2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = ended {
         log::debug!("{peer}: HTTP connection ended: {e}");
     }
 }
@@ -129,6 +204,7 @@ async fn forward(
     peer: SocketAddr,
     dst: SocketAddr,
     shared: &Shared,
+    pool: &Http1Pool,
 ) -> Response<Body> {
     let catalog = shared.catalog.load();
     let Some(target) = catalog.lookup(dst).cloned() else {
@@ -166,28 +242,29 @@ async fn forward(
         return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
     let _inflight = InFlight::on(&backend);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let uri: Uri = match format!("http://{}{path}", backend.addr).parse() {
-        Ok(uri) => uri,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad request target: {e}")),
-    };
-    *req.uri_mut() = uri;
     let upgrade = is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let client = if req.version() == Version::HTTP_2 {
-        &shared.upstreams.h2
+    let sent = if req.version() == Version::HTTP_2 {
+        // The shared client wants an absolute URI naming the endpoint.
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        match format!("http://{}{path}", backend.addr).parse::<Uri>() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad request target: {e}")),
+        }
+        shared
+            .upstreams
+            .h2
+            .request(req)
+            .await
+            .map_err(|e| format!("{} did not answer: {e}", backend.addr))
     } else {
-        &shared.upstreams.h1
+        pool.send(req, &target, &backend, shared, upgrade).await
     };
-    let mut resp = match client.request(req).await {
+    let mut resp = match sent {
         Ok(resp) => resp,
         Err(e) => {
-            let reason = format!("{}: {} did not answer: {e}", target.service, backend.addr);
+            let reason = format!("{}: {e}", target.service);
             log::warn!("{reason}");
             return text(StatusCode::BAD_GATEWAY, reason);
         }

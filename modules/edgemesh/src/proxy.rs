@@ -92,7 +92,8 @@ async fn handle(
     let (protocol, first) = sniff(&mut client, shared.sniff_timeout).await?;
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            http::serve(Prefixed::new(first, client), peer, dst, shared).await;
+            let h2 = protocol == Protocol::Http2;
+            http::serve(Prefixed::new(first, client), h2, peer, dst, shared).await;
             Ok(())
         }
         Protocol::Tls { sni } => {

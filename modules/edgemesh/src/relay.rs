@@ -1,7 +1,6 @@
 //! Carries bytes both ways between two connections, passing a half-close on and closing
 //! both when neither side has sent anything for the idle timeout.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,43 +11,52 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 /// Bytes moved each way: (client → server, server → client).
 pub type Moved = (u64, u64);
 
-/// Relays until both directions have ended (or the pair has been idle for `idle`).
+/// Bytes read per system call. Large enough that a bulk transfer costs few calls; the
+/// buffer lives only as long as the connection.
+const CHUNK: usize = 64 * 1024;
+
+/// Relays until both directions have ended, or until the pair has been idle for `idle`
+/// (then both connections are dropped). One watchdog per connection pair checks the idle
+/// time, so the data path arms no timer per read.
 pub async fn relay(client: TcpStream, server: TcpStream, idle: Duration) -> std::io::Result<Moved> {
     let started = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
+    let last = AtomicU64::new(0);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = pump(cr, sw, last.clone(), started, idle);
-    let down = pump(sr, cw, last, started, idle);
-    let (up, down) = tokio::join!(up, down);
-    Ok((up?, down?))
+    let both = async {
+        let (up, down) = tokio::join!(pump(cr, sw, &last, started), pump(sr, cw, &last, started));
+        Ok((up?, down?))
+    };
+    let watchdog = async {
+        let idle_ms = idle.as_millis() as u64;
+        loop {
+            let quiet = started.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+            if quiet >= idle_ms {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
+        }
+    };
+    tokio::select! {
+        moved = both => moved,
+        _ = watchdog => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("idle for {idle:?}"),
+        )),
+    }
 }
 
-/// One direction: copies until EOF (then shuts the writer, passing the half-close on) or
-/// until the whole pair has been idle for `idle`.
+/// One direction: copies until EOF, then shuts the writer, passing the half-close on.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    last: Arc<AtomicU64>,
+    last: &AtomicU64,
     started: Instant,
-    idle: Duration,
 ) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
-        let read = tokio::time::timeout(idle, from.read(&mut buf)).await;
-        let n = match read {
-            Ok(result) => result?,
-            Err(_) => {
-                // Quiet this way; the other way may still be busy.
-                let since = started.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-                if since >= idle.as_millis() as u64 {
-                    let _ = to.shutdown().await;
-                    return Ok(total);
-                }
-                continue;
-            }
-        };
+        let n = from.read(&mut buf).await?;
         if n == 0 {
             let _ = to.shutdown().await;
             return Ok(total);

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# The proxy benchmark: in one run, inside a network namespace of its own (root needed, for
+# iptables), wrk against nginx directly, HAProxy in `mode http`, HAProxy in `mode tcp`,
+# and edgemesh on both of its paths (HTTP-aware, and opaque TCP via appProtocol: tcp);
+# then a bulk TCP transfer (iperf3) directly, through HAProxy and through edgemesh.
+# Prints one table with ratios. Usage: bench/proxy.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+[ "$(id -u)" = 0 ] || { echo "needs root (network namespace and iptables)" >&2; exit 1; }
+
+need=()
+for entry in wrk:wrk haproxy:haproxy nginx:nginx-light iperf3:iperf3 ip:iproute2 iptables:iptables python3:python3; do
+    command -v "${entry%%:*}" >/dev/null 2>&1 || need+=("${entry##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --locked --bin edgecore >/dev/null 2>&1 || cargo build --release --locked --bin edgecore
+
+NS=embench$$
+IP=10.202.0.2
+HOST_IP=10.202.0.1
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    ip netns del "$NS" 2>/dev/null || true
+    ip link del "emb$$" 2>/dev/null || true
+    rm -rf "/etc/netns/$NS" "$WORK"
+}
+trap cleanup EXIT
+
+ip netns add "$NS"
+mkdir -p "/etc/netns/$NS" && echo "nameserver 127.0.0.1" > "/etc/netns/$NS/resolv.conf"
+ip link add "emb$$" type veth peer name "emn$$"
+ip link set "emn$$" netns "$NS"
+ip addr add "$HOST_IP/24" dev "emb$$" && ip link set "emb$$" up
+X() { ip netns exec "$NS" "$@"; }
+X ip addr add "$IP/24" dev "emn$$"
+X ip link set "emn$$" up
+X ip link set lo up
+X ip route add default via "$HOST_IP"
+
+# Backend: nginx answering a small body from memory; iperf3 for bulk.
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen $IP:8080; location / { return 200 "hello from nginx\n"; } }
+}
+CONF
+ip netns exec "$NS" nginx -c "$WORK/nginx.conf" -g "daemon off;" & PIDS+=($!)
+ip netns exec "$NS" iperf3 -s -B "$IP" -p 5201 >/dev/null 2>&1 & PIDS+=($!)
+
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+    maxconn 8000
+defaults
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend http_in
+    mode http
+    bind $IP:9080
+    default_backend nginx_http
+backend nginx_http
+    mode http
+    http-reuse always
+    server n1 $IP:8080
+frontend tcp_in
+    mode tcp
+    bind $IP:9081
+    default_backend nginx_tcp
+backend nginx_tcp
+    mode tcp
+    server n1 $IP:8080
+frontend bulk_in
+    mode tcp
+    bind $IP:9082
+    default_backend iperf
+backend iperf
+    mode tcp
+    server i1 $IP:5201
+CONF
+ip netns exec "$NS" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & PIDS+=($!)
+
+# edgecore with three Services already in its store, as if the cloud had sent them.
+python3 - "$WORK/edge.db" "$IP" <<'PY'
+import json, sqlite3, sys
+db, ip = sys.argv[1], sys.argv[2]
+c = sqlite3.connect(db)
+c.execute("create table if not exists meta(key text primary key, type text, value text)")
+def svc(name, vip, port, app=None):
+    p = {"name": "main", "port": port, "protocol": "TCP"}
+    if app: p["appProtocol"] = app
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+            "spec": {"clusterIP": vip, "ports": [p]}}
+def eps(name, port):
+    return {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+            "subsets": [{"addresses": [{"ip": ip, "nodeName": "bench"}], "ports": [{"name": "main", "port": port}]}]}
+rows = [("web", svc("web", "10.96.100.10", 80), eps("web", 8080)),
+        ("webtcp", svc("webtcp", "10.96.100.11", 80, "tcp"), eps("webtcp", 8080)),
+        ("bulk", svc("bulk", "10.96.100.12", 5201, "tcp"), eps("bulk", 5201))]
+for name, s, e in rows:
+    c.execute("insert or replace into meta values (?,?,?)", (f"default/service/{name}", "service", json.dumps(s)))
+    c.execute("insert or replace into meta values (?,?,?)", (f"default/endpoints/{name}", "endpoints", json.dumps(e)))
+c.commit()
+PY
+cat > "$WORK/edgecore.yaml" <<CONF
+health: {enable: false}
+modules:
+  edgeHub: {enable: false, nodeId: bench}
+  metaManager: {dbPath: "$WORK/edge.db", socketPath: "$WORK/mm.sock"}
+  edgeMesh: {listen: "0.0.0.0:40001"}
+CONF
+RUST_LOG=warn ip netns exec "$NS" ./target/release/edgecore --config "$WORK/edgecore.yaml" 2>"$WORK/edgecore.log" & PIDS+=($!)
+EDGECORE=$!
+for _ in $(seq 100); do
+    [ "$(X iptables -t nat -S EDGE-MESH 2>/dev/null | grep -c '^-A')" = 3 ] && break
+    sleep 0.1
+done
+for port in 8080 9080 9081; do
+    for _ in $(seq 100); do X bash -c "exec 3<>/dev/tcp/$IP/$port" 2>/dev/null && break; sleep 0.1; done
+done
+
+rss_peak=0
+sample_rss() { # samples edgecore's RSS (KiB) until killed
+    local peak=0 v
+    while :; do
+        v=$(awk '/VmRSS/{print $2}' "/proc/$EDGECORE/status" 2>/dev/null || echo 0)
+        [ "$v" -gt "$peak" ] && peak=$v && echo "$peak" > "$WORK/rss"
+        sleep 0.2
+    done
+}
+
+# wrk: requests/s and p99 (ms).
+run_wrk() {
+    local out rps p99
+    out=$(X wrk -t2 -c64 -d"${SECS}s" --latency "$1")
+    rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+    p99=$(echo "$out" | awk '$1=="99%"{print $2}')
+    errors=$(echo "$out" | awk '/Non-2xx|Socket errors/{print}' | tr '\n' ' ')
+    echo "$rps $p99 ${errors:-}"
+}
+to_ms() { python3 -c "import sys,re;v=sys.argv[1];m=re.match(r'([0-9.]+)(us|ms|s)',v);x=float(m.group(1));print({'us':x/1000,'ms':x,'s':x*1000}[m.group(2)])" "$1"; }
+
+echo "machine: $(nproc) cores, $(uname -m); wrk -t2 -c64 -d${SECS}s; nginx 1 worker; haproxy defaults"
+declare -A RPS P99
+for target in direct:http://$IP:8080/ haproxy_http:http://$IP:9080/ haproxy_tcp:http://$IP:9081/ \
+              edgemesh_http:http://10.96.100.10/ edgemesh_tcp:http://10.96.100.11/; do
+    name=${target%%:*}; url=${target#*:}
+    if [[ $name == edgemesh* ]]; then sample_rss & SAMPLER=$!; fi
+    read -r rps p99 rest <<<"$(run_wrk "$url")"
+    if [[ $name == edgemesh* ]]; then kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true; fi
+    RPS[$name]=$rps; P99[$name]=$(to_ms "$p99")
+    [ -n "${rest:-}" ] && echo "  $name: $rest"
+done
+
+bulk() { X iperf3 -c "$1" -p "$2" -t "$SECS" -J | python3 -c "import json,sys;print(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e9)"; }
+B_direct=$(bulk "$IP" 5201)
+B_haproxy=$(bulk "$IP" 9082)
+sample_rss & SAMPLER=$!
+B_edgemesh=$(bulk 10.96.100.12 5201)
+kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
+RSS_MB=$(python3 -c "print(round(int(open('$WORK/rss').read())/1024,1))")
+
+python3 - <<PY
+rps = {"direct": ${RPS[direct]}, "haproxy http": ${RPS[haproxy_http]}, "haproxy tcp": ${RPS[haproxy_tcp]},
+       "edgemesh http": ${RPS[edgemesh_http]}, "edgemesh tcp": ${RPS[edgemesh_tcp]}}
+p99 = {"direct": ${P99[direct]}, "haproxy http": ${P99[haproxy_http]}, "haproxy tcp": ${P99[haproxy_tcp]},
+       "edgemesh http": ${P99[edgemesh_http]}, "edgemesh tcp": ${P99[edgemesh_tcp]}}
+print("| target | req/s (keep-alive) | p99 ms |")
+print("|---|---|---|")
+for k in rps:
+    print(f"| {k} | {rps[k]:,.0f} | {p99[k]:.2f} |")
+print()
+print(f"| bulk TCP (iperf3) | direct | haproxy tcp | edgemesh |")
+print("|---|---|---|---|")
+print(f"| Gbit/s | {${B_direct}:.2f} | {${B_haproxy}:.2f} | {${B_edgemesh}:.2f} |")
+print()
+print(f"edgemesh http / haproxy http req/s: {rps['edgemesh http']/rps['haproxy http']:.2f}x (target >= 1.0), p99 {p99['edgemesh http']:.2f} vs {p99['haproxy http']:.2f} ms")
+print(f"edgemesh tcp / haproxy tcp req/s: {rps['edgemesh tcp']/rps['haproxy tcp']:.2f}x")
+print(f"edgemesh bulk / haproxy tcp bulk: {${B_edgemesh}/${B_haproxy}:.2f}x (target >= 0.9)")
+print(f"edgemesh peak RSS under load: {${RSS_MB}} MiB (target <= 30)")
+PY
