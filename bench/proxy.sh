@@ -4,6 +4,7 @@
 # and edgemesh on both of its paths (HTTP-aware, and opaque TCP via appProtocol: tcp);
 # then a bulk TCP transfer (iperf3) directly, through HAProxy and through edgemesh.
 # Prints one table with ratios. Usage: bench/proxy.sh [seconds per run, default 10]
+# PERF_EDGEMESH=FILE also records a perf profile of edgecore during its HTTP run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -156,6 +157,9 @@ for target in direct:http://$IP:8080/ haproxy_http:http://$IP:9080/ haproxy_tcp:
               edgemesh_http:http://10.96.100.10/ edgemesh_tcp:http://10.96.100.11/; do
     name=${target%%:*}; url=${target#*:}
     if [[ $name == edgemesh* ]]; then sample_rss & SAMPLER=$!; fi
+    if [[ $name == edgemesh_http && -n "${PERF_EDGEMESH:-}" ]]; then
+        perf record -F 999 -g -p "$EDGECORE" -o "$PERF_EDGEMESH" -- sleep "$SECS" >/dev/null 2>&1 &
+    fi
     read -r rps p99 rest <<<"$(run_wrk "$url")"
     if [[ $name == edgemesh* ]]; then kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true; fi
     RPS[$name]=$rps; P99[$name]=$(to_ms "$p99")

@@ -21,9 +21,9 @@ use hyper::client::conn::http1::SendRequest;
 
 use crate::catalog::Target;
 use crate::error::Error;
-use crate::lb::{Backend, InFlight};
+use crate::lb::{Backend, InFlight, Strategy};
 use crate::prefixed::Prefixed;
-use crate::proxy::{Shared, choose, dial};
+use crate::proxy::{Shared, choose, dial, ip_key};
 
 /// A response body: the upstream's, or ours.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -214,16 +214,16 @@ async fn forward(
         );
     };
     drop(catalog);
-    let client_ip = peer.ip().to_string();
-    let key = match &target.hash_key {
-        Some(name) => req
-            .headers()
-            .get(name.as_str())
+    // Only ConsistentHash reads a key; the others pay nothing for it.
+    let key = (target.balancer.strategy() == Strategy::ConsistentHash).then(|| {
+        target
+            .hash_key
+            .as_ref()
+            .and_then(|name| req.headers().get(name.as_str()))
             .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_else(|| client_ip.into_bytes()),
-        None => client_ip.into_bytes(),
-    };
-    let backend = match choose(&target, Some(&key)) {
+            .unwrap_or_else(|| ip_key(peer))
+    });
+    let backend = match choose(&target, key.as_deref()) {
         Ok(b) => b,
         Err(e) => {
             log::warn!("{e}");
@@ -241,7 +241,7 @@ async fn forward(
         log::warn!("{e}");
         return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
-    let _inflight = InFlight::on(&backend);
+    let _inflight = InFlight::on(backend);
     let upgrade = is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -259,7 +259,7 @@ async fn forward(
             .await
             .map_err(|e| format!("{} did not answer: {e}", backend.addr))
     } else {
-        pool.send(req, &target, &backend, shared, upgrade).await
+        pool.send(req, &target, backend, shared, upgrade).await
     };
     let mut resp = match sent {
         Ok(resp) => resp,

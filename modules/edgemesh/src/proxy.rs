@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use crate::catalog::{Catalog, Target};
 use crate::error::{Error, Result};
 use crate::http::{self, Upstreams};
-use crate::lb::{Backend, InFlight};
+use crate::lb::{Backend, InFlight, Strategy};
 use crate::prefixed::Prefixed;
 use crate::relay::relay;
 use crate::sniff::{Protocol, sniff};
@@ -121,10 +121,10 @@ async fn opaque(
         .lookup(dst)
         .cloned()
         .ok_or(Error::UnknownService(dst))?;
-    let key = peer.ip().to_string();
-    let backend = choose(&target, Some(key.as_bytes()))?;
-    let _inflight = InFlight::on(&backend);
-    let mut server = dial(&target, &backend, shared).await?;
+    let key = (target.balancer.strategy() == Strategy::ConsistentHash).then(|| ip_key(peer));
+    let backend = choose(&target, key.as_deref())?;
+    let _inflight = InFlight::on(backend);
+    let mut server = dial(&target, backend, shared).await?;
     server.write_all(&first).await?;
     let (up, down) = relay(client, server, shared.idle_timeout).await?;
     log::debug!(
@@ -137,12 +137,19 @@ async fn opaque(
 }
 
 /// Picks an endpoint that this node can reach now.
-pub fn choose(target: &Target, key: Option<&[u8]>) -> Result<Backend> {
-    let backend = target
+pub fn choose<'a>(target: &'a Target, key: Option<&[u8]>) -> Result<&'a Backend> {
+    target
         .balancer
         .pick(&target.backends, key)
-        .ok_or_else(|| Error::NoEndpoint(target.service.clone()))?;
-    Ok(backend.clone())
+        .ok_or_else(|| Error::NoEndpoint(target.service.clone()))
+}
+
+/// The ConsistentHash key of a connection: its client's IP (not the port), as bytes.
+pub fn ip_key(peer: SocketAddr) -> Vec<u8> {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
 }
 
 /// Dials a local endpoint; one on another node is a typed error until the tunnel exists.
