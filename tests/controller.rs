@@ -45,31 +45,6 @@ fn write(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// The edge's rows as (key, JSON), read from its SQLite file by another client.
-async fn rows_when(
-    db: &Path,
-    what: &str,
-    cond: impl Fn(&HashMap<String, Value>) -> bool,
-) -> HashMap<String, Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let rows: HashMap<String, Value> = if db.exists() {
-            sqlite_rows(db).into_iter().collect()
-        } else {
-            HashMap::new()
-        };
-        if cond(&rows) {
-            return rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; rows: {:?}",
-            rows.keys()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads the next message a raw node is sent and ACKs it.
 async fn ack_next(node: &mut WebSocketStream<TcpStream>) -> Message {
     loop {

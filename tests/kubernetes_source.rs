@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use common::kube_double::{KubeDouble, Res};
 use common::*;
@@ -14,7 +13,6 @@ use edgecontroller::SourceKind;
 use edgemesh::cloudcore::CloudCoreConfig;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 fn service(name: &str, ip: &str) -> Value {
@@ -55,30 +53,6 @@ fn kube_cloud(kubeconfig: &Path) -> CloudCoreConfig {
     ctl.source = SourceKind::Kubernetes;
     ctl.kubernetes.kubeconfig = kubeconfig.to_owned();
     config
-}
-
-async fn rows_when(
-    db: &Path,
-    what: &str,
-    cond: impl Fn(&HashMap<String, Value>) -> bool,
-) -> HashMap<String, Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let rows: HashMap<String, Value> = if db.exists() {
-            sqlite_rows(db).into_iter().collect()
-        } else {
-            HashMap::new()
-        };
-        if cond(&rows) {
-            return rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; rows: {:?}",
-            rows.keys()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -352,6 +352,32 @@ pub fn sqlite_rows(db: &Path) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The edge's rows by key, read from its SQLite file by another client, once `cond` holds
+/// (failing the test after [`WAIT`]).
+pub async fn rows_when(
+    db: &Path,
+    what: &str,
+    cond: impl Fn(&HashMap<String, Value>) -> bool,
+) -> HashMap<String, Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows: HashMap<String, Value> = if db.exists() {
+            sqlite_rows(db).into_iter().collect()
+        } else {
+            HashMap::new()
+        };
+        if cond(&rows) {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; rows: {:?}",
+            rows.keys()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A raw WebSocket client with the given identity headers (absent when `None`).
 pub async fn raw_node(
     addr: SocketAddr,
