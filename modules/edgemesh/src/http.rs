@@ -23,7 +23,7 @@ use crate::catalog::Target;
 use crate::error::Error;
 use crate::lb::{Backend, InFlight, Strategy};
 use crate::prefixed::Prefixed;
-use crate::proxy::{Shared, choose, dial, ip_key};
+use crate::proxy::{Shared, choose, dial, ip_key, local_only};
 
 /// A response body: the upstream's, or ours.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -230,14 +230,8 @@ async fn forward(
             return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         }
     };
-    if let Some(node) = &backend.node
-        && *node != shared.node
-    {
-        let e = Error::Remote {
-            service: target.service.clone(),
-            endpoint: backend.addr,
-            node: node.clone(),
-        };
+    // Checked here too because the h2 client dials on its own.
+    if let Err(e) = local_only(&target, backend, shared) {
         log::warn!("{e}");
         return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }

@@ -152,17 +152,22 @@ pub fn ip_key(peer: SocketAddr) -> Vec<u8> {
     }
 }
 
-/// Dials a local endpoint; one on another node is a typed error until the tunnel exists.
-pub async fn dial(target: &Target, backend: &Backend, shared: &Shared) -> Result<TcpStream> {
-    if let Some(node) = &backend.node
-        && *node != shared.node
-    {
-        return Err(Error::Remote {
+/// Ok for an endpoint this node dials itself (on this node, or with no node recorded); one
+/// on another node is a typed error until the tunnel exists.
+pub fn local_only(target: &Target, backend: &Backend, shared: &Shared) -> Result<()> {
+    match &backend.node {
+        Some(node) if *node != shared.node => Err(Error::Remote {
             service: target.service.clone(),
             endpoint: backend.addr,
             node: node.clone(),
-        });
+        }),
+        _ => Ok(()),
     }
+}
+
+/// Dials a local endpoint (see [`local_only`]).
+pub async fn dial(target: &Target, backend: &Backend, shared: &Shared) -> Result<TcpStream> {
+    local_only(target, backend, shared)?;
     let connect_err = |reason: String| Error::Connect {
         service: target.service.clone(),
         endpoint: backend.addr,
