@@ -85,18 +85,56 @@ impl Module for EdgeMesh {
             self.generation.clone(),
             stop.clone(),
         ));
-        let shared = Arc::new(Shared {
-            catalog: self.catalog.clone(),
-            node: self.node.clone(),
-            connect_timeout: Duration::from_millis(self.config.connect_timeout_ms),
-            idle_timeout: Duration::from_millis(self.config.idle_timeout_ms),
-            sniff_timeout: Duration::from_millis(self.config.sniff_timeout_ms),
-            upstreams: Upstreams::new(
-                Duration::from_millis(self.config.connect_timeout_ms),
-                Duration::from_millis(self.config.idle_timeout_ms),
-            ),
+        // One thread per core, each with a single-threaded runtime accepting on the same
+        // socket: a connection, its upstream connections and their tasks stay on one
+        // thread, with no wake-ups across cores on the request path.
+        let std_listener = listener.into_std()?;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut threads = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let listener = std_listener.try_clone()?;
+            let stop = stop.clone();
+            let catalog = self.catalog.clone();
+            let node = self.node.clone();
+            let config = self.config.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("edgemesh-{i}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            log::error!("edgemesh worker {i}: {e}");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let shared = Arc::new(Shared {
+                            catalog,
+                            node,
+                            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+                            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+                            sniff_timeout: Duration::from_millis(config.sniff_timeout_ms),
+                            upstreams: Upstreams::new(
+                                Duration::from_millis(config.connect_timeout_ms),
+                                Duration::from_millis(config.idle_timeout_ms),
+                            ),
+                        });
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => proxy::serve(listener, shared, stop).await,
+                            Err(e) => log::error!("edgemesh worker {i}: {e}"),
+                        }
+                    });
+                })?;
+            threads.push(thread);
+        }
+        let serving = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
         });
-        let serving = tokio::spawn(proxy::serve(listener, shared, stop.clone()));
         let rules = self.config.iptables.then(|| {
             tokio::spawn(keep_rules(
                 self.catalog.clone(),
