@@ -132,7 +132,7 @@ impl EdgeCore {
             if mesh_cfg.socket_path.as_os_str().is_empty() {
                 mesh_cfg.socket_path = meta.socket_path.clone();
             }
-            let listener = TcpListener::bind(&mesh_cfg.listen).await.map_err(|e| {
+            let listener = mesh_listener(&mesh_cfg.listen).map_err(|e| {
                 Error::Io(format!(
                     "edgemesh: cannot listen on {}: {e}",
                     mesh_cfg.listen
@@ -193,6 +193,15 @@ impl EdgeCore {
         stop_health.cancel();
         report
     }
+}
+
+/// The proxy's listening socket, ready for its worker threads (see
+/// [`edgemesh_proxy::proxy::bind`]).
+pub fn mesh_listener(address: &str) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = address
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
+    TcpListener::from_std(edgemesh_proxy::proxy::bind(addr)?)
 }
 
 /// The edge is ready when metamanager answers on its socket; the cloud link is shown but

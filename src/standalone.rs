@@ -7,7 +7,6 @@ use std::path::Path;
 use beehive::{Core, CoreConfig};
 use edgemesh_proxy::{EdgeMesh, EdgeMeshConfig};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 
 use crate::config_file::{self, section};
 use crate::error::{Error, Result};
@@ -65,8 +64,7 @@ impl ProxyConfig {
 pub async fn run(config: &ProxyConfig, stop: impl Future<Output = ()>) -> Result<()> {
     let mut core = Core::new(config.beehive.clone())?;
     let mesh = &config.edge_mesh;
-    let listener = TcpListener::bind(&mesh.listen)
-        .await
+    let listener = crate::edgecore::mesh_listener(&mesh.listen)
         .map_err(|e| Error::Io(format!("edgemesh: cannot listen on {}: {e}", mesh.listen)))?;
     core.register(Box::new(EdgeMesh::new(
         mesh.clone(),

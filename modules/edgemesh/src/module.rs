@@ -33,7 +33,8 @@ pub struct EdgeMesh {
 }
 
 impl EdgeMesh {
-    /// A module for node `node` serving intercepted connections on `listener`.
+    /// A module for node `node` serving intercepted connections on `listener` (bind it with
+    /// [`crate::proxy::bind`] so each worker thread gets a socket of its own).
     pub fn new(config: EdgeMeshConfig, node: &str, listener: TcpListener) -> Self {
         EdgeMesh {
             config,
@@ -85,14 +86,23 @@ impl Module for EdgeMesh {
             self.generation.clone(),
             stop.clone(),
         ));
-        // One thread per core, each with a single-threaded runtime accepting on the same
-        // socket: a connection, its upstream connections and their tasks stay on one
+        // One thread per core, each with a single-threaded runtime and a listening socket
+        // of its own on the same address (SO_REUSEPORT, so the kernel spreads connections
+        // evenly): a connection, its upstream connections and their tasks stay on one
         // thread, with no wake-ups across cores on the request path.
-        let std_listener = listener.into_std()?;
+        let addr = listener.local_addr()?;
+        let first = listener.into_std()?;
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            match proxy::bind(addr) {
+                Ok(l) => listeners.push(l),
+                // The first socket was bound without SO_REUSEPORT: share it instead.
+                Err(_) => listeners.push(listeners[0].try_clone()?),
+            }
+        }
         let mut threads = Vec::with_capacity(workers);
-        for i in 0..workers {
-            let listener = std_listener.try_clone()?;
+        for (i, listener) in listeners.into_iter().enumerate() {
             let stop = stop.clone();
             let catalog = self.catalog.clone();
             let node = self.node.clone();

@@ -62,6 +62,23 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
     }
 }
 
+/// A listening socket for intercepted connections, with `SO_REUSEPORT` so that each worker
+/// thread can have a socket of its own on the same address and the kernel spreads
+/// connections over them evenly.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// Where an intercepted connection was going (`SO_ORIGINAL_DST`).
 pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     let sock = SockRef::from(stream);
