@@ -387,6 +387,23 @@ async fn a_silent_node_is_dropped() {
     cloud.await_link("quiet", false).await;
 }
 
+/// The next `data` message on a bus recorder's channel.
+async fn next_data(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Message>,
+    where_: &str,
+) -> Message {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let msg = rx.recv().await.unwrap();
+            if msg.operation() == "data" {
+                return msg;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the payload never reached {where_}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_payloads_cross_as_binary_frames_both_ways() {
     let dir = tempfile::tempdir().unwrap();
@@ -415,16 +432,7 @@ async fn stream_payloads_cross_as_binary_frames_both_ways() {
         payload.clone(),
     );
     cloud.send(down).await;
-    let got = tokio::time::timeout(WAIT, async {
-        loop {
-            let msg = at_edge.recv().await.unwrap();
-            if msg.operation() == "data" {
-                return msg;
-            }
-        }
-    })
-    .await
-    .expect("the payload reaches the edge's mesh group");
+    let got = next_data(&mut at_edge, "the edge's mesh group").await;
     assert_eq!(got.resource(), "stream/7");
     // Bytes, not base64 text: it crossed as a binary frame.
     assert!(matches!(&got.content, proto::Content::Bytes(b) if *b == payload));
@@ -434,16 +442,7 @@ async fn stream_payloads_cross_as_binary_frames_both_ways() {
         payload.clone(),
     );
     edge.ctx.send("websocket", up).await.unwrap();
-    let got = tokio::time::timeout(WAIT, async {
-        loop {
-            let msg = cloud.upstream.recv().await.unwrap();
-            if msg.operation() == "data" {
-                return msg;
-            }
-        }
-    })
-    .await
-    .expect("the payload reaches the cloud");
+    let got = next_data(&mut cloud.upstream, "the cloud").await;
     assert_eq!(got.resource(), "node/edge-m/stream/8");
     assert!(matches!(&got.content, proto::Content::Bytes(b) if *b == payload));
     edge.stop().await;
