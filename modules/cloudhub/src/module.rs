@@ -1,6 +1,6 @@
 //! The bus module: delivers messages addressed to nodes and runs the server.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use beehive::{Context, Module, ModuleError, async_trait};
 use rustls::ServerConfig;
@@ -19,7 +19,7 @@ pub const GROUP: &str = "cloudhub";
 /// before it starts and tests bind `127.0.0.1:0`.
 pub struct CloudHub {
     config: CloudHubConfig,
-    listener: Mutex<Option<TcpListener>>,
+    listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     hub: Arc<Hub>,
 }
@@ -35,7 +35,7 @@ impl CloudHub {
         CloudHub {
             hub: Hub::new(config.clone()),
             config,
-            listener: Mutex::new(Some(listener)),
+            listener,
             tls,
         }
     }
@@ -58,28 +58,25 @@ impl Module for CloudHub {
         self.config.enable
     }
     async fn start(self: Box<Self>, ctx: Context) -> Result<(), ModuleError> {
-        let listener = self
-            .listener
-            .lock()
-            .expect("listener poisoned")
-            .take()
-            .ok_or_else(|| ModuleError::from("cloudhub started twice"))?;
+        // start owns the module, so the listener simply moves out of it.
+        let this = *self;
+        let listener = this.listener;
         if let Ok(addr) = listener.local_addr() {
-            let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+            let scheme = if this.tls.is_some() { "wss" } else { "ws" };
             log::info!("cloudhub listening on {scheme}://{addr}");
         }
-        self.hub.set_context(ctx.clone());
-        let stop = self.hub.shutdown.clone();
+        this.hub.set_context(ctx.clone());
+        let stop = this.hub.shutdown.clone();
         let serving = tokio::spawn(server::serve(
             listener,
-            self.hub.clone(),
-            self.tls.clone(),
+            this.hub.clone(),
+            this.tls.clone(),
             stop.child_token(),
         ));
         let mut batch = Vec::with_capacity(256);
         while ctx.receive_many(MODULE, &mut batch, 256).await.is_ok() {
             for msg in batch.drain(..) {
-                self.hub.deliver(msg);
+                this.hub.deliver(msg);
             }
         }
         // Closing every session tells each node why its link ends.

@@ -1,6 +1,6 @@
 //! The bus module: follows the metadata, serves the listener, keeps the iptables rules.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -27,7 +27,7 @@ pub const GROUP: &str = "mesh";
 pub struct EdgeMesh {
     config: EdgeMeshConfig,
     node: String,
-    listener: Mutex<Option<TcpListener>>,
+    listener: TcpListener,
     catalog: Arc<ArcSwap<Catalog>>,
     generation: watch::Sender<u64>,
 }
@@ -39,7 +39,7 @@ impl EdgeMesh {
         EdgeMesh {
             config,
             node: node.to_owned(),
-            listener: Mutex::new(Some(listener)),
+            listener,
             catalog: Arc::default(),
             generation: watch::channel(0).0,
         }
@@ -68,22 +68,19 @@ impl Module for EdgeMesh {
         self.config.enable
     }
     async fn start(self: Box<Self>, ctx: Context) -> Result<(), ModuleError> {
-        let listener = self
-            .listener
-            .lock()
-            .expect("listener poisoned")
-            .take()
-            .ok_or("edgemesh started twice")?;
+        // start owns the module, so the listener simply moves out of it.
+        let this = *self;
+        let listener = this.listener;
         let port = listener.local_addr()?.port();
         log::info!("edgemesh listening on {}", listener.local_addr()?);
         let stop = CancellationToken::new();
         let load = Arc::new(Load::default());
         let following = tokio::spawn(follow(
-            self.config.socket_path.clone(),
-            self.catalog.clone(),
-            self.config.lb_strategy,
+            this.config.socket_path.clone(),
+            this.catalog.clone(),
+            this.config.lb_strategy,
             load,
-            self.generation.clone(),
+            this.generation.clone(),
             stop.clone(),
         ));
         // One thread per core, each with a single-threaded runtime and a listening socket
@@ -104,9 +101,9 @@ impl Module for EdgeMesh {
         let mut threads = Vec::with_capacity(workers);
         for (i, listener) in listeners.into_iter().enumerate() {
             let stop = stop.clone();
-            let catalog = self.catalog.clone();
-            let node = self.node.clone();
-            let config = self.config.clone();
+            let catalog = this.catalog.clone();
+            let node = this.node.clone();
+            let config = this.config.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("edgemesh-{i}"))
                 .spawn(move || {
@@ -145,12 +142,12 @@ impl Module for EdgeMesh {
                 let _ = thread.join();
             }
         });
-        let rules = self.config.iptables.then(|| {
+        let rules = this.config.iptables.then(|| {
             tokio::spawn(keep_rules(
-                self.catalog.clone(),
-                self.generation.subscribe(),
+                this.catalog.clone(),
+                this.generation.subscribe(),
                 port,
-                Duration::from_millis(self.config.iptables_sync_ms),
+                Duration::from_millis(this.config.iptables_sync_ms),
                 stop.clone(),
             ))
         });
