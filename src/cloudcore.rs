@@ -161,7 +161,7 @@ impl CloudCore {
                     }]
                 })
             });
-            tokio::spawn(health::serve(listener, probe, stop_health.clone()));
+            tokio::spawn(health::serve(listener, probe, None, stop_health.clone()));
         }
         let report = self.core.run_until(stop).await;
         stop_health.cancel();

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use beehive::{Core, CoreConfig, ShutdownReport};
 use edgehub::{EdgeHub, EdgeHubConfig};
-use edgemesh_proxy::{EdgeMesh, EdgeMeshConfig};
+use edgemesh_proxy::metrics::Metrics;
+use edgemesh_proxy::{Addresses, EdgeMesh, EdgeMeshConfig};
 use metamanager::{MetaManager, MetaManagerConfig, Store};
 use proto::metaclient::MetaClient;
 use serde::{Deserialize, Serialize};
@@ -103,8 +104,15 @@ pub struct EdgeCore {
     pub core: Core,
     link_up: Arc<AtomicBool>,
     socket: Option<PathBuf>,
-    mesh: Option<tokio::sync::watch::Receiver<u64>>,
+    mesh: Option<Mesh>,
     health: Option<TcpListener>,
+}
+
+/// What edgecore keeps of its edgemesh: readiness, metrics, addresses.
+struct Mesh {
+    generation: tokio::sync::watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
+    addresses: Addresses,
 }
 
 impl EdgeCore {
@@ -132,16 +140,15 @@ impl EdgeCore {
             if mesh_cfg.socket_path.as_os_str().is_empty() {
                 mesh_cfg.socket_path = meta.socket_path.clone();
             }
-            let listener = mesh_listener(&mesh_cfg.listen).map_err(|e| {
-                Error::Io(format!(
-                    "edgemesh: cannot listen on {}: {e}",
-                    mesh_cfg.listen
-                ))
-            })?;
-            let module = EdgeMesh::new(mesh_cfg, &hub.node_id, listener);
-            let generation = module.generation();
+            let module =
+                EdgeMesh::bind(mesh_cfg, &hub.node_id).map_err(|e| Error::Io(e.to_string()))?;
+            let mesh = Mesh {
+                generation: module.generation(),
+                metrics: module.metrics(),
+                addresses: module.addresses(),
+            };
             core.register(Box::new(module))?;
-            Some(generation)
+            Some(mesh)
         } else {
             None
         };
@@ -174,34 +181,34 @@ impl EdgeCore {
         self.health.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Where edgemesh listens, if it runs.
+    pub fn mesh_addresses(&self) -> Option<Addresses> {
+        self.mesh.as_ref().map(|m| m.addresses)
+    }
+
     /// Runs until `stop` resolves, then shuts every module down.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> ShutdownReport {
         let stop_health = CancellationToken::new();
         if let Some(listener) = self.health {
             let link_up = self.link_up.clone();
             let socket = self.socket.clone();
-            let mesh = self.mesh.clone();
+            let generation = self.mesh.as_ref().map(|m| m.generation.clone());
             let probe: Probe = Arc::new(move || {
                 let up = link_up.load(Ordering::SeqCst);
                 let socket = socket.clone();
-                let mesh = mesh.as_ref().map(|g| *g.borrow());
+                let mesh = generation.as_ref().map(|g| *g.borrow());
                 Box::pin(async move { edge_checks(up, socket, mesh).await })
             });
-            tokio::spawn(health::serve(listener, probe, stop_health.clone()));
+            let metrics = self.mesh.as_ref().map(|m| {
+                let metrics = m.metrics.clone();
+                Arc::new(move || metrics.encode()) as health::MetricsText
+            });
+            tokio::spawn(health::serve(listener, probe, metrics, stop_health.clone()));
         }
         let report = self.core.run_until(stop).await;
         stop_health.cancel();
         report
     }
-}
-
-/// The proxy's listening socket, ready for its worker threads (see
-/// [`edgemesh_proxy::proxy::bind`]).
-pub fn mesh_listener(address: &str) -> std::io::Result<TcpListener> {
-    let addr: std::net::SocketAddr = address
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
-    TcpListener::from_std(edgemesh_proxy::proxy::bind(addr)?)
 }
 
 /// The edge is ready when metamanager answers on its socket; the cloud link is shown but

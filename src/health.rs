@@ -71,9 +71,18 @@ pub struct Check {
 /// Produces the current checks.
 pub type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>> + Send + Sync>;
 
-/// Serves `/healthz` (200 while the process answers) and `/readyz` (200 when every
-/// required check passes, else 503, one line per check) until `stop`.
-pub async fn serve(listener: TcpListener, probe: Probe, stop: CancellationToken) {
+/// Produces `/metrics` in Prometheus text format.
+pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `/healthz` (200 while the process answers), `/readyz` (200 when every
+/// required check passes, else 503, one line per check) and, when given, `/metrics`,
+/// until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    probe: Probe,
+    metrics: Option<MetricsText>,
+    stop: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
@@ -86,8 +95,9 @@ pub async fn serve(listener: TcpListener, probe: Probe, stop: CancellationToken)
             },
         };
         let probe = probe.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, probe.clone()));
+            let service = service_fn(move |req| answer(req, probe.clone(), metrics.clone()));
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -98,8 +108,20 @@ pub async fn serve(listener: TcpListener, probe: Probe, stop: CancellationToken)
     }
 }
 
-async fn answer(req: Request<Incoming>, probe: Probe) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    probe: Probe,
+    metrics: Option<MetricsText>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut content_type = "text/plain; charset=utf-8";
     let (status, body) = match req.uri().path() {
+        "/metrics" if metrics.is_some() => {
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            (
+                StatusCode::OK,
+                metrics.as_ref().map(|m| m()).unwrap_or_default(),
+            )
+        }
         "/healthz" | "/livez" => (StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => {
             let checks = probe().await;
@@ -125,14 +147,19 @@ async fn answer(req: Request<Incoming>, probe: Probe) -> Result<Response<Full<By
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "try /healthz or /readyz\n".to_owned(),
+            if metrics.is_some() {
+                "try /healthz, /readyz or /metrics\n"
+            } else {
+                "try /healthz or /readyz\n"
+            }
+            .to_owned(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     Ok(resp)
 }

@@ -64,13 +64,9 @@ impl ProxyConfig {
 pub async fn run(config: &ProxyConfig, stop: impl Future<Output = ()>) -> Result<()> {
     let mut core = Core::new(config.beehive.clone())?;
     let mesh = &config.edge_mesh;
-    let listener = crate::edgecore::mesh_listener(&mesh.listen)
-        .map_err(|e| Error::Io(format!("edgemesh: cannot listen on {}: {e}", mesh.listen)))?;
-    core.register(Box::new(EdgeMesh::new(
-        mesh.clone(),
-        &config.node_name,
-        listener,
-    )))?;
+    let module =
+        EdgeMesh::bind(mesh.clone(), &config.node_name).map_err(|e| Error::Io(e.to_string()))?;
+    core.register(Box::new(module))?;
     let report = core.run_until(stop).await;
     log::info!("stopped: {report:?}");
     Ok(())

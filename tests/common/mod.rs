@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod kube_double;
+pub mod mesh;
 pub mod netns;
 
 use std::collections::HashMap;

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::breaker::{BREAKER_ANNOTATION, BreakerPolicy, Breakers};
 use crate::lb::{Backend, Balancer, Load, Strategy};
+use crate::metrics::{Metrics, ServiceStats};
+use crate::qps::{self, Limiter, Limiters, QPS_ANNOTATION};
 
 /// Annotation choosing the balancing strategy.
 pub const LB_ANNOTATION: &str = "edgemesh.io/lb-strategy";
@@ -32,18 +35,75 @@ pub struct Target {
     /// Relay as bytes without looking: the port's `appProtocol` names something other than
     /// HTTP (say `tcp`, `mysql`), so detection would only add a wait.
     pub opaque: bool,
+    /// This node's limit for the Service (`edgemesh.io/qps`), shared by every port.
+    pub limiter: Option<Arc<Limiter>>,
+    /// When endpoints are ejected (`edgemesh.io/circuit-breaker`).
+    pub breaker: BreakerPolicy,
+    /// The Service's metrics.
+    pub stats: Arc<ServiceStats>,
 }
 
-/// Every Service port by ClusterIP:port.
+/// Policies for Services without annotations (from config).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Defaults {
+    /// Balancing.
+    pub strategy: Strategy,
+    /// Requests per second; `None` for unlimited.
+    pub qps: Option<std::num::NonZeroU32>,
+    /// Circuit breaking.
+    pub breaker: BreakerPolicy,
+}
+
+/// What outlives a catalog: in-flight counts, breakers, limiters and metrics, so that a
+/// metadata change forgets neither load nor health nor used-up quota.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// In-flight counts by endpoint.
+    pub load: Load,
+    /// Breakers by endpoint.
+    pub breakers: Breakers,
+    /// Limiters by Service.
+    pub limiters: Limiters,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A Service by name: its ClusterIP and ports.
+#[derive(Debug)]
+struct Named {
+    ip: IpAddr,
+    ports: Vec<(u16, String)>,
+}
+
+/// Every Service port by ClusterIP:port, and every Service by namespace and name.
 #[derive(Debug, Default)]
 pub struct Catalog {
     by_vip: HashMap<SocketAddr, Arc<Target>>,
+    by_name: HashMap<(String, String), Named>,
 }
 
 impl Catalog {
     /// The Service port a connection to `addr` was meant for.
     pub fn lookup(&self, addr: SocketAddr) -> Option<&Arc<Target>> {
         self.by_vip.get(&addr)
+    }
+
+    /// The ClusterIP of Service `name` in `namespace`.
+    pub fn cluster_ip(&self, namespace: &str, name: &str) -> Option<IpAddr> {
+        self.by_name
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|n| n.ip)
+    }
+
+    /// ClusterIP:port of Service `name` in `namespace` for `port`, given as a number or as
+    /// the port's name.
+    pub fn vip(&self, namespace: &str, name: &str, port: &str) -> Option<SocketAddr> {
+        let named = self.by_name.get(&(namespace.to_owned(), name.to_owned()))?;
+        let number = match port.parse::<u16>() {
+            Ok(n) => named.ports.iter().find(|(p, _)| *p == n)?.0,
+            Err(_) => named.ports.iter().find(|(_, pn)| pn == port)?.0,
+        };
+        Some(SocketAddr::new(named.ip, number))
     }
 
     /// Every ClusterIP:port, sorted (for iptables).
@@ -58,10 +118,12 @@ impl Catalog {
     pub fn build(
         services: &BTreeMap<String, Value>,
         endpoints: &BTreeMap<String, Value>,
-        default: Strategy,
-        load: &Load,
+        defaults: &Defaults,
+        kept: &Kept,
     ) -> Catalog {
+        let default = defaults.strategy;
         let mut by_vip = HashMap::new();
+        let mut by_name = HashMap::new();
         for svc in services.values() {
             let meta = &svc["metadata"];
             let (Some(ns), Some(name)) = (meta["namespace"].as_str(), meta["name"].as_str()) else {
@@ -82,6 +144,24 @@ impl Catalog {
                 }),
             };
             let hash_key = annotations[HASH_KEY_ANNOTATION].as_str().map(str::to_owned);
+            let service = format!("{ns}/{name}");
+            let limit = match annotations[QPS_ANNOTATION].as_str() {
+                None => defaults.qps,
+                Some(v) => qps::parse(v).unwrap_or_else(|e| {
+                    log::warn!("service {service}: {QPS_ANNOTATION}: {e}; using the default");
+                    defaults.qps
+                }),
+            };
+            let limiter = kept.limiters.of(&service, limit);
+            let breaker = match annotations[BREAKER_ANNOTATION].as_str() {
+                None => defaults.breaker,
+                Some(v) => defaults.breaker.with_annotation(v).unwrap_or_else(|e| {
+                    log::warn!("service {service}: {BREAKER_ANNOTATION}: {e}; using the default");
+                    defaults.breaker
+                }),
+            };
+            let stats = kept.metrics.service(&service);
+            let mut ports = Vec::new();
             let eps = endpoints.get(&format!("{ns}/endpoints/{name}"));
             for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
                 let protocol = port["protocol"].as_str().unwrap_or("TCP");
@@ -104,26 +184,39 @@ impl Catalog {
                     )
                 });
                 let backends = eps
-                    .map(|e| backends(e, &port_name, load))
+                    .map(|e| backends(e, &port_name, kept))
                     .unwrap_or_default();
+                ports.push((number, port_name.clone()));
                 let target = Target {
-                    service: format!("{ns}/{name}"),
+                    service: service.clone(),
                     port_name,
                     port: number,
                     backends,
                     balancer: Balancer::new(strategy),
                     hash_key: hash_key.clone(),
                     opaque,
+                    limiter: limiter.clone(),
+                    breaker,
+                    stats: stats.clone(),
                 };
                 by_vip.insert(SocketAddr::new(ip, number), Arc::new(target));
             }
+            by_name.insert((ns.to_owned(), name.to_owned()), Named { ip, ports });
         }
-        Catalog { by_vip }
+        let services: std::collections::HashSet<&str> =
+            by_vip.values().map(|t| t.service.as_str()).collect();
+        kept.limiters.retain(|s| services.contains(s));
+        let endpoints: std::collections::HashSet<SocketAddr> = by_vip
+            .values()
+            .flat_map(|t| t.backends.iter().map(|b| b.addr))
+            .collect();
+        kept.breakers.retain(|a| endpoints.contains(a));
+        Catalog { by_vip, by_name }
     }
 }
 
 /// Ready addresses of an Endpoints object for the Service port named `port_name`.
-fn backends(endpoints: &Value, port_name: &str, load: &Load) -> Vec<Backend> {
+fn backends(endpoints: &Value, port_name: &str, kept: &Kept) -> Vec<Backend> {
     let mut out = Vec::new();
     for subset in endpoints["subsets"].as_array().into_iter().flatten() {
         let ports = subset["ports"].as_array().cloned().unwrap_or_default();
@@ -145,7 +238,8 @@ fn backends(endpoints: &Value, port_name: &str, load: &Load) -> Vec<Backend> {
             out.push(Backend {
                 addr,
                 node: address["nodeName"].as_str().map(str::to_owned),
-                inflight: load.counter(addr),
+                inflight: kept.load.counter(addr),
+                breaker: kept.breakers.of(addr),
             });
         }
     }
@@ -184,8 +278,8 @@ mod tests {
         let catalog = Catalog::build(
             &services,
             &endpoints,
-            Strategy::RoundRobin,
-            &Load::default(),
+            &Defaults::default(),
+            &Kept::default(),
         );
         assert_eq!(
             catalog.vips().len(),
@@ -201,5 +295,16 @@ mod tests {
         let admin = catalog.lookup("10.96.0.10:9000".parse().unwrap()).unwrap();
         assert_eq!(admin.backends[0].addr.port(), 9090);
         assert!(admin.opaque && !http.opaque);
+        assert_eq!(
+            catalog.vip("default", "web", "admin"),
+            Some("10.96.0.10:9000".parse().unwrap())
+        );
+        assert_eq!(
+            catalog.vip("default", "web", "80"),
+            Some("10.96.0.10:80".parse().unwrap())
+        );
+        assert_eq!(catalog.vip("default", "web", "81"), None);
+        assert_eq!(catalog.vip("other", "web", "80"), None);
+        assert!(http.limiter.is_none() && http.breaker.enabled());
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::BreakerPolicy;
 use crate::error::Error;
 use crate::lb::Strategy;
 
@@ -33,6 +34,48 @@ pub struct EdgeMeshConfig {
     /// Milliseconds to wait for a client's first bytes to tell its protocol; a client
     /// silent that long is taken to wait for the server (MySQL, SMTP...) and relayed as is.
     pub sniff_timeout_ms: u64,
+    /// Requests (HTTP) or connections (TCP) per second this node's endpoints of a Service
+    /// accept when it has no `edgemesh.io/qps` annotation; 0 for unlimited.
+    pub qps: u32,
+    /// Circuit breaking when a Service has no `edgemesh.io/circuit-breaker` annotation.
+    pub circuit_breaker: BreakerPolicy,
+    /// The explicit proxy (HTTP CONNECT, absolute-URI HTTP, SOCKS5) for apps iptables does
+    /// not cover and for use without root; empty turns it off.
+    pub proxy_listen: String,
+    /// The namespace of the apps on this node: a bare Service name (`web`) is looked up
+    /// here.
+    pub namespace: String,
+    /// The cluster's DNS domain.
+    pub cluster_domain: String,
+    /// The Service DNS server.
+    pub dns: DnsConfig,
+}
+
+/// Settings of the Service DNS server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsConfig {
+    /// Where to answer, over UDP and TCP; empty turns the server off. Point the apps'
+    /// resolv.conf here yourself: the host's is never rewritten.
+    pub listen: String,
+    /// Servers (IP or IP:port) that names outside the cluster are forwarded to; empty
+    /// means the nameservers of /etc/resolv.conf.
+    pub upstreams: Vec<String>,
+    /// Forwarded answers kept, at most (for their TTL).
+    pub cache_size: usize,
+    /// Milliseconds to wait for an upstream server.
+    pub upstream_timeout_ms: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: String::new(),
+            upstreams: Vec::new(),
+            cache_size: 1024,
+            upstream_timeout_ms: 2_000,
+        }
+    }
 }
 
 impl Default for EdgeMeshConfig {
@@ -47,6 +90,12 @@ impl Default for EdgeMeshConfig {
             connect_timeout_ms: 5_000,
             idle_timeout_ms: 600_000,
             sniff_timeout_ms: 200,
+            qps: 0,
+            circuit_breaker: BreakerPolicy::default(),
+            proxy_listen: "127.0.0.1:40008".into(),
+            namespace: "default".into(),
+            cluster_domain: "cluster.local".into(),
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -81,6 +130,55 @@ impl EdgeMeshConfig {
         if !(1..=60_000).contains(&self.sniff_timeout_ms) {
             bad("sniffTimeoutMs", "must be between 1 and 60000");
         }
+        if let Some(reason) = self.circuit_breaker.problem() {
+            bad("circuitBreaker", reason);
+        }
+        if !self.proxy_listen.is_empty()
+            && self.proxy_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "proxyListen",
+                "must be IP:port, such as 127.0.0.1:40008, or empty",
+            );
+        }
+        if !is_dns_name(&self.namespace) || self.namespace.contains('.') {
+            bad("namespace", "must be a Kubernetes namespace name");
+        }
+        if !is_dns_name(&self.cluster_domain) {
+            bad("clusterDomain", "must be a DNS name, such as cluster.local");
+        }
+        let dns = &self.dns;
+        if !dns.listen.is_empty() && dns.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "dns.listen",
+                "must be IP:port, such as 169.254.96.16:53, or empty",
+            );
+        }
+        if dns
+            .upstreams
+            .iter()
+            .any(|u| crate::dns::upstream_addr(u).is_none())
+        {
+            bad("dns.upstreams", "each must be IP or IP:port");
+        }
+        if !(1..=1_000_000).contains(&dns.cache_size) {
+            bad("dns.cacheSize", "must be between 1 and 1000000");
+        }
+        if !(1..=60_000).contains(&dns.upstream_timeout_ms) {
+            bad("dns.upstreamTimeoutMs", "must be between 1 and 60000");
+        }
         problems
     }
+}
+
+/// Lowercase letters, digits, '-' and '.', not empty, no empty label.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }

@@ -14,9 +14,25 @@ pub enum Error {
     /// No Service has this ClusterIP and port.
     #[error("no service at {0}")]
     UnknownService(std::net::SocketAddr),
+    /// No Service has this name and port (explicit proxy, DNS).
+    #[error("no service {0}")]
+    UnknownName(String),
     /// The Service has no ready endpoint for the port.
     #[error("service {0} has no ready endpoint")]
     NoEndpoint(String),
+    /// Every endpoint of the Service is ejected by its circuit breaker.
+    #[error("service {0}: every endpoint is ejected by the circuit breaker")]
+    BreakerOpen(String),
+    /// The Service's QPS limit on this node is used up.
+    #[error("service {service}: over its limit of {qps} requests per second")]
+    Limited {
+        /// `<ns>/<name>`.
+        service: String,
+        /// The limit.
+        qps: u32,
+        /// How long until a request would be accepted.
+        retry_after: std::time::Duration,
+    },
     /// The chosen endpoint is on another node or in the cloud; the tunnel that reaches it
     /// is not built yet.
     #[error(
@@ -40,6 +56,29 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Dialling the endpoint took longer than the connect timeout.
+    #[error("service {service}: connecting to {endpoint}: timed out after {after:?}")]
+    ConnectTimeout {
+        /// `<ns>/<name>`.
+        service: String,
+        /// `ip:port`.
+        endpoint: std::net::SocketAddr,
+        /// The timeout.
+        after: std::time::Duration,
+    },
+    /// The endpoint failed after the connection was made.
+    #[error("service {service}: {endpoint} did not answer: {reason}")]
+    Upstream {
+        /// `<ns>/<name>`.
+        service: String,
+        /// `ip:port`.
+        endpoint: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A client of the explicit proxy or the DNS server broke its protocol.
+    #[error("{0}")]
+    Protocol(String),
     /// An iptables command failed.
     #[error("iptables: {0}")]
     Iptables(String),

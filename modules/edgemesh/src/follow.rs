@@ -12,8 +12,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
-use crate::lb::{Load, Strategy};
+use crate::catalog::{Catalog, Defaults, Kept};
 
 #[derive(Default)]
 struct Side {
@@ -57,8 +56,8 @@ impl Side {
 pub async fn follow(
     socket: PathBuf,
     catalog: Arc<ArcSwap<Catalog>>,
-    default: Strategy,
-    load: Arc<Load>,
+    defaults: Defaults,
+    kept: Arc<Kept>,
     generation: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
@@ -73,7 +72,7 @@ pub async fn follow(
             event = ep_watch.next() => endpoints.apply(event),
         };
         if changed && services.synced && endpoints.synced {
-            let next = Catalog::build(&services.objects, &endpoints.objects, default, &load);
+            let next = Catalog::build(&services.objects, &endpoints.objects, &defaults, &kept);
             log::debug!("catalog: {} service port(s)", next.vips().len());
             catalog.store(Arc::new(next));
             generation.send_modify(|g| *g += 1);

@@ -22,8 +22,9 @@ use hyper::client::conn::http1::SendRequest;
 use crate::catalog::Target;
 use crate::error::Error;
 use crate::lb::{Backend, InFlight, Strategy};
+use crate::metrics::Reason;
 use crate::prefixed::Prefixed;
-use crate::proxy::{Shared, choose, dial, ip_key, local_only};
+use crate::proxy::{Shared, admit, choose, dial, ip_key};
 
 /// A response body: the upstream's, or ours.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -54,7 +55,7 @@ impl Upstreams {
 /// enough, and keeping them here (not in a shared pool) means no lock is shared between
 /// worker threads on the request path.
 #[derive(Default)]
-struct Http1Pool {
+pub struct Http1Pool {
     conns: Mutex<HashMap<SocketAddr, SendRequest<Incoming>>>,
 }
 
@@ -68,7 +69,12 @@ impl Http1Pool {
         backend: &Backend,
         shared: &Shared,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, String> {
+    ) -> Result<Response<Incoming>, Error> {
+        let upstream = |reason: String| Error::Upstream {
+            service: target.service.clone(),
+            endpoint: backend.addr,
+            reason,
+        };
         let kept = self
             .conns
             .lock()
@@ -77,12 +83,10 @@ impl Http1Pool {
         let mut sender = match kept {
             Some(s) if !s.is_closed() => s,
             _ => {
-                let stream = dial(target, backend, shared)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let stream = dial(target, backend, shared).await?;
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                     .await
-                    .map_err(|e| format!("{}: {e}", backend.addr))?;
+                    .map_err(|e| upstream(e.to_string()))?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.with_upgrades().await {
                         log::debug!("upstream connection: {e}");
@@ -91,14 +95,11 @@ impl Http1Pool {
                 sender
             }
         };
-        sender
-            .ready()
-            .await
-            .map_err(|e| format!("{}: {e}", backend.addr))?;
+        sender.ready().await.map_err(|e| upstream(e.to_string()))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| format!("{} did not answer: {e}", backend.addr))?;
+            .map_err(|e| upstream(e.to_string()))?;
         if !upgrade {
             self.conns
                 .lock()
@@ -199,21 +200,66 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             })
 }
 
-async fn forward(
-    mut req: Request<Incoming>,
+/// Answers `req`, meant for Service address `dst`, from one of its endpoints; every
+/// failure is answered in plain text and counted against the Service.
+pub async fn forward(
+    req: Request<Incoming>,
     peer: SocketAddr,
     dst: SocketAddr,
     shared: &Shared,
     pool: &Http1Pool,
 ) -> Response<Body> {
-    let catalog = shared.catalog.load();
-    let Some(target) = catalog.lookup(dst).cloned() else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Error::UnknownService(dst).to_string(),
-        );
+    let Some(target) = shared.catalog.load().lookup(dst).cloned() else {
+        shared.unknown.error(Reason::unknown_service);
+        return refusal(&Error::UnknownService(dst));
     };
-    drop(catalog);
+    target.stats.http_requests.inc();
+    let started = std::time::Instant::now();
+    match send(req, peer, &target, shared, pool).await {
+        Ok(resp) => {
+            target
+                .stats
+                .latency
+                .observe(started.elapsed().as_secs_f64());
+            if resp.status().is_server_error() {
+                target.stats.error(Reason::upstream);
+            }
+            resp
+        }
+        Err(e) => {
+            target.stats.failed(&e);
+            log::warn!("{peer}: {e}");
+            refusal(&e)
+        }
+    }
+}
+
+/// The plain-text answer to a failure.
+pub fn refusal(error: &Error) -> Response<Body> {
+    let status = match error {
+        Error::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::Connect { .. } | Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        Error::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Error::Protocol(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut resp = text(status, error.to_string());
+    if let Error::Limited { retry_after, .. } = error {
+        // Whole seconds, rounded up: a client told 0 would come straight back.
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    resp
+}
+
+async fn send(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    target: &Target,
+    shared: &Shared,
+    pool: &Http1Pool,
+) -> Result<Response<Body>, Error> {
     // Only ConsistentHash reads a key; the others pay nothing for it.
     let key = (target.balancer.strategy() == Strategy::ConsistentHash).then(|| {
         target
@@ -223,18 +269,9 @@ async fn forward(
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_else(|| ip_key(peer))
     });
-    let backend = match choose(&target, key.as_deref()) {
-        Ok(b) => b,
-        Err(e) => {
-            log::warn!("{e}");
-            return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        }
-    };
-    // Checked here too because the h2 client dials on its own.
-    if let Err(e) = local_only(&target, backend, shared) {
-        log::warn!("{e}");
-        return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    }
+    let pick = choose(target, key.as_deref())?;
+    let backend = pick.backend;
+    admit(target, backend, shared)?;
     let _inflight = InFlight::on(backend);
     let upgrade = is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
@@ -244,23 +281,40 @@ async fn forward(
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         match format!("http://{}{path}", backend.addr).parse::<Uri>() {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad request target: {e}")),
+            Err(e) => return Err(Error::Protocol(format!("bad request target: {e}"))),
         }
-        shared
-            .upstreams
-            .h2
-            .request(req)
-            .await
-            .map_err(|e| format!("{} did not answer: {e}", backend.addr))
+        shared.upstreams.h2.request(req).await.map_err(|e| {
+            let reason = e.to_string();
+            if e.is_connect() {
+                Error::Connect {
+                    service: target.service.clone(),
+                    endpoint: backend.addr,
+                    reason,
+                }
+            } else {
+                Error::Upstream {
+                    service: target.service.clone(),
+                    endpoint: backend.addr,
+                    reason,
+                }
+            }
+        })
     } else {
-        pool.send(req, &target, backend, shared, upgrade).await
+        origin_form(&mut req);
+        pool.send(req, target, backend, shared, upgrade).await
     };
     let mut resp = match sent {
-        Ok(resp) => resp,
+        Ok(resp) if resp.status().is_server_error() => {
+            pick.failure();
+            resp
+        }
+        Ok(resp) => {
+            pick.success();
+            resp
+        }
         Err(e) => {
-            let reason = format!("{}: {e}", target.service);
-            log::warn!("{reason}");
-            return text(StatusCode::BAD_GATEWAY, reason);
+            pick.failure();
+            return Err(e);
         }
     };
     if let Some(client_upgrade) = client_upgrade
@@ -268,12 +322,16 @@ async fn forward(
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let service = target.service.clone();
+        let stats = target.stats.clone();
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((a, b)) => {
                     let mut a = TokioIo::new(a);
                     let mut b = TokioIo::new(b);
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+                        stats.bytes_sent.inc_by(up);
+                        stats.bytes_received.inc_by(down);
+                    }
                 }
                 Err(e) => log::warn!("{service}: upgrade failed: {e}"),
             }
@@ -281,5 +339,27 @@ async fn forward(
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
     }
-    resp.map(|b| b.map_err(Into::into).boxed())
+    Ok(resp.map(|b| b.map_err(Into::into).boxed()))
+}
+
+/// An HTTP/1 request as an origin server expects it: a path, with the authority of an
+/// absolute URI (a proxy request) moved into `Host`.
+fn origin_form(req: &mut Request<Incoming>) {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return;
+    };
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut().remove("proxy-connection");
 }

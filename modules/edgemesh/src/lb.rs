@@ -1,5 +1,6 @@
 //! Load balancing: the strategies, and the in-flight counts LeastRequest reads.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -49,6 +50,8 @@ pub struct Backend {
     pub node: Option<String>,
     /// Requests or connections in flight to it (shared across catalog snapshots).
     pub inflight: Arc<AtomicUsize>,
+    /// Its circuit breaker (shared across catalog snapshots).
+    pub breaker: Arc<crate::breaker::Breaker>,
 }
 
 /// In-flight counts by endpoint address, kept across catalog rebuilds so LeastRequest
@@ -109,23 +112,28 @@ impl Balancer {
         self.strategy
     }
 
-    /// Picks one of `backends`; `key` is the hash key for ConsistentHash (without one it
-    /// falls back to round robin).
-    pub fn pick<'a>(&self, backends: &'a [Backend], key: Option<&[u8]>) -> Option<&'a Backend> {
+    /// Picks one of `backends` (endpoints, or references to those still available); `key`
+    /// is the hash key for ConsistentHash (without one it falls back to round robin).
+    pub fn pick<'a, B: Borrow<Backend>>(
+        &self,
+        backends: &'a [B],
+        key: Option<&[u8]>,
+    ) -> Option<&'a B> {
         let n = backends.len();
         if n <= 1 {
             return backends.first();
         }
+        let at = |i: usize| -> &Backend { backends[i].borrow() };
         let index = match (self.strategy, key) {
             (Strategy::Random, _) => fastrand::usize(..n),
             (Strategy::LeastRequest, _) => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                let load = |i: usize| backends[i].inflight.load(Ordering::Relaxed);
+                let load = |i: usize| at(i).inflight.load(Ordering::Relaxed);
                 if load(b) < load(a) { b } else { a }
             }
             (Strategy::ConsistentHash, Some(key)) => (0..n)
-                .max_by_key(|&i| rendezvous(key, backends[i].addr))
+                .max_by_key(|&i| rendezvous(key, at(i).addr))
                 .expect("n > 1"),
             (Strategy::RoundRobin | Strategy::ConsistentHash, _) => {
                 self.next.fetch_add(1, Ordering::Relaxed) % n
@@ -151,6 +159,7 @@ mod tests {
                 addr: format!("10.0.0.{}:80", i + 1).parse().unwrap(),
                 node: None,
                 inflight: Arc::default(),
+                breaker: Arc::default(),
             })
             .collect()
     }

@@ -12,21 +12,32 @@
 //! - **Forwarding**: endpoints on this node (or with no node recorded) are dialled
 //!   directly; endpoints elsewhere are a typed error until the tunnel exists.
 //!
+//! - **Policies**: server-side QPS limits per Service (`edgemesh.io/qps`, GCRA) and
+//!   circuit breaking per endpoint (`edgemesh.io/circuit-breaker`), both kept across
+//!   catalog rebuilds.
+//! - **Front doors** besides iptables: an explicit proxy (HTTP CONNECT, absolute-URI HTTP,
+//!   SOCKS5) and a Service DNS server; Prometheus metrics of all of it.
 //! - **Sniffing**: one bounded read decides HTTP/1.x, HTTP/2 (h2c, gRPC), TLS (the SNI is
 //!   logged) or opaque; the bytes are replayed. HTTP is served by hyper and balanced per
 //!   request over pooled upstream connections, upgrades passed through; everything else is
 //!   relayed as bytes with half-close passed on.
 
+pub mod breaker;
 pub mod catalog;
 pub mod config;
+pub mod dns;
 pub mod error;
+pub mod explicit;
 pub mod follow;
 pub mod http;
 pub mod iptables;
 pub mod lb;
+pub mod metrics;
 pub mod module;
+pub mod names;
 pub mod prefixed;
 pub mod proxy;
+pub mod qps;
 pub mod relay;
 pub mod sniff;
 
@@ -34,4 +45,4 @@ pub use catalog::Catalog;
 pub use config::EdgeMeshConfig;
 pub use error::{Error, Result};
 pub use lb::Strategy;
-pub use module::{EdgeMesh, GROUP, MODULE};
+pub use module::{Addresses, EdgeMesh, GROUP, MODULE};

@@ -1,20 +1,26 @@
 //! The bus module: follows the metadata, serves the listener, keeps the iptables rules.
 
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use beehive::{Context, Module, ModuleError, async_trait};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Defaults, Kept};
 use crate::config::EdgeMeshConfig;
+use crate::dns::{self, Dns};
+use crate::error::Error;
+use crate::explicit;
 use crate::follow::follow;
 use crate::http::Upstreams;
 use crate::iptables;
-use crate::lb::Load;
+use crate::metrics::Metrics;
+use crate::names::Names;
 use crate::proxy::{self, Shared};
 
 /// Module name on the bus.
@@ -22,26 +28,88 @@ pub const MODULE: &str = "edgemesh";
 /// Group of the module: tunnel traffic from the cloud link arrives here.
 pub const GROUP: &str = "mesh";
 
-/// The edgemesh module. It takes a bound listener, so a busy port is reported before
-/// anything starts, and tests bind `127.0.0.1:0`.
+/// The edgemesh module. Its sockets are bound by [`EdgeMesh::bind`], so a busy port is
+/// reported before anything starts, and tests can bind `127.0.0.1:0`.
 pub struct EdgeMesh {
     config: EdgeMeshConfig,
     node: String,
     listener: TcpListener,
+    proxy: Option<TcpListener>,
+    dns: Option<(UdpSocket, TcpListener)>,
     catalog: Arc<ArcSwap<Catalog>>,
     generation: watch::Sender<u64>,
+    kept: Arc<Kept>,
+}
+
+/// Where an edgemesh listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    /// Intercepted connections.
+    pub intercept: SocketAddr,
+    /// The explicit proxy, if on.
+    pub proxy: Option<SocketAddr>,
+    /// The DNS server (UDP and TCP on the same port), if on.
+    pub dns: Option<SocketAddr>,
+}
+
+fn listen_err(what: &str, addr: &str, e: std::io::Error) -> Error {
+    Error::Io(std::io::Error::new(
+        e.kind(),
+        format!("{what}: cannot listen on {addr}: {e}"),
+    ))
+}
+
+fn parse_addr(addr: &str) -> std::io::Result<SocketAddr> {
+    addr.parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))
 }
 
 impl EdgeMesh {
-    /// A module for node `node` serving intercepted connections on `listener` (bind it with
-    /// [`crate::proxy::bind`] so each worker thread gets a socket of its own).
-    pub fn new(config: EdgeMeshConfig, node: &str, listener: TcpListener) -> Self {
-        EdgeMesh {
+    /// Binds every socket the config asks for (interception with `SO_REUSEPORT` so each
+    /// worker thread gets one of its own; the explicit proxy; DNS over UDP and TCP on one
+    /// port) for node `node`. Must run inside a tokio runtime.
+    pub fn bind(config: EdgeMeshConfig, node: &str) -> Result<Self, Error> {
+        let listener = parse_addr(&config.listen)
+            .and_then(proxy::bind)
+            .and_then(TcpListener::from_std)
+            .map_err(|e| listen_err("edgemesh", &config.listen, e))?;
+        let proxy = match config.proxy_listen.as_str() {
+            "" => None,
+            addr => Some(
+                parse_addr(addr)
+                    .and_then(std::net::TcpListener::bind)
+                    .and_then(|l| {
+                        l.set_nonblocking(true)?;
+                        TcpListener::from_std(l)
+                    })
+                    .map_err(|e| listen_err("explicit proxy", addr, e))?,
+            ),
+        };
+        let dns = match config.dns.listen.as_str() {
+            "" => None,
+            addr => Some(bind_dns(addr).map_err(|e| listen_err("dns", addr, e))?),
+        };
+        Ok(EdgeMesh {
             config,
             node: node.to_owned(),
             listener,
+            proxy,
+            dns,
             catalog: Arc::default(),
             generation: watch::channel(0).0,
+            kept: Arc::default(),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addresses(&self) -> Addresses {
+        Addresses {
+            intercept: self
+                .listener
+                .local_addr()
+                .expect("a bound listener has an address"),
+            proxy: self.proxy.as_ref().and_then(|l| l.local_addr().ok()),
+            dns: self.dns.as_ref().and_then(|(u, _)| u.local_addr().ok()),
         }
     }
 
@@ -54,6 +122,54 @@ impl EdgeMesh {
     pub fn generation(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
     }
+
+    /// Its metrics, for `/metrics`.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.kept.metrics.clone()
+    }
+}
+
+/// What every connection of one runtime needs.
+struct Parts {
+    config: EdgeMeshConfig,
+    node: String,
+    catalog: Arc<ArcSwap<Catalog>>,
+    kept: Arc<Kept>,
+}
+
+impl Parts {
+    fn shared(&self) -> Shared {
+        let config = &self.config;
+        Shared {
+            catalog: self.catalog.clone(),
+            node: self.node.clone(),
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            sniff_timeout: Duration::from_millis(config.sniff_timeout_ms),
+            upstreams: Upstreams::new(
+                Duration::from_millis(config.connect_timeout_ms),
+                Duration::from_millis(config.idle_timeout_ms),
+            ),
+            unknown: self.kept.metrics.service(UNKNOWN),
+            names: Names {
+                namespace: config.namespace.clone(),
+                domain: config.cluster_domain.clone(),
+            },
+        }
+    }
+}
+
+/// The service label of requests that reached no Service.
+const UNKNOWN: &str = "(unknown)";
+
+/// UDP and TCP on the same address; with port 0, TCP takes the port UDP got.
+fn bind_dns(addr: &str) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let addr = parse_addr(addr)?;
+    let udp = std::net::UdpSocket::bind(addr)?;
+    udp.set_nonblocking(true)?;
+    let tcp = std::net::TcpListener::bind(udp.local_addr()?)?;
+    tcp.set_nonblocking(true)?;
+    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
 }
 
 #[async_trait]
@@ -68,19 +184,77 @@ impl Module for EdgeMesh {
         self.config.enable
     }
     async fn start(self: Box<Self>, ctx: Context) -> Result<(), ModuleError> {
-        // start owns the module, so the listener simply moves out of it.
-        let this = *self;
-        let listener = this.listener;
+        // start owns the module, so the sockets simply move out of it.
+        let EdgeMesh {
+            config,
+            node,
+            listener,
+            proxy,
+            dns,
+            catalog,
+            generation,
+            kept,
+        } = *self;
+        let this = Parts {
+            config,
+            node,
+            catalog,
+            kept,
+        };
+        let stop = CancellationToken::new();
+        if let Some(proxy_listener) = proxy {
+            log::info!(
+                "explicit proxy (HTTP CONNECT, HTTP, SOCKS5) on {}",
+                proxy_listener.local_addr()?
+            );
+            tokio::spawn(explicit::serve(
+                proxy_listener,
+                Arc::new(this.shared()),
+                stop.clone(),
+            ));
+        }
+        if let Some((udp, tcp)) = dns {
+            let upstreams = if this.config.dns.upstreams.is_empty() {
+                let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                dns::resolv_conf_servers(&text)
+            } else {
+                this.config
+                    .dns
+                    .upstreams
+                    .iter()
+                    .filter_map(|u| dns::upstream_addr(u))
+                    .collect()
+            };
+            let own = udp.local_addr()?;
+            // Forwarding to ourselves would loop.
+            let upstreams: Vec<SocketAddr> = upstreams.into_iter().filter(|u| *u != own).collect();
+            if upstreams.is_empty() {
+                log::warn!("dns: no upstream server: names outside the cluster get SERVFAIL");
+            }
+            log::info!("dns on {own} (udp and tcp), forwarding to {upstreams:?}");
+            let server = Arc::new(Dns::new(
+                this.catalog.clone(),
+                this.shared().names,
+                upstreams,
+                Duration::from_millis(this.config.dns.upstream_timeout_ms),
+                this.config.dns.cache_size,
+                this.kept.metrics.clone(),
+            ));
+            tokio::spawn(server.serve(udp, tcp, stop.clone()));
+        }
         let port = listener.local_addr()?.port();
         log::info!("edgemesh listening on {}", listener.local_addr()?);
-        let stop = CancellationToken::new();
-        let load = Arc::new(Load::default());
+        let defaults = Defaults {
+            strategy: this.config.lb_strategy,
+            qps: NonZeroU32::new(this.config.qps),
+            breaker: this.config.circuit_breaker,
+        };
         let following = tokio::spawn(follow(
             this.config.socket_path.clone(),
             this.catalog.clone(),
-            this.config.lb_strategy,
-            load,
-            this.generation.clone(),
+            defaults,
+            this.kept.clone(),
+            generation.clone(),
             stop.clone(),
         ));
         // One thread per core, each with a single-threaded runtime and a listening socket
@@ -101,9 +275,7 @@ impl Module for EdgeMesh {
         let mut threads = Vec::with_capacity(workers);
         for (i, listener) in listeners.into_iter().enumerate() {
             let stop = stop.clone();
-            let catalog = this.catalog.clone();
-            let node = this.node.clone();
-            let config = this.config.clone();
+            let shared = this.shared();
             let thread = std::thread::Builder::new()
                 .name(format!("edgemesh-{i}"))
                 .spawn(move || {
@@ -118,17 +290,7 @@ impl Module for EdgeMesh {
                         }
                     };
                     runtime.block_on(async move {
-                        let shared = Arc::new(Shared {
-                            catalog,
-                            node,
-                            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
-                            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-                            sniff_timeout: Duration::from_millis(config.sniff_timeout_ms),
-                            upstreams: Upstreams::new(
-                                Duration::from_millis(config.connect_timeout_ms),
-                                Duration::from_millis(config.idle_timeout_ms),
-                            ),
-                        });
+                        let shared = Arc::new(shared);
                         match TcpListener::from_std(listener) {
                             Ok(listener) => proxy::serve(listener, shared, stop).await,
                             Err(e) => log::error!("edgemesh worker {i}: {e}"),
@@ -145,7 +307,7 @@ impl Module for EdgeMesh {
         let rules = this.config.iptables.then(|| {
             tokio::spawn(keep_rules(
                 this.catalog.clone(),
-                this.generation.subscribe(),
+                generation.subscribe(),
                 port,
                 Duration::from_millis(this.config.iptables_sync_ms),
                 stop.clone(),

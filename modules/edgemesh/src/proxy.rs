@@ -13,13 +13,16 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::io::AsyncWriteExt;
 
+use crate::breaker::Verdict;
 use crate::catalog::{Catalog, Target};
 use crate::error::{Error, Result};
 use crate::http::{self, Upstreams};
 use crate::lb::{Backend, InFlight, Strategy};
+use crate::metrics::{Active, Reason, ServiceStats};
+use crate::names::Names;
 use crate::prefixed::Prefixed;
 use crate::relay::relay;
-use crate::sniff::{Protocol, sniff};
+use crate::sniff::{Protocol, classify, sniff};
 
 /// What every connection needs.
 pub struct Shared {
@@ -35,6 +38,10 @@ pub struct Shared {
     pub sniff_timeout: Duration,
     /// Pooled upstream HTTP clients.
     pub upstreams: Upstreams,
+    /// Metrics of requests that reached no Service.
+    pub unknown: Arc<ServiceStats>,
+    /// How Service names are completed (explicit proxy).
+    pub names: Names,
 }
 
 /// Accepts intercepted connections until `stop`; each is served by its own task, so a
@@ -91,7 +98,7 @@ pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
 }
 
 async fn handle(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     shared: Arc<Shared>,
@@ -99,14 +106,35 @@ async fn handle(
     let dst = original_dst(&client)?;
     if Some(dst) == local {
         // Dialled directly, not redirected: there is no Service to go to.
+        shared.unknown.error(Reason::unknown_service);
         return Err(Error::UnknownService(dst));
     }
+    dispatch(client, Vec::new(), peer, dst, shared).await
+}
+
+/// Serves a connection meant for Service address `dst` (intercepted, or named through the
+/// explicit proxy); `early` holds bytes the client already sent, if any.
+pub async fn dispatch(
+    mut client: TcpStream,
+    early: Vec<u8>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<()> {
     let _ = client.set_nodelay(true);
-    let declared_opaque = shared.catalog.load().lookup(dst).is_some_and(|t| t.opaque);
-    if declared_opaque {
-        return opaque(client, Vec::new(), peer, dst, &shared).await;
+    let Some(target) = shared.catalog.load().lookup(dst).cloned() else {
+        shared.unknown.error(Reason::unknown_service);
+        return Err(Error::UnknownService(dst));
+    };
+    let _active = Active::on(&target.stats);
+    if target.opaque {
+        return opaque(client, early, peer, &target, &shared).await;
     }
-    let (protocol, first) = sniff(&mut client, shared.sniff_timeout).await?;
+    let (protocol, first) = if early.is_empty() {
+        sniff(&mut client, shared.sniff_timeout).await?
+    } else {
+        (classify(&early), early)
+    };
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let h2 = protocol == Protocol::Http2;
@@ -118,47 +146,146 @@ async fn handle(
                 "{peer} → {dst}: TLS for {}",
                 sni.as_deref().unwrap_or("(no SNI)")
             );
-            opaque(client, first, peer, dst, &shared).await
+            opaque(client, first, peer, &target, &shared).await
         }
-        Protocol::Opaque => opaque(client, first, peer, dst, &shared).await,
+        Protocol::Opaque => opaque(client, first, peer, &target, &shared).await,
     }
 }
 
-/// Relays a connection as bytes, after the ones read for detection.
+/// Relays a connection as bytes, after the ones read for detection; every failure is
+/// counted against the Service.
 async fn opaque(
     client: TcpStream,
     first: Vec<u8>,
     peer: SocketAddr,
-    dst: SocketAddr,
+    target: &Target,
     shared: &Shared,
 ) -> Result<()> {
-    let target = shared
-        .catalog
-        .load()
-        .lookup(dst)
-        .cloned()
-        .ok_or(Error::UnknownService(dst))?;
+    target.stats.tcp_connections.inc();
+    let relayed = relay_to(client, first, peer, target, shared).await;
+    if let Err(e) = &relayed {
+        target.stats.failed(e);
+    }
+    relayed
+}
+
+async fn relay_to(
+    client: TcpStream,
+    first: Vec<u8>,
+    peer: SocketAddr,
+    target: &Target,
+    shared: &Shared,
+) -> Result<()> {
     let key = (target.balancer.strategy() == Strategy::ConsistentHash).then(|| ip_key(peer));
-    let backend = choose(&target, key.as_deref())?;
+    let pick = choose(target, key.as_deref())?;
+    let backend = pick.backend;
+    admit(target, backend, shared)?;
     let _inflight = InFlight::on(backend);
-    let mut server = dial(&target, backend, shared).await?;
+    let mut server = match dial(target, backend, shared).await {
+        Ok(s) => {
+            pick.success();
+            s
+        }
+        Err(e) => {
+            pick.failure();
+            return Err(e);
+        }
+    };
     server.write_all(&first).await?;
     let (up, down) = relay(client, server, shared.idle_timeout).await?;
+    let up = up + first.len() as u64;
+    target.stats.bytes_sent.inc_by(up);
+    target.stats.bytes_received.inc_by(down);
     log::debug!(
-        "{peer} → {} via {}: {} bytes up, {down} down",
+        "{peer} → {} via {}: {up} bytes up, {down} down",
         target.service,
-        backend.addr,
-        up + first.len() as u64
+        backend.addr
     );
     Ok(())
 }
 
-/// Picks an endpoint that this node can reach now.
-pub fn choose<'a>(target: &'a Target, key: Option<&[u8]>) -> Result<&'a Backend> {
-    target
-        .balancer
-        .pick(&target.backends, key)
-        .ok_or_else(|| Error::NoEndpoint(target.service.clone()))
+/// An endpoint chosen for one request or connection, and its claim on the endpoint's
+/// breaker (none when the Service has breaking off).
+pub struct Pick<'a> {
+    /// The endpoint.
+    pub backend: &'a Backend,
+    verdict: Option<Verdict>,
+}
+
+impl Pick<'_> {
+    /// The endpoint served: its failure count starts again (a probe restores it).
+    pub fn success(self) {
+        if let Some(v) = self.verdict {
+            v.success();
+        }
+    }
+
+    /// The endpoint failed (connect error, HTTP 5xx).
+    pub fn failure(self) {
+        if let Some(v) = self.verdict {
+            v.failure();
+        }
+    }
+}
+
+/// Picks an endpoint, leaving out those their breaker ejected; with every endpoint
+/// ejected it fails at once rather than dial a dead one.
+pub fn choose<'a>(target: &'a Target, key: Option<&[u8]>) -> Result<Pick<'a>> {
+    if target.backends.is_empty() {
+        return Err(Error::NoEndpoint(target.service.clone()));
+    }
+    if !target.breaker.enabled() {
+        let backend = target
+            .balancer
+            .pick(&target.backends, key)
+            .ok_or_else(|| Error::NoEndpoint(target.service.clone()))?;
+        return Ok(Pick {
+            backend,
+            verdict: None,
+        });
+    }
+    // A probe slot may be taken between the check and the claim: try again a few times.
+    for _ in 0..3 {
+        let backend = if target.backends.iter().all(|b| b.breaker.available()) {
+            target.balancer.pick(&target.backends, key)
+        } else {
+            let up: Vec<&Backend> = target
+                .backends
+                .iter()
+                .filter(|b| b.breaker.available())
+                .collect();
+            target.balancer.pick(&up, key).copied()
+        };
+        let Some(backend) = backend else { break };
+        if let Some(admission) = backend.breaker.admit() {
+            return Ok(Pick {
+                backend,
+                verdict: Some(Verdict::new(
+                    backend.breaker.clone(),
+                    admission,
+                    target.breaker,
+                )),
+            });
+        }
+    }
+    Err(Error::BreakerOpen(target.service.clone()))
+}
+
+/// Checks what this node enforces before its own endpoint is used: the endpoint is local
+/// (see [`local_only`]) and the Service's QPS limit here is not used up. The limit is
+/// the server side's: an endpoint on another node is limited by that node.
+pub fn admit(target: &Target, backend: &Backend, shared: &Shared) -> Result<()> {
+    local_only(target, backend, shared)?;
+    if let Some(limiter) = &target.limiter
+        && let Err(retry_after) = limiter.check()
+    {
+        return Err(Error::Limited {
+            service: target.service.clone(),
+            qps: limiter.qps(),
+            retry_after,
+        });
+    }
+    Ok(())
 }
 
 /// The ConsistentHash key of a connection: its client's IP (not the port), as bytes.
@@ -185,15 +312,18 @@ pub fn local_only(target: &Target, backend: &Backend, shared: &Shared) -> Result
 /// Dials a local endpoint (see [`local_only`]).
 pub async fn dial(target: &Target, backend: &Backend, shared: &Shared) -> Result<TcpStream> {
     local_only(target, backend, shared)?;
-    let connect_err = |reason: String| Error::Connect {
-        service: target.service.clone(),
-        endpoint: backend.addr,
-        reason,
-    };
     let stream = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(backend.addr))
         .await
-        .map_err(|_| connect_err(format!("timed out after {:?}", shared.connect_timeout)))?
-        .map_err(|e| connect_err(e.to_string()))?;
+        .map_err(|_| Error::ConnectTimeout {
+            service: target.service.clone(),
+            endpoint: backend.addr,
+            after: shared.connect_timeout,
+        })?
+        .map_err(|e| Error::Connect {
+            service: target.service.clone(),
+            endpoint: backend.addr,
+            reason: e.to_string(),
+        })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }

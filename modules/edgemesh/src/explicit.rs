@@ -1,0 +1,271 @@
+//! The explicit proxy: one listener for apps that iptables does not cover, and for use
+//! without root. It speaks HTTP CONNECT, absolute-URI HTTP (`curl -x`) and SOCKS5
+//! (`curl --socks5-hostname`); names are Service names. Once a connection knows its
+//! Service it takes the same path as an intercepted one: same balancing, same policies.
+//!
+//! It reaches cluster Services only: it is not an open proxy to the outside world.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::http::{self, Http1Pool};
+use crate::metrics::Reason;
+use crate::prefixed::Prefixed;
+use crate::proxy::{Shared, dispatch};
+
+/// How long a client may take to say where it is going.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head read before a CONNECT is recognised.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Accepts proxy clients until `stop`, each in its own task.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("explicit proxy: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, peer, shared).await {
+                log::warn!("explicit proxy: {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// What a client asked for before its traffic starts.
+enum Opening {
+    /// A tunnel to this Service address, with any bytes sent after the request.
+    Tunnel(SocketAddr, Vec<u8>),
+    /// Plain proxy HTTP: the bytes read so far belong to the first request.
+    Http(Vec<u8>),
+}
+
+async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Result<()> {
+    let _ = stream.set_nodelay(true);
+    let opening = tokio::time::timeout(HANDSHAKE_TIMEOUT, open(&mut stream, &shared))
+        .await
+        .map_err(|_| Error::Protocol("no proxy request in time".into()))??;
+    match opening {
+        Opening::Tunnel(vip, early) => dispatch(stream, early, peer, vip, shared).await,
+        Opening::Http(head) => {
+            serve_http(Prefixed::new(head, stream), peer, shared).await;
+            Ok(())
+        }
+    }
+}
+
+async fn open(stream: &mut TcpStream, shared: &Shared) -> Result<Opening> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 0 {
+        return Err(Error::Protocol("closed before a request".into()));
+    }
+    if first[0] == 5 {
+        return socks5(stream, shared).await;
+    }
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(Error::Protocol("closed in the request head".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                if req.method != Some("CONNECT") {
+                    return Ok(Opening::Http(buf));
+                }
+                let authority = req.path.unwrap_or_default().to_owned();
+                return match resolve_authority(&authority, None, shared) {
+                    Ok(vip) => {
+                        stream
+                            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                            .await?;
+                        Ok(Opening::Tunnel(vip, buf.split_off(len)))
+                    }
+                    Err(e) => {
+                        refuse_connect(stream, &e).await?;
+                        Err(e)
+                    }
+                };
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            // Not HTTP that httparse reads (or too long): hyper answers it properly.
+            _ => return Ok(Opening::Http(buf)),
+        }
+    }
+}
+
+/// Answers a refused CONNECT in plain text, the way the HTTP path answers.
+async fn refuse_connect(stream: &mut TcpStream, error: &Error) -> Result<()> {
+    let status = if matches!(error, Error::Protocol(_)) {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = format!("{error}\n");
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Serves absolute-URI requests on one client connection, each to the Service its URI
+/// names.
+async fn serve_http(io: Prefixed, peer: SocketAddr, shared: Arc<Shared>) {
+    let pool = Arc::new(Http1Pool::default());
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        let pool = pool.clone();
+        async move {
+            let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
+                return Ok::<_, Infallible>(http::refusal(&Error::Protocol(
+                    "this is a proxy: send the request with an absolute URI (curl -x)".into(),
+                )));
+            };
+            match resolve_authority(&authority, Some(80), &shared) {
+                Ok(vip) => Ok(http::forward(req, peer, vip, &shared, &pool).await),
+                Err(e) => Ok(http::refusal(&e)),
+            }
+        }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+    {
+        log::debug!("explicit proxy: {peer}: {e}");
+    }
+}
+
+/// The Service address of `host:port` (the port may be left out when `default_port` is
+/// given).
+fn resolve_authority(
+    authority: &str,
+    default_port: Option<u16>,
+    shared: &Shared,
+) -> Result<SocketAddr> {
+    let bad = || Error::Protocol(format!("{authority:?} is not host:port"));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => {
+            (host, port.parse::<u16>().map_err(|_| bad())?)
+        }
+        _ => (authority, default_port.ok_or_else(bad)?),
+    };
+    resolve(host, port, shared)
+}
+
+/// The Service address of a host name or ClusterIP and a port.
+pub fn resolve(host: &str, port: u16, shared: &Shared) -> Result<SocketAddr> {
+    let catalog = shared.catalog.load();
+    let unknown = || {
+        shared.unknown.error(Reason::unknown_service);
+        Error::UnknownName(format!(
+            "{host}:{port} (this proxy reaches cluster Services only)"
+        ))
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        let vip = SocketAddr::new(ip, port);
+        return catalog.lookup(vip).map(|_| vip).ok_or_else(unknown);
+    }
+    let name = shared.names.service(host).ok_or_else(unknown)?;
+    catalog
+        .vip(&name.namespace, &name.name, &port.to_string())
+        .ok_or_else(unknown)
+}
+
+/// The SOCKS5 greeting and CONNECT request (RFC 1928), without authentication.
+async fn socks5(stream: &mut TcpStream, shared: &Shared) -> Result<Opening> {
+    let mut greeting = [0u8; 2];
+    stream.read_exact(&mut greeting).await?;
+    let mut methods = vec![0u8; usize::from(greeting[1])];
+    stream.read_exact(&mut methods).await?;
+    if !methods.contains(&0) {
+        stream.write_all(&[5, 0xff]).await?;
+        return Err(Error::Protocol(
+            "SOCKS5 client offers no unauthenticated method".into(),
+        ));
+    }
+    stream.write_all(&[5, 0]).await?;
+    let mut request = [0u8; 4];
+    stream.read_exact(&mut request).await?;
+    let [version, command, _, kind] = request;
+    if version != 5 {
+        return Err(Error::Protocol(format!("SOCKS version {version}")));
+    }
+    let host = match kind {
+        1 => {
+            let mut ip = [0u8; 4];
+            stream.read_exact(&mut ip).await?;
+            Ipv4Addr::from(ip).to_string()
+        }
+        3 => {
+            let len = stream.read_u8().await?;
+            let mut name = vec![0u8; usize::from(len)];
+            stream.read_exact(&mut name).await?;
+            String::from_utf8(name)
+                .map_err(|_| Error::Protocol("SOCKS5 host name is not UTF-8".into()))?
+        }
+        4 => {
+            let mut ip = [0u8; 16];
+            stream.read_exact(&mut ip).await?;
+            Ipv6Addr::from(ip).to_string()
+        }
+        other => {
+            socks_reply(stream, 8).await?;
+            return Err(Error::Protocol(format!("SOCKS5 address type {other}")));
+        }
+    };
+    let port = stream.read_u16().await?;
+    if command != 1 {
+        socks_reply(stream, 7).await?;
+        return Err(Error::Protocol(format!(
+            "SOCKS5 command {command} (only CONNECT)"
+        )));
+    }
+    match resolve(&host, port, shared) {
+        Ok(vip) => {
+            socks_reply(stream, 0).await?;
+            Ok(Opening::Tunnel(vip, Vec::new()))
+        }
+        Err(e) => {
+            // 4: host unreachable.
+            socks_reply(stream, 4).await?;
+            Err(e)
+        }
+    }
+}
+
+async fn socks_reply(stream: &mut TcpStream, code: u8) -> Result<()> {
+    stream.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
+    Ok(())
+}

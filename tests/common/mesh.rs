@@ -1,0 +1,200 @@
+//! An edgecore whose edgemesh is reached through its front doors (explicit proxy, DNS,
+//! `/metrics`) on loopback: no root, no iptables. Services and Endpoints are put in its
+//! SQLite before it starts, as the cloud would have left them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use edgemesh::edgecore::{EdgeCore, EdgeCoreConfig};
+use edgemesh::health::HealthConfig;
+use edgemesh_proxy::Addresses;
+use metamanager::Store;
+use metamanager::object::changes;
+use proto::ResourcePath;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::eventually;
+
+/// The node the test edge is.
+pub const NODE: &str = "edge-1";
+
+/// A running edgecore with edgemesh on loopback.
+pub struct MeshEdge {
+    /// Where edgemesh listens.
+    pub addresses: Addresses,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub health: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// A Service with one TCP port `port` named `main`, and `annotations`.
+pub fn service(name: &str, ip: &str, port: u16, annotations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+        "spec": {"clusterIP": ip, "ports": [{"name": "main", "port": port, "protocol": "TCP"}]}})
+}
+
+/// Endpoints of Service `name` at `addrs`, all on this node.
+pub fn endpoints(name: &str, addrs: &[SocketAddr]) -> Value {
+    let subsets: Vec<Value> = addrs
+        .iter()
+        .map(|a| {
+            json!({"addresses": [{"ip": a.ip().to_string(), "nodeName": NODE}],
+                   "ports": [{"name": "main", "port": a.port(), "protocol": "TCP"}]})
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": name, "namespace": "default"}, "subsets": subsets})
+}
+
+/// Stores `objects` (edge path, object) where metamanager will find them.
+pub async fn store(db: &Path, objects: &[(String, Value)]) {
+    let store = Store::open(db).unwrap();
+    for (path, object) in objects {
+        let path = ResourcePath::parse_edge(path).unwrap();
+        store
+            .apply(changes(&path, object, "1", false).unwrap())
+            .await
+            .unwrap();
+    }
+    store.close();
+}
+
+/// The config of a test edge in `dir`: no cloud link, edgemesh without iptables, every
+/// listener on 127.0.0.1 port 0; DNS forwarding to `dns_upstream` if given.
+pub fn config(dir: &Path, dns_upstream: Option<SocketAddr>) -> EdgeCoreConfig {
+    let mut config = EdgeCoreConfig {
+        health: HealthConfig::on("127.0.0.1:0"),
+        ..EdgeCoreConfig::default()
+    };
+    config.modules.edge_hub.enable = false;
+    config.modules.edge_hub.node_id = NODE.into();
+    let meta = &mut config.modules.meta_manager;
+    meta.db_path = dir.join("edge.db");
+    meta.socket_path = dir.join("edge.sock");
+    let mesh = &mut config.modules.edge_mesh;
+    mesh.iptables = false;
+    mesh.listen = "127.0.0.1:0".into();
+    mesh.proxy_listen = "127.0.0.1:0".into();
+    mesh.dns.listen = "127.0.0.1:0".into();
+    mesh.dns.upstreams = dns_upstream.iter().map(|a| a.to_string()).collect();
+    mesh.dns.upstream_timeout_ms = 1_000;
+    config
+}
+
+impl MeshEdge {
+    /// Stores `objects`, starts the edgecore and waits until edgemesh has loaded them.
+    pub async fn start(config: EdgeCoreConfig, objects: &[(String, Value)]) -> MeshEdge {
+        store(&config.modules.meta_manager.db_path, objects).await;
+        let edgecore = EdgeCore::build(&config).await.expect("edgecore builds");
+        let addresses = edgecore.mesh_addresses().expect("edgemesh on");
+        let health = edgecore.health_addr().expect("health on");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            edgecore
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        eventually("edgemesh ready", || async move {
+            get(health, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 200)
+        })
+        .await;
+        MeshEdge {
+            addresses,
+            health,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The explicit proxy's address.
+    pub fn proxy(&self) -> SocketAddr {
+        self.addresses.proxy.expect("explicit proxy on")
+    }
+
+    /// `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = get(self.health, "/metrics").await.expect("metrics answer");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Stops the edgecore cleanly.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        (&mut self.task).await.unwrap();
+    }
+}
+
+impl Drop for MeshEdge {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One HTTP/1.0 GET: status and body.
+pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text:?}")))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| std::io::Error::other("no answer in 5 s"))?
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A TCP echo server on loopback until the test ends.
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Runs `program` with `args` and returns its stdout (panics if it cannot start).
+pub async fn run(program: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(program)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{program}: {e} (tests/run.sh installs it)"))
+}
