@@ -15,7 +15,12 @@ use tokio::net::TcpListener;
 
 /// Serves on `ip` (port chosen by the system) until the test ends; returns the address.
 pub async fn spawn(ip: &str, name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    spawn_at(format!("{ip}:0").parse().unwrap(), name).await
+}
+
+/// Serves on `addr` until the test ends; returns the address.
+pub async fn spawn_at(addr: SocketAddr, name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
