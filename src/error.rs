@@ -20,6 +20,12 @@ pub enum Error {
     Meta(#[from] metamanager::Error),
 }
 
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
 impl Error {
     /// The process exit code for this error: 64 (EX_USAGE) for bad config, 1 otherwise.
     pub fn exit_code(&self) -> i32 {

@@ -1,5 +1,4 @@
-//! `edgemesh`: the command-line entry point. More subcommands (demo, query, ...) arrive
-//! with the modules they drive.
+//! `edgemesh`: the command-line entry point: the demo, the standalone proxy, certificates.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +15,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a cloud and an edge node on loopback (no root needed) with demo Services, send
+    /// a few requests by Service name through the explicit proxy, print where each went,
+    /// and stay up for curl until Ctrl-C.
+    Demo,
     /// Run the proxy as its own process, reading metadata from an edgecore's metamanager
     /// socket.
     Proxy {
@@ -64,9 +67,31 @@ fn proxy(config: Option<PathBuf>, defaultconfig: bool) -> ExitCode {
     }
 }
 
+fn demo() -> ExitCode {
+    // The demo's output is its table; logs only for what goes wrong, unless asked.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| edgemesh::Error::Io(format!("cannot start the runtime: {e}")))
+        .and_then(|rt| rt.block_on(edgemesh::demo::run(beehive::termination_signal())));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let command = Cli::parse().command;
+    if let Command::Demo = command {
+        return demo();
+    }
     edgemesh::cli::init_logging();
-    match Cli::parse().command {
+    match command {
+        Command::Demo => unreachable!("handled above"),
         Command::Proxy {
             config,
             defaultconfig,

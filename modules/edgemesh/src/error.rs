@@ -87,5 +87,17 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// Logs a failure to serve `peer` once: a warning, except for QPS limiting, which is
+    /// the policy working (and at ten times the limit a line per request would drown the
+    /// log): it is counted in metrics and logged at debug.
+    pub fn log(&self, peer: std::net::SocketAddr) {
+        match self {
+            Error::Limited { .. } => log::debug!("{peer}: {self}"),
+            _ => log::warn!("{peer}: {self}"),
+        }
+    }
+}
+
 /// Result with the crate's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -44,7 +44,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, peer, shared).await {
-                log::warn!("explicit proxy: {peer}: {e}");
+                e.log(peer);
             }
         });
     }

@@ -228,7 +228,7 @@ pub async fn forward(
         }
         Err(e) => {
             target.stats.failed(&e);
-            log::warn!("{peer}: {e}");
+            e.log(peer);
             refusal(&e)
         }
     }

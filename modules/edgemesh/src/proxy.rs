@@ -63,7 +63,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, peer, local, shared).await {
-                log::warn!("{peer}: {e}");
+                e.log(peer);
             }
         });
     }

@@ -1,0 +1,435 @@
+//! `edgemesh demo`: a cloudcore and an edgecore on loopback, without root, serving demo
+//! Services from a manifest folder written to a temporary directory; a few requests by
+//! Service name through the explicit proxy, a table of where each went, then the commands
+//! to try until Ctrl-C.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgecontroller::SourceKind;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+use crate::cloudcore::{CloudCore, CloudCoreConfig};
+use crate::edgecore::{EdgeCore, EdgeCoreConfig};
+use crate::error::{Error, Result};
+use crate::health::HealthConfig;
+
+/// The demo edge node's name.
+const NODE: &str = "edge-1";
+/// Where the explicit proxy listens when the port is free (else any port).
+const PROXY: &str = "127.0.0.1:40008";
+/// How long the demo waits for the edge to receive the Services.
+const SYNC_WAIT: Duration = Duration::from_secs(30);
+
+/// An HTTP server that answers with its name and address: "which endpoint answered".
+async fn http_echo(name: &'static str) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                        let body =
+                            format!("{name} ({addr}) {} {}\n", req.method(), req.uri().path());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A TCP server that sends back what it receives, after its name.
+async fn tcp_echo(name: &'static str) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let line = format!("{name} ({addr}): {}", String::from_utf8_lossy(&buf[..n]));
+                    if stream.write_all(line.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn endpoints_yaml(name: &str, port_name: &str, addrs: &[SocketAddr]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: default}}\nsubsets:\n"
+    );
+    for a in addrs {
+        yaml.push_str(&format!(
+            "- addresses: [{{ip: \"{}\", nodeName: {NODE}}}]\n  ports: [{{name: {port_name}, port: {}}}]\n",
+            a.ip(),
+            a.port()
+        ));
+    }
+    yaml
+}
+
+/// The demo manifests: `web` on two endpoints (round robin), `echo` (opaque TCP),
+/// `limited` (1 request per second), `empty` (no endpoint).
+fn manifests(web: &[SocketAddr], echo: SocketAddr, limited: SocketAddr) -> String {
+    [
+        "# The demo's Services. Edit this file while the demo runs: edgecontroller\n\
+         # notices within half a second and the edge follows.\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n  \
+         annotations: {edgemesh.io/lb-strategy: RoundRobin}\n\
+         spec:\n  clusterIP: 10.96.0.10\n  ports: [{name: http, port: 80}]\n"
+            .to_owned(),
+        endpoints_yaml("web", "http", web),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.11\n  ports: [{name: tcp, port: 7, appProtocol: tcp}]\n"
+            .to_owned(),
+        endpoints_yaml("echo", "tcp", &[echo]),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: limited\n  namespace: default\n  \
+         annotations: {edgemesh.io/qps: \"1\"}\n\
+         spec:\n  clusterIP: 10.96.0.12\n  ports: [{name: http, port: 80}]\n"
+            .to_owned(),
+        endpoints_yaml("limited", "http", &[limited]),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.13\n  ports: [{name: http, port: 80}]\n"
+            .to_owned(),
+    ]
+    .join("---\n")
+}
+
+/// One row of the table.
+struct Row {
+    request: String,
+    via: &'static str,
+    answered_by: String,
+    status: String,
+    latency: Duration,
+}
+
+/// Reads an HTTP/1.0 answer to the end: status and body.
+async fn read_answer(stream: &mut TcpStream) -> Result<(String, String)> {
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    let status = text.split(' ').nth(1).unwrap_or("?").to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+async fn via_http_proxy(proxy: SocketAddr, url: &str) -> Result<(String, String)> {
+    let mut stream = TcpStream::connect(proxy).await?;
+    stream
+        .write_all(format!("GET {url} HTTP/1.0\r\n\r\n").as_bytes())
+        .await?;
+    read_answer(&mut stream).await
+}
+
+async fn via_socks5(
+    proxy: SocketAddr,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<(String, String)> {
+    let mut stream = TcpStream::connect(proxy).await?;
+    stream.write_all(&[5, 1, 0]).await?;
+    let mut reply = [0u8; 2];
+    stream.read_exact(&mut reply).await?;
+    let mut request = vec![5, 1, 0, 3, host.len() as u8];
+    request.extend_from_slice(host.as_bytes());
+    request.extend_from_slice(&port.to_be_bytes());
+    stream.write_all(&request).await?;
+    let mut reply = [0u8; 10];
+    stream.read_exact(&mut reply).await?;
+    if reply[1] != 0 {
+        return Ok((format!("SOCKS5 error {}", reply[1]), String::new()));
+    }
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    read_answer(&mut stream).await
+}
+
+async fn via_connect(
+    proxy: SocketAddr,
+    authority: &str,
+    payload: &str,
+) -> Result<(String, String)> {
+    let mut stream = TcpStream::connect(proxy).await?;
+    stream
+        .write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await?);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .split(' ')
+        .nth(1)
+        .unwrap_or("?")
+        .to_owned();
+    if status != "200" {
+        return Ok((status, String::new()));
+    }
+    stream.write_all(payload.as_bytes()).await?;
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await?;
+    Ok((
+        "connected".into(),
+        String::from_utf8_lossy(&buf[..n]).trim().to_owned(),
+    ))
+}
+
+async fn timed(
+    request: &str,
+    via: &'static str,
+    call: impl Future<Output = Result<(String, String)>>,
+) -> Row {
+    let started = Instant::now();
+    let (status, body) = call
+        .await
+        .unwrap_or_else(|e| ("failed".into(), e.to_string()));
+    Row {
+        request: request.into(),
+        via,
+        answered_by: body.lines().next().unwrap_or_default().to_owned(),
+        status,
+        latency: started.elapsed(),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let w_req = rows
+        .iter()
+        .map(|r| r.request.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    println!(
+        "{:<w_req$}  {:<13}  {:<9}  {:>9}  answered by",
+        "request", "via", "status", "latency"
+    );
+    for r in rows {
+        println!(
+            "{:<w_req$}  {:<13}  {:<9}  {:>7.2}ms  {}",
+            r.request,
+            r.via,
+            r.status,
+            r.latency.as_secs_f64() * 1e3,
+            r.answered_by
+        );
+    }
+}
+
+/// A fresh folder under the system's temporary directory.
+fn temp_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("edgemesh-demo-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("manifests"))?;
+    Ok(dir)
+}
+
+fn configs(dir: &Path, proxy: &str) -> (CloudCoreConfig, EdgeCoreConfig) {
+    let mut cloud = CloudCoreConfig {
+        health: HealthConfig::on("127.0.0.1:0"),
+        ..CloudCoreConfig::default()
+    };
+    cloud.modules.cloud_hub.address = "127.0.0.1:0".into();
+    let controller = &mut cloud.modules.edge_controller;
+    controller.source = SourceKind::Manifests;
+    controller.manifests.dir = dir.join("manifests");
+    let mut edge = EdgeCoreConfig {
+        health: HealthConfig::on("127.0.0.1:0"),
+        ..EdgeCoreConfig::default()
+    };
+    edge.modules.edge_hub.node_id = NODE.into();
+    edge.modules.edge_hub.reconnect_initial_ms = 100;
+    let meta = &mut edge.modules.meta_manager;
+    meta.db_path = dir.join("edge.db");
+    meta.socket_path = dir.join("metamanager.sock");
+    let mesh = &mut edge.modules.edge_mesh;
+    mesh.iptables = false;
+    mesh.listen = "127.0.0.1:0".into();
+    mesh.proxy_listen = proxy.into();
+    mesh.dns.listen = "127.0.0.1:0".into();
+    (cloud, edge)
+}
+
+/// Runs the demo until `stop` resolves.
+pub async fn run(stop: impl Future<Output = ()>) -> Result<()> {
+    let dir = temp_dir()?;
+    let result = run_in(&dir, stop).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
+    let web = [http_echo("web-1").await?, http_echo("web-2").await?];
+    let echo = tcp_echo("echo-1").await?;
+    let limited = http_echo("limited-1").await?;
+    let manifest = dir.join("manifests").join("demo.yaml");
+    std::fs::write(&manifest, manifests(&web, echo, limited))?;
+
+    // The fixed proxy port makes the printed commands stable; any port will do if it is
+    // taken.
+    let proxy_addr = match std::net::TcpListener::bind(PROXY) {
+        Ok(_) => PROXY,
+        Err(_) => "127.0.0.1:0",
+    };
+    let (mut cloud_config, mut edge_config) = configs(dir, proxy_addr);
+    cloud_config
+        .modules
+        .edge_controller
+        .manifests
+        .poll_interval_ms = 500;
+    let cloud = CloudCore::build(&cloud_config).await?;
+    let hub_addr = cloud.hub_addr();
+    edge_config.modules.edge_hub.server = hub_addr.to_string();
+    let edge = EdgeCore::build(&edge_config).await?;
+    let addresses = edge.mesh_addresses().expect("edgemesh is on in the demo");
+    let proxy = addresses
+        .proxy
+        .expect("the explicit proxy is on in the demo");
+    let edge_health = edge.health_addr().expect("health is on in the demo");
+
+    let (stop_cloud, cloud_stopped) = oneshot::channel::<()>();
+    let cloud_task = tokio::spawn(cloud.run_until(async {
+        let _ = cloud_stopped.await;
+    }));
+    let (stop_edge, edge_stopped) = oneshot::channel::<()>();
+    let edge_task = tokio::spawn(edge.run_until(async {
+        let _ = edge_stopped.await;
+    }));
+
+    println!(
+        "cloudcore: cloudhub on {hub_addr}, manifests in {}",
+        manifest.display()
+    );
+    println!(
+        "edgecore {NODE}: explicit proxy on {proxy}, DNS on {}",
+        addresses.dns.map_or("-".into(), |a| a.to_string())
+    );
+    println!("waiting for the Services to reach the edge...");
+    let deadline = Instant::now() + SYNC_WAIT;
+    loop {
+        let ready = via_http_proxy(proxy, "http://empty/")
+            .await
+            .is_ok_and(|(_, body)| body.contains("no ready endpoint"));
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = stop_edge.send(());
+            let _ = stop_cloud.send(());
+            return Err(Error::Io(format!(
+                "the Services did not reach the edge within {SYNC_WAIT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut rows = Vec::new();
+    for _ in 0..4 {
+        rows.push(
+            timed(
+                "GET http://web/",
+                "http proxy",
+                via_http_proxy(proxy, "http://web/"),
+            )
+            .await,
+        );
+    }
+    rows.push(
+        timed(
+            "GET http://web.default.svc.cluster.local/",
+            "socks5",
+            via_socks5(proxy, "web.default.svc.cluster.local", 80, "/"),
+        )
+        .await,
+    );
+    rows.push(
+        timed(
+            "tcp echo:7 \"hello\"",
+            "http connect",
+            via_connect(proxy, "echo:7", "hello\n"),
+        )
+        .await,
+    );
+    for _ in 0..3 {
+        rows.push(
+            timed(
+                "GET http://limited/",
+                "http proxy",
+                via_http_proxy(proxy, "http://limited/"),
+            )
+            .await,
+        );
+    }
+    rows.push(
+        timed(
+            "GET http://empty/",
+            "http proxy",
+            via_http_proxy(proxy, "http://empty/"),
+        )
+        .await,
+    );
+    rows.push(
+        timed(
+            "GET http://nosuch/",
+            "http proxy",
+            via_http_proxy(proxy, "http://nosuch/"),
+        )
+        .await,
+    );
+    println!();
+    print_table(&rows);
+    println!();
+    println!("Try it yourself (Ctrl-C stops everything):");
+    println!("  curl -x http://{proxy} http://web/");
+    println!("  curl --socks5-hostname {proxy} http://web.default.svc.cluster.local/");
+    println!("  curl -p -x http://{proxy} http://web.default/");
+    println!("  curl -x http://{proxy} http://limited/      # 1 request/s: 429 with Retry-After");
+    if let Some(dns) = addresses.dns {
+        println!(
+            "  dig @{} -p {} web.default.svc.cluster.local +short",
+            dns.ip(),
+            dns.port()
+        );
+    }
+    println!("  curl http://{edge_health}/metrics");
+    println!("  curl http://{edge_health}/readyz");
+    println!(
+        "  $EDITOR {}    # the edge follows within a second",
+        manifest.display()
+    );
+    println!("ready");
+
+    stop.await;
+    println!("stopping...");
+    let _ = stop_edge.send(());
+    let _ = edge_task.await;
+    let _ = stop_cloud.send(());
+    let _ = cloud_task.await;
+    println!("stopped");
+    Ok(())
+}
