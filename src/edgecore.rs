@@ -211,8 +211,9 @@ impl EdgeCore {
     }
 }
 
-/// The edge is ready when metamanager answers on its socket; the cloud link is shown but
-/// not required (the edge keeps serving from SQLite while offline).
+/// The edge is ready when metamanager answers on its socket and edgemesh (when on) has
+/// loaded the Services; the cloud link is shown but not required (the edge keeps serving
+/// from SQLite while offline).
 async fn edge_checks(link_up: bool, socket: Option<PathBuf>, mesh: Option<u64>) -> Vec<Check> {
     let mut checks = vec![Check {
         name: "cloud link",
@@ -221,35 +222,45 @@ async fn edge_checks(link_up: bool, socket: Option<PathBuf>, mesh: Option<u64>) 
         detail: if link_up { "up" } else { "down" }.into(),
     }];
     if let Some(path) = socket {
-        let ping = async {
-            let mut client = MetaClient::connect(&path, Duration::from_secs(1)).await?;
-            client.ping().await
-        };
-        let (ok, detail) = match tokio::time::timeout(Duration::from_secs(2), ping).await {
-            Ok(Ok(())) => (true, format!("answering on {}", path.display())),
-            Ok(Err(e)) => (false, format!("{}: {e}", path.display())),
-            Err(_) => (false, format!("{}: no answer within 2s", path.display())),
-        };
-        checks.push(Check {
-            name: "metamanager",
-            ok,
-            required: true,
-            detail,
-        });
+        checks.push(metamanager_check(&path).await);
     }
     if let Some(generation) = mesh {
-        checks.push(Check {
-            name: "edgemesh",
-            ok: generation > 0,
-            required: true,
-            detail: if generation > 0 {
-                "services loaded".into()
-            } else {
-                "waiting for services from metamanager".into()
-            },
-        });
+        checks.push(mesh_check(generation));
     }
     checks
+}
+
+/// Whether metamanager answers a ping on its socket.
+pub(crate) async fn metamanager_check(path: &Path) -> Check {
+    let ping = async {
+        let mut client = MetaClient::connect(path, Duration::from_secs(1)).await?;
+        client.ping().await
+    };
+    let (ok, detail) = match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(())) => (true, format!("answering on {}", path.display())),
+        Ok(Err(e)) => (false, format!("{}: {e}", path.display())),
+        Err(_) => (false, format!("{}: no answer within 2s", path.display())),
+    };
+    Check {
+        name: "metamanager",
+        ok,
+        required: true,
+        detail,
+    }
+}
+
+/// Whether edgemesh has loaded the Services (`generation` catalogs swapped in).
+pub(crate) fn mesh_check(generation: u64) -> Check {
+    Check {
+        name: "edgemesh",
+        ok: generation > 0,
+        required: true,
+        detail: if generation > 0 {
+            "services loaded".into()
+        } else {
+            "waiting for services from metamanager".into()
+        },
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,15 @@ use beehive::{Core, CoreConfig};
 use edgemesh_proxy::{EdgeMesh, EdgeMeshConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config_file::{self, section};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config_file::{self, check, section};
+use crate::edgecore::{mesh_check, metamanager_check};
 use crate::error::{Error, Result};
+use crate::health::{self, HealthConfig, MetricsText, Probe};
 
 /// The complete, commented default config (`edgemesh proxy --defaultconfig`).
 pub const DEFAULT_YAML: &str = include_str!("../config/edgemesh.yaml");
@@ -20,6 +27,8 @@ pub const DEFAULT_YAML: &str = include_str!("../config/edgemesh.yaml");
 pub struct ProxyConfig {
     /// The module bus.
     pub beehive: CoreConfig,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub health: HealthConfig,
     /// This node's name, as Endpoints record it.
     pub node_name: String,
     /// The proxy.
@@ -34,6 +43,7 @@ impl Default for ProxyConfig {
         };
         ProxyConfig {
             beehive: CoreConfig::default(),
+            health: HealthConfig::on("127.0.0.1:10351"),
             node_name: "edge-node".into(),
             edge_mesh,
         }
@@ -43,7 +53,10 @@ impl Default for ProxyConfig {
 impl ProxyConfig {
     /// Every problem, one per field.
     pub fn problems(&self) -> Vec<String> {
-        let mut problems = section("beehive", self.beehive.problems());
+        let mut problems: Vec<String> = check("health", self.health.validate())
+            .into_iter()
+            .collect();
+        problems.extend(section("beehive", self.beehive.problems()));
         problems.extend(section("edgeMesh", self.edge_mesh.problems()));
         if self.node_name.is_empty() {
             problems.push("nodeName: must not be empty".into());
@@ -66,8 +79,40 @@ pub async fn run(config: &ProxyConfig, stop: impl Future<Output = ()>) -> Result
     let mesh = &config.edge_mesh;
     let module =
         EdgeMesh::bind(mesh.clone(), &config.node_name).map_err(|e| Error::Io(e.to_string()))?;
+    let health = match config.health.enable {
+        true => Some(
+            TcpListener::bind(&config.health.address)
+                .await
+                .map_err(|e| {
+                    Error::Io(format!(
+                        "health: cannot listen on {}: {e}",
+                        config.health.address
+                    ))
+                })?,
+        ),
+        false => None,
+    };
+    let stop_health = CancellationToken::new();
+    if let Some(listener) = health {
+        let generation = module.generation();
+        let socket = mesh.socket_path.clone();
+        let probe: Probe = Arc::new(move || {
+            let loaded = *generation.borrow();
+            let socket = socket.clone();
+            Box::pin(async move { vec![metamanager_check(&socket).await, mesh_check(loaded)] })
+        });
+        let metrics = module.metrics();
+        let metrics: MetricsText = Arc::new(move || metrics.encode());
+        tokio::spawn(health::serve(
+            listener,
+            probe,
+            Some(metrics),
+            stop_health.clone(),
+        ));
+    }
     core.register(Box::new(module))?;
     let report = core.run_until(stop).await;
+    stop_health.cancel();
     log::info!("stopped: {report:?}");
     Ok(())
 }
