@@ -464,6 +464,28 @@ async fn the_proxy_runs_as_its_own_process_and_relays_declared_tcp_ports_as_byte
     // appProtocol tcp: no detection, the bytes go through as they are (HTTP included).
     let out = stdout(&ns.output(&["curl", "-s", "--max-time", "5", "http://10.96.9.10/raw"]));
     assert_eq!(out, "b1 HTTP/1.1 /raw\n");
+    // Its own /metrics counted the intercepted connection.
+    let metrics = stdout(&ns.output(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:10351/metrics",
+    ]));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"edgemesh_requests_total{service="default/raw",path="tcp"} 1"#),
+        "{metrics}"
+    );
+    let ready = stdout(&ns.output(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:10351/readyz",
+    ]));
+    assert!(ready.contains("[+] edgemesh: services loaded"), "{ready}");
     let _ = proxy.0.kill();
     let _ = proxy.0.wait();
 }
