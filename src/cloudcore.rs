@@ -154,6 +154,7 @@ impl CloudCore {
                         name: "cloudhub",
                         ok: true,
                         required: true,
+                        live: false,
                         detail: format!(
                             "listening; {} nodes connected, {} objects queued, {} awaiting ACK",
                             stats.connected, stats.pending, stats.inflight

@@ -10,7 +10,7 @@ use std::time::Duration;
 use beehive::{Core, CoreConfig, ShutdownReport};
 use edgehub::{EdgeHub, EdgeHubConfig};
 use edgemesh_proxy::metrics::Metrics;
-use edgemesh_proxy::{Addresses, EdgeMesh, EdgeMeshConfig};
+use edgemesh_proxy::{Addresses, EdgeMesh, EdgeMeshConfig, Liveness};
 use metamanager::{MetaManager, MetaManagerConfig, Store};
 use proto::metaclient::MetaClient;
 use serde::{Deserialize, Serialize};
@@ -110,7 +110,7 @@ pub struct EdgeCore {
 
 /// What edgecore keeps of its edgemesh: readiness, metrics, addresses.
 struct Mesh {
-    generation: tokio::sync::watch::Receiver<u64>,
+    health: MeshHealth,
     metrics: Arc<Metrics>,
     addresses: Addresses,
 }
@@ -143,7 +143,10 @@ impl EdgeCore {
             let module =
                 EdgeMesh::bind(mesh_cfg, &hub.node_id).map_err(|e| Error::Io(e.to_string()))?;
             let mesh = Mesh {
-                generation: module.generation(),
+                health: MeshHealth {
+                    generation: module.generation(),
+                    liveness: module.liveness(),
+                },
                 metrics: module.metrics(),
                 addresses: module.addresses(),
             };
@@ -192,11 +195,11 @@ impl EdgeCore {
         if let Some(listener) = self.health {
             let link_up = self.link_up.clone();
             let socket = self.socket.clone();
-            let generation = self.mesh.as_ref().map(|m| m.generation.clone());
+            let mesh = self.mesh.as_ref().map(|m| m.health.clone());
             let probe: Probe = Arc::new(move || {
                 let up = link_up.load(Ordering::SeqCst);
                 let socket = socket.clone();
-                let mesh = generation.as_ref().map(|g| *g.borrow());
+                let mesh = mesh.clone();
                 Box::pin(async move { edge_checks(up, socket, mesh).await })
             });
             let metrics = self.mesh.as_ref().map(|m| {
@@ -214,18 +217,24 @@ impl EdgeCore {
 /// The edge is ready when metamanager answers on its socket and edgemesh (when on) has
 /// loaded the Services; the cloud link is shown but not required (the edge keeps serving
 /// from SQLite while offline).
-async fn edge_checks(link_up: bool, socket: Option<PathBuf>, mesh: Option<u64>) -> Vec<Check> {
+async fn edge_checks(
+    link_up: bool,
+    socket: Option<PathBuf>,
+    mesh: Option<MeshHealth>,
+) -> Vec<Check> {
     let mut checks = vec![Check {
         name: "cloud link",
         ok: link_up,
         required: false,
+        live: false,
         detail: if link_up { "up" } else { "down" }.into(),
     }];
     if let Some(path) = socket {
         checks.push(metamanager_check(&path).await);
     }
-    if let Some(generation) = mesh {
-        checks.push(mesh_check(generation));
+    if let Some(mesh) = mesh {
+        checks.push(mesh_check(&mesh));
+        checks.push(mesh_alive(&mesh));
     }
     checks
 }
@@ -245,22 +254,59 @@ pub(crate) async fn metamanager_check(path: &Path) -> Check {
         name: "metamanager",
         ok,
         required: true,
+        live: false,
         detail,
     }
 }
 
-/// Whether edgemesh has loaded the Services (`generation` catalogs swapped in).
-pub(crate) fn mesh_check(generation: u64) -> Check {
+/// Whether edgemesh's worker threads are serving and it has loaded the Services
+/// (`generation` catalogs swapped in, 1 or more).
+pub(crate) fn mesh_check(health: &MeshHealth) -> Check {
+    let generation = *health.generation.borrow();
+    let (ok, detail) = match (health.liveness.workers(), generation) {
+        (None, _) => (false, "not started".to_owned()),
+        (Some(0), _) => (false, "no worker thread serving".to_owned()),
+        (Some(n), 0) => (
+            false,
+            format!("{n} worker thread(s) serving; waiting for services from metamanager"),
+        ),
+        (Some(n), _) => (
+            true,
+            format!("{n} worker thread(s) serving; services loaded"),
+        ),
+    };
     Check {
         name: "edgemesh",
-        ok: generation > 0,
+        ok,
         required: true,
-        detail: if generation > 0 {
-            "services loaded".into()
-        } else {
-            "waiting for services from metamanager".into()
+        live: false,
+        detail,
+    }
+}
+
+/// Whether edgemesh's worker threads run: a process whose proxy threads died is not
+/// alive, whatever else answers. Before the module starts, none run yet, and that is fine.
+pub(crate) fn mesh_alive(health: &MeshHealth) -> Check {
+    let workers = health.liveness.workers();
+    Check {
+        name: "edgemesh workers",
+        ok: workers != Some(0),
+        required: false,
+        live: true,
+        detail: match workers {
+            None => "starting".into(),
+            Some(n) => format!("{n} serving"),
         },
     }
+}
+
+/// What health checks read of an edgemesh.
+#[derive(Clone)]
+pub(crate) struct MeshHealth {
+    /// Catalogs swapped in.
+    pub generation: tokio::sync::watch::Receiver<u64>,
+    /// Whether its worker threads run.
+    pub liveness: Arc<Liveness>,
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub struct Check {
     pub ok: bool,
     /// Whether readiness depends on it (otherwise it is shown only).
     pub required: bool,
+    /// Whether liveness depends on it too: it is shown in `/healthz`, which fails with it.
+    pub live: bool,
     /// What was seen.
     pub detail: String,
 }
@@ -74,7 +76,7 @@ pub type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>
 /// Produces `/metrics` in Prometheus text format.
 pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Serves `/healthz` (200 while the process answers), `/readyz` (200 when every
+/// Serves `/healthz` (200 while the process answers and its liveness checks pass), `/readyz` (200 when every
 /// required check passes, else 503, one line per check) and, when given, `/metrics`,
 /// until `stop`.
 pub async fn serve(
@@ -122,21 +124,22 @@ async fn answer(
                 metrics.as_ref().map(|m| m()).unwrap_or_default(),
             )
         }
-        "/healthz" | "/livez" => (StatusCode::OK, "ok\n".to_owned()),
+        "/healthz" | "/livez" => {
+            let checks: Vec<Check> = probe().await.into_iter().filter(|c| c.live).collect();
+            let alive = checks.iter().all(|c| c.ok);
+            let mut body = lines(&checks);
+            body.push_str(if alive { "ok\n" } else { "failing\n" });
+            let status = if alive {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, body)
+        }
         "/readyz" => {
             let checks = probe().await;
             let ready = checks.iter().all(|c| c.ok || !c.required);
-            let mut body: String = checks
-                .iter()
-                .map(|c| {
-                    format!(
-                        "[{}] {}: {}\n",
-                        if c.ok { "+" } else { "-" },
-                        c.name,
-                        c.detail
-                    )
-                })
-                .collect();
+            let mut body = lines(&checks);
             body.push_str(if ready { "ready\n" } else { "not ready\n" });
             let status = if ready {
                 StatusCode::OK
@@ -162,6 +165,21 @@ async fn answer(
         hyper::header::HeaderValue::from_static(content_type),
     );
     Ok(resp)
+}
+
+/// One line per check: `[+] name: detail` or `[-] ...`.
+fn lines(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .map(|c| {
+            format!(
+                "[{}] {}: {}\n",
+                if c.ok { "+" } else { "-" },
+                c.name,
+                c.detail
+            )
+        })
+        .collect()
 }
 
 /// A bus module (group `health`) that hears edgehub's link events, so `/readyz` can show

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config_file::{self, check, section};
-use crate::edgecore::{mesh_check, metamanager_check};
+use crate::edgecore::{MeshHealth, mesh_alive, mesh_check, metamanager_check};
 use crate::error::{Error, Result};
 use crate::health::{self, HealthConfig, MetricsText, Probe};
 
@@ -94,12 +94,21 @@ pub async fn run(config: &ProxyConfig, stop: impl Future<Output = ()>) -> Result
     };
     let stop_health = CancellationToken::new();
     if let Some(listener) = health {
-        let generation = module.generation();
+        let health = MeshHealth {
+            generation: module.generation(),
+            liveness: module.liveness(),
+        };
         let socket = mesh.socket_path.clone();
         let probe: Probe = Arc::new(move || {
-            let loaded = *generation.borrow();
+            let health = health.clone();
             let socket = socket.clone();
-            Box::pin(async move { vec![metamanager_check(&socket).await, mesh_check(loaded)] })
+            Box::pin(async move {
+                vec![
+                    metamanager_check(&socket).await,
+                    mesh_check(&health),
+                    mesh_alive(&health),
+                ]
+            })
         });
         let metrics = module.metrics();
         let metrics: MetricsText = Arc::new(move || metrics.encode());

@@ -149,6 +149,18 @@ async fn explicit_proxy_reaches_services_by_name_and_metrics_count_it() {
     .await;
     let count = r#"edgemesh_request_duration_seconds_count{service="default/web"}"#;
     assert_eq!(sample(&metrics, count), Some(6.0));
+    // edgecore's health shows edgemesh.
+    let (status, live) = mesh::get(edge.health, "/healthz").await.unwrap();
+    assert_eq!(status, 200, "{live}");
+    assert!(live.contains("[+] edgemesh workers: "), "{live}");
+    let (status, ready) = mesh::get(edge.health, "/readyz").await.unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready
+            .lines()
+            .any(|l| l.starts_with("[+] edgemesh:") && l.ends_with("services loaded")),
+        "{ready}"
+    );
     // And it moves.
     curl(&["-x", &proxy, "http://web/"]).await;
     assert_eq!(sample(&edge.metrics().await, web_requests), Some(7.0));

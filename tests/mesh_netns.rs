@@ -485,7 +485,12 @@ async fn the_proxy_runs_as_its_own_process_and_relays_declared_tcp_ports_as_byte
         "5",
         "http://127.0.0.1:10351/readyz",
     ]));
-    assert!(ready.contains("[+] edgemesh: services loaded"), "{ready}");
+    assert!(
+        ready
+            .lines()
+            .any(|l| l.starts_with("[+] edgemesh:") && l.ends_with("services loaded")),
+        "{ready}"
+    );
     let _ = proxy.0.kill();
     let _ = proxy.0.wait();
 }

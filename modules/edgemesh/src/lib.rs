@@ -45,4 +45,4 @@ pub use catalog::Catalog;
 pub use config::EdgeMeshConfig;
 pub use error::{Error, Result};
 pub use lb::Strategy;
-pub use module::{Addresses, EdgeMesh, GROUP, MODULE};
+pub use module::{Addresses, EdgeMesh, GROUP, Liveness, MODULE};

@@ -39,6 +39,44 @@ pub struct EdgeMesh {
     catalog: Arc<ArcSwap<Catalog>>,
     generation: watch::Sender<u64>,
     kept: Arc<Kept>,
+    liveness: Arc<Liveness>,
+}
+
+/// Whether the worker threads run, for liveness checks.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    started: std::sync::atomic::AtomicBool,
+    serving: std::sync::atomic::AtomicUsize,
+}
+
+impl Liveness {
+    /// Worker threads serving now; `None` before the module starts them.
+    pub fn workers(&self) -> Option<usize> {
+        use std::sync::atomic::Ordering;
+        self.started
+            .load(Ordering::SeqCst)
+            .then(|| self.serving.load(Ordering::SeqCst))
+    }
+}
+
+/// Counts one worker serving until dropped (a panicking worker counts out too).
+struct Serving(Arc<Liveness>);
+
+impl Serving {
+    fn on(liveness: &Arc<Liveness>) -> Self {
+        liveness
+            .serving
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Serving(liveness.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0
+            .serving
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Where an edgemesh listens.
@@ -98,6 +136,7 @@ impl EdgeMesh {
             catalog: Arc::default(),
             generation: watch::channel(0).0,
             kept: Arc::default(),
+            liveness: Arc::default(),
         })
     }
 
@@ -121,6 +160,11 @@ impl EdgeMesh {
     /// Counts the catalogs swapped in; 1 or more once the metadata is loaded.
     pub fn generation(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Whether its worker threads run.
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
     }
 
     /// Its metrics, for `/metrics`.
@@ -194,6 +238,7 @@ impl Module for EdgeMesh {
             catalog,
             generation,
             kept,
+            liveness,
         } = *self;
         let this = Parts {
             config,
@@ -276,9 +321,11 @@ impl Module for EdgeMesh {
         for (i, listener) in listeners.into_iter().enumerate() {
             let stop = stop.clone();
             let shared = this.shared();
+            let serving = Serving::on(&liveness);
             let thread = std::thread::Builder::new()
                 .name(format!("edgemesh-{i}"))
                 .spawn(move || {
+                    let _serving = serving;
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -299,6 +346,9 @@ impl Module for EdgeMesh {
                 })?;
             threads.push(thread);
         }
+        liveness
+            .started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let serving = tokio::task::spawn_blocking(move || {
             for thread in threads {
                 let _ = thread.join();
