@@ -167,8 +167,8 @@ async fn explicit_proxy_reaches_services_by_name_and_metrics_count_it() {
     edge.stop().await;
 }
 
-/// A DNS server standing in for the upstream: `*.test` A 192.0.2.7, counting queries by
-/// transport.
+/// A DNS server standing in for the upstream: `*.test` A 192.0.2.7 (`big.test`: 40
+/// addresses, too many for a 512-byte UDP answer), counting queries by transport.
 struct Upstream {
     addr: SocketAddr,
     udp: Arc<AtomicUsize>,
@@ -179,7 +179,15 @@ fn upstream_answer(packet: &[u8]) -> Vec<u8> {
     let request = Message::from_vec(packet).unwrap();
     let mut response = Message::response(request.metadata.id, request.metadata.op_code);
     let query = request.queries[0].clone();
-    if query.name.to_ascii().ends_with(".test.") && query.query_type == RecordType::A {
+    if query.name.to_ascii() == "big.test." {
+        for i in 1..=40 {
+            response.add_answer(Record::from_rdata(
+                query.name.clone(),
+                60,
+                RData::A(A::new(198, 51, 100, i)),
+            ));
+        }
+    } else if query.name.to_ascii().ends_with(".test.") && query.query_type == RecordType::A {
         response.add_answer(Record::from_rdata(
             query.name.clone(),
             60,
@@ -287,6 +295,18 @@ async fn dns_answers_services_and_forwards_other_names_to_dig() {
         "192.0.2.7\n"
     );
     assert_eq!(upstream.tcp.load(Ordering::SeqCst), 1);
+    // An answer too big for a plain (no EDNS) UDP reply is truncated, and dig falls back
+    // to TCP on its own and gets all of it.
+    let big = run(
+        "dig",
+        &[
+            &at, "-p", &port, "+time=2", "+tries=1", "+noedns", "big.test",
+        ],
+    )
+    .await;
+    let all = format!("{}{}", text(&big), String::from_utf8_lossy(&big.stderr));
+    assert!(all.contains("Truncated, retrying in TCP mode"), "{all}");
+    assert_eq!(all.matches("\t198.51.100.").count(), 40, "{all}");
 
     // A malformed packet is dropped and counted; the server goes on.
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -298,9 +318,10 @@ async fn dns_answers_services_and_forwards_other_names_to_dig() {
     .await;
     assert_eq!(dig(vec!["web", "+short"]).await, "10.96.0.10\n");
     let metrics = edge.metrics().await;
+    // OUTSIDE.test, and big.test's retry over TCP.
     assert_eq!(
         sample(&metrics, r#"edgemesh_dns_queries_total{answer="cached"}"#),
-        Some(1.0),
+        Some(2.0),
         "{metrics}"
     );
     edge.stop().await;

@@ -247,6 +247,10 @@ impl Module for EdgeMesh {
             kept,
         };
         let stop = CancellationToken::new();
+        // The worker threads outlive this future unless told: if it is dropped (its task
+        // aborted, its runtime shut down) they must stop too, or a runtime waiting for
+        // its blocking threads would wait forever.
+        let _stop_when_dropped = stop.clone().drop_guard();
         if let Some(proxy_listener) = proxy {
             log::info!(
                 "explicit proxy (HTTP CONNECT, HTTP, SOCKS5) on {}",
