@@ -29,6 +29,9 @@ const MAX_CACHE_TTL: u32 = 300;
 const NEGATIVE_TTL: u32 = 30;
 /// A TCP client silent this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// UDP queries answered at once, at most: beyond this a flood is dropped (and counted)
+/// rather than turned into as many tasks and upstream sockets.
+const MAX_UDP_IN_FLIGHT: usize = 1024;
 
 /// `IP` or `IP:port` (53 when left out) of an upstream server.
 pub fn upstream_addr(text: &str) -> Option<SocketAddr> {
@@ -99,6 +102,7 @@ impl Dns {
     /// Serves UDP on `udp` and TCP on `tcp` until `stop`.
     pub async fn serve(self: Arc<Self>, udp: UdpSocket, tcp: TcpListener, stop: CancellationToken) {
         let udp = Arc::new(udp);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_UDP_IN_FLIGHT));
         let mut buf = vec![0u8; 4096];
         loop {
             tokio::select! {
@@ -111,9 +115,14 @@ impl Dns {
                             continue;
                         }
                     };
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        self.metrics.dns(DnsOutcome::dropped);
+                        continue;
+                    };
                     let packet = buf[..n].to_vec();
                     let (this, udp) = (self.clone(), udp.clone());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         if let Some(answer) = this.answer(&packet, false).await
                             && let Err(e) = udp.send_to(&answer, from).await
                         {

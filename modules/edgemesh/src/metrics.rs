@@ -128,6 +128,8 @@ pub enum DnsOutcome {
     forwarded,
     /// No upstream answered.
     failed,
+    /// Not answered: too many queries in flight.
+    dropped,
 }
 
 /// One Service's handles.
