@@ -157,19 +157,7 @@ impl EdgeCore {
         };
         let (watch, link_up) = LinkWatch::new();
         core.register(Box::new(watch))?;
-        let health = match config.health.enable {
-            true => Some(
-                TcpListener::bind(&config.health.address)
-                    .await
-                    .map_err(|e| {
-                        Error::Io(format!(
-                            "health: cannot listen on {}: {e}",
-                            config.health.address
-                        ))
-                    })?,
-            ),
-            false => None,
-        };
+        let health = health::listen(&config.health).await?;
         Ok(EdgeCore {
             core,
             link_up,

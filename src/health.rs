@@ -55,6 +55,17 @@ impl HealthConfig {
     }
 }
 
+/// Binds the health listener when `config` enables it.
+pub async fn listen(config: &HealthConfig) -> crate::Result<Option<TcpListener>> {
+    if !config.enable {
+        return Ok(None);
+    }
+    TcpListener::bind(&config.address)
+        .await
+        .map(Some)
+        .map_err(|e| crate::Error::Io(format!("health: cannot listen on {}: {e}", config.address)))
+}
+
 /// One line of `/readyz`.
 #[derive(Clone, Debug)]
 pub struct Check {

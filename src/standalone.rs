@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config_file::{self, check, section};
@@ -79,19 +78,7 @@ pub async fn run(config: &ProxyConfig, stop: impl Future<Output = ()>) -> Result
     let mesh = &config.edge_mesh;
     let module =
         EdgeMesh::bind(mesh.clone(), &config.node_name).map_err(|e| Error::Io(e.to_string()))?;
-    let health = match config.health.enable {
-        true => Some(
-            TcpListener::bind(&config.health.address)
-                .await
-                .map_err(|e| {
-                    Error::Io(format!(
-                        "health: cannot listen on {}: {e}",
-                        config.health.address
-                    ))
-                })?,
-        ),
-        false => None,
-    };
+    let health = health::listen(&config.health).await?;
     let stop_health = CancellationToken::new();
     if let Some(listener) = health {
         let health = MeshHealth {

@@ -14,9 +14,6 @@ use std::net::SocketAddr;
 use common::backend;
 use common::netns::{Netns, is_root};
 use common::{WAIT, eventually};
-use metamanager::Store;
-use metamanager::object::changes;
-use proto::ResourcePath;
 use serde_json::{Value, json};
 
 /// A child process killed when the test ends, however it ends.
@@ -30,15 +27,7 @@ impl Drop for Process {
 }
 
 async fn store(db: &Path, objects: &[(&str, Value)]) {
-    let store = Store::open(db).unwrap();
-    for (path, object) in objects {
-        let path = ResourcePath::parse_edge(path).unwrap();
-        store
-            .apply(changes(&path, object, "1", false).unwrap())
-            .await
-            .unwrap();
-    }
-    store.close();
+    common::mesh::store(db, objects).await;
 }
 
 fn service(name: &str, ip: &str, port: u16) -> Value {
@@ -266,15 +255,7 @@ fn annotated(name: &str, ip: &str, annotations: Value) -> Value {
 
 /// Endpoints with one address per backend (each on its own port), on `node`.
 fn spread(name: &str, backends: &[SocketAddr], node: &str) -> Value {
-    let subsets: Vec<Value> = backends
-        .iter()
-        .map(|b| {
-            json!({"addresses": [{"ip": b.ip().to_string(), "nodeName": node}],
-                        "ports": [{"name": "main", "port": b.port(), "protocol": "TCP"}]})
-        })
-        .collect();
-    json!({"apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": name, "namespace": "default"}, "subsets": subsets})
+    common::mesh::endpoints_on(name, backends, node)
 }
 
 /// Backend names in the order the bodies came back.

@@ -42,10 +42,15 @@ pub fn service(name: &str, ip: &str, port: u16, annotations: Value) -> Value {
 
 /// Endpoints of Service `name` at `addrs`, all on this node.
 pub fn endpoints(name: &str, addrs: &[SocketAddr]) -> Value {
+    endpoints_on(name, addrs, NODE)
+}
+
+/// Endpoints of Service `name` at `addrs` (one subset each, port `main`), all on `node`.
+pub fn endpoints_on(name: &str, addrs: &[SocketAddr], node: &str) -> Value {
     let subsets: Vec<Value> = addrs
         .iter()
         .map(|a| {
-            json!({"addresses": [{"ip": a.ip().to_string(), "nodeName": NODE}],
+            json!({"addresses": [{"ip": a.ip().to_string(), "nodeName": node}],
                    "ports": [{"name": "main", "port": a.port(), "protocol": "TCP"}]})
         })
         .collect();
@@ -54,10 +59,10 @@ pub fn endpoints(name: &str, addrs: &[SocketAddr]) -> Value {
 }
 
 /// Stores `objects` (edge path, object) where metamanager will find them.
-pub async fn store(db: &Path, objects: &[(String, Value)]) {
+pub async fn store<P: AsRef<str>>(db: &Path, objects: &[(P, Value)]) {
     let store = Store::open(db).unwrap();
     for (path, object) in objects {
-        let path = ResourcePath::parse_edge(path).unwrap();
+        let path = ResourcePath::parse_edge(path.as_ref()).unwrap();
         store
             .apply(changes(&path, object, "1", false).unwrap())
             .await

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::http::{self, Http1Pool};
 use crate::metrics::Reason;
 use crate::prefixed::Prefixed;
-use crate::proxy::{Shared, dispatch};
+use crate::proxy::{Shared, accept_each, dispatch};
 
 /// How long a client may take to say where it is going.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,25 +29,10 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// Accepts proxy clients until `stop`, each in its own task.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    log::warn!("explicit proxy: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, peer, shared).await {
-                e.log(peer);
-            }
-        });
-    }
+    accept_each(&listener, "explicit proxy", &stop, |stream, peer| {
+        handle(stream, peer, shared.clone())
+    })
+    .await;
 }
 
 /// What a client asked for before its traffic starts.

@@ -48,21 +48,39 @@ pub struct Shared {
 /// stalled client holds up nobody else.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let local = listener.local_addr().ok();
+    accept_each(&listener, "edgemesh", &stop, |stream, peer| {
+        handle(stream, peer, local, shared.clone())
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` until `stop`, each served by `serve` in a task of its
+/// own; a failure is logged once (see [`Error::log`]).
+pub async fn accept_each<F, Fut>(
+    listener: &TcpListener,
+    what: &str,
+    stop: &CancellationToken,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    log::warn!("accept failed: {e}");
+                    // Out of descriptors, usually: pause rather than spin.
+                    log::warn!("{what}: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let shared = shared.clone();
+        let served = serve(stream, peer);
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, peer, local, shared).await {
+            if let Err(e) = served.await {
                 e.log(peer);
             }
         });
