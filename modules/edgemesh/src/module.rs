@@ -195,10 +195,14 @@ impl Parts {
                 Duration::from_millis(config.idle_timeout_ms),
             ),
             unknown: self.kept.metrics.service(UNKNOWN),
-            names: Names {
-                namespace: config.namespace.clone(),
-                domain: config.cluster_domain.clone(),
-            },
+            names: self.names(),
+        }
+    }
+
+    fn names(&self) -> Names {
+        Names {
+            namespace: self.config.namespace.clone(),
+            domain: self.config.cluster_domain.clone(),
         }
     }
 }
@@ -275,15 +279,21 @@ impl Module for EdgeMesh {
                     .collect()
             };
             let own = udp.local_addr()?;
-            // Forwarding to ourselves would loop.
-            let upstreams: Vec<SocketAddr> = upstreams.into_iter().filter(|u| *u != own).collect();
+            // Forwarding to ourselves would loop (a resolv.conf already pointing here, or
+            // naming loopback while we listen on every address).
+            let is_self = |u: &SocketAddr| {
+                u.port() == own.port()
+                    && (u.ip() == own.ip() || (own.ip().is_unspecified() && u.ip().is_loopback()))
+            };
+            let upstreams: Vec<SocketAddr> =
+                upstreams.into_iter().filter(|u| !is_self(u)).collect();
             if upstreams.is_empty() {
                 log::warn!("dns: no upstream server: names outside the cluster get SERVFAIL");
             }
             log::info!("dns on {own} (udp and tcp), forwarding to {upstreams:?}");
             let server = Arc::new(Dns::new(
                 this.catalog.clone(),
-                this.shared().names,
+                this.names(),
                 upstreams,
                 Duration::from_millis(this.config.dns.upstream_timeout_ms),
                 this.config.dns.cache_size,
