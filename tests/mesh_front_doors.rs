@@ -326,3 +326,113 @@ async fn dns_answers_services_and_forwards_other_names_to_dig() {
     );
     edge.stop().await;
 }
+
+/// A raw HTTP/1.1 endpoint: `/chunked` answers in chunks with a trailer, anything else
+/// echoes the request body with a Content-Length; keep-alive throughout.
+async fn raw_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < end + length {
+                        let mut chunk = [0u8; 1024];
+                        let n = s.read(&mut chunk).await.unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body: Vec<u8> = buf[end..end + length].to_vec();
+                    buf.drain(..end + length);
+                    let answer = if head.starts_with("get /chunked") {
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nWiki\r\n5;x=1\r\npedia\r\n0\r\nx-trailer: 1\r\n\r\n".to_vec()
+                    } else {
+                        let mut a =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+                                .into_bytes();
+                        a.extend_from_slice(&body);
+                        a
+                    };
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_bodies_keep_their_framing_and_idle_connections_are_closed() {
+    use http_body_util::{BodyExt, Full};
+    let dir = tempfile::tempdir().unwrap();
+    let raw = raw_backend().await;
+    let objects = vec![
+        (
+            "default/service/raw".to_owned(),
+            service("raw", "10.96.0.30", 80, json!({})),
+        ),
+        ("default/endpoints/raw".to_owned(), endpoints("raw", &[raw])),
+    ];
+    let mut config = mesh::config(dir.path(), None);
+    config.modules.edge_mesh.idle_timeout_ms = 1_000;
+    let edge = MeshEdge::start(config, &objects).await;
+
+    // Through CONNECT the connection takes the interception path (the HTTP/1 forwarder).
+    let mut stream = TcpStream::connect(edge.proxy()).await.unwrap();
+    stream
+        .write_all(b"CONNECT raw:80 HTTP/1.1\r\nHost: raw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let big = "x".repeat(200_000);
+    for (method, path, body, expected) in [
+        ("POST", "/echo", "hello", "hello"),
+        ("GET", "/chunked", "", "Wikipedia"),
+        ("POST", "/echo", big.as_str(), big.as_str()),
+        ("GET", "/chunked", "", "Wikipedia"),
+    ] {
+        sender.ready().await.unwrap();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "raw")
+            .body(Full::new(bytes::Bytes::from(body.to_owned())))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{method} {path}");
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), expected.len(), "{method} {path}");
+        assert!(got == expected.as_bytes(), "{method} {path}");
+    }
+    // Quiet for longer than idleTimeoutMs: the proxy closes the connection.
+    tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap()
+        .unwrap();
+    edge.stop().await;
+}

@@ -29,6 +29,7 @@ pub mod dns;
 pub mod error;
 pub mod explicit;
 pub mod follow;
+pub mod h1;
 pub mod http;
 pub mod iptables;
 pub mod lb;

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use crate::breaker::Verdict;
 use crate::catalog::{Catalog, Target};
 use crate::error::{Error, Result};
+use crate::h1;
 use crate::http::{self, Upstreams};
 use crate::lb::{Backend, InFlight, Strategy};
 use crate::metrics::{Active, Reason, ServiceStats};
@@ -154,9 +155,12 @@ pub async fn dispatch(
         (classify(&early), early)
     };
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => {
-            let h2 = protocol == Protocol::Http2;
-            http::serve(Prefixed::new(first, client), h2, peer, dst, shared).await;
+        Protocol::Http1 => {
+            h1::serve(client, first, peer, dst, shared).await;
+            Ok(())
+        }
+        Protocol::Http2 => {
+            http::serve(Prefixed::new(first, client), true, peer, dst, shared).await;
             Ok(())
         }
         Protocol::Tls { sni } => {
