@@ -10,7 +10,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -103,20 +102,7 @@ async fn open(stream: &mut TcpStream, shared: &Shared) -> Result<Opening> {
 
 /// Answers a refused CONNECT in plain text, the way the HTTP path answers.
 async fn refuse_connect(stream: &mut TcpStream, error: &Error) -> Result<()> {
-    let status = if matches!(error, Error::Protocol(_)) {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = format!("{error}\n");
-    let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    stream.write_all(&http::refusal_bytes(error, true)).await?;
     stream.shutdown().await?;
     Ok(())
 }

@@ -450,31 +450,6 @@ async fn copy_body(
     }
 }
 
-/// A plain-text answer to a failure, framed for keep-alive.
-fn refusal(error: &Error, close: bool) -> Vec<u8> {
-    let resp = http::refusal(error);
-    let status = resp.status();
-    let body = format!("{error}\n");
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    );
-    if let Some(retry) = resp.headers().get(hyper::header::RETRY_AFTER) {
-        out.push_str(&format!(
-            "retry-after: {}\r\n",
-            retry.to_str().unwrap_or("1")
-        ));
-    }
-    if close {
-        out.push_str("connection: close\r\n");
-    }
-    out.push_str("\r\n");
-    out.push_str(&body);
-    out.into_bytes()
-}
-
 /// A client connection, the bytes read from it but not yet used, and its kept upstream
 /// connections.
 struct Conn {
@@ -535,7 +510,7 @@ async fn run(
             shared.unknown.error(Reason::unknown_service);
             let _ = conn
                 .client
-                .write_all(&refusal(&Error::UnknownService(dst), true))
+                .write_all(&http::refusal_bytes(&Error::UnknownService(dst), true))
                 .await;
             return Done;
         };
@@ -566,7 +541,13 @@ async fn run(
                 e.log(peer);
                 // A body not yet read cannot be skipped safely: close after answering.
                 let close = request.close || request.body > 0;
-                if conn.client.write_all(&refusal(&e, close)).await.is_err() || close {
+                if conn
+                    .client
+                    .write_all(&http::refusal_bytes(&e, close))
+                    .await
+                    .is_err()
+                    || close
+                {
                     return Done;
                 }
             }

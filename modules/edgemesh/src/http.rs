@@ -236,21 +236,57 @@ pub async fn forward(
 
 /// The plain-text answer to a failure.
 pub fn refusal(error: &Error) -> Response<Body> {
-    let status = match error {
+    let mut resp = text(refusal_status(error), error.to_string());
+    if let Some(secs) = retry_after(error) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// The status a failure is answered with.
+pub fn refusal_status(error: &Error) -> StatusCode {
+    match error {
         Error::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Connect { .. } | Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
         Error::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::Protocol(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let mut resp = text(status, error.to_string());
-    if let Error::Limited { retry_after, .. } = error {
-        // Whole seconds, rounded up: a client told 0 would come straight back.
-        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
-    resp
+}
+
+/// `Retry-After` seconds for a QPS refusal: whole seconds, rounded up, at least 1 (a
+/// client told 0 would come straight back).
+fn retry_after(error: &Error) -> Option<u64> {
+    match error {
+        Error::Limited { retry_after, .. } => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            Some(secs.max(1))
+        }
+        _ => None,
+    }
+}
+
+/// The same answer as raw HTTP/1.1 bytes, for paths that write to the socket themselves;
+/// `close` adds `connection: close`.
+pub fn refusal_bytes(error: &Error, close: bool) -> Vec<u8> {
+    let status = refusal_status(error);
+    let body = format!("{error}\n");
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if let Some(secs) = retry_after(error) {
+        out.push_str(&format!("retry-after: {secs}\r\n"));
+    }
+    if close {
+        out.push_str("connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out.into_bytes()
 }
 
 async fn send(
