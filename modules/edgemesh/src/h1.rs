@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +18,7 @@ use tokio::net::TcpStream;
 use crate::catalog::Target;
 use crate::error::Error;
 use crate::http;
+use crate::idle::Watch;
 use crate::lb::{InFlight, Strategy};
 use crate::metrics::Reason;
 use crate::prefixed::Prefixed;
@@ -254,49 +254,6 @@ fn parse_response(
         framing,
         keep_upstream: version == 1 && !upstream_close && framing != Framing::UntilClose,
     }))
-}
-
-/// The connection's idle limit, checked by one watchdog per connection instead of a
-/// timer per read, which showed in the proxy benchmark.
-struct Watch {
-    started: Instant,
-    /// Milliseconds after `started` of the last read that brought bytes.
-    last: AtomicU64,
-    /// How long the connection may now go without one.
-    limit: AtomicU64,
-}
-
-impl Watch {
-    fn new(limit: Duration) -> Self {
-        Watch {
-            started: Instant::now(),
-            last: AtomicU64::new(0),
-            limit: AtomicU64::new(limit.as_millis() as u64),
-        }
-    }
-
-    fn touch(&self) {
-        self.last
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn set_limit(&self, limit: Duration) {
-        self.limit
-            .store(limit.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves once the connection has been quiet for its limit.
-    async fn expired(&self) {
-        loop {
-            let now = self.started.elapsed().as_millis() as u64;
-            let quiet = now.saturating_sub(self.last.load(Ordering::Relaxed));
-            let limit = self.limit.load(Ordering::Relaxed);
-            if quiet >= limit {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(limit - quiet)).await;
-        }
-    }
 }
 
 /// Reads more into `buf`; `Ok(0)` at the end of the stream.

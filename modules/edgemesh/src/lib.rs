@@ -31,6 +31,7 @@ pub mod explicit;
 pub mod follow;
 pub mod h1;
 pub mod http;
+pub mod idle;
 pub mod iptables;
 pub mod lb;
 pub mod metrics;

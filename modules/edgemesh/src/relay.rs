@@ -1,12 +1,13 @@
 //! Carries bytes both ways between two connections, passing a half-close on and closing
 //! both when neither side has sent anything for the idle timeout.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::idle::Watch;
 
 /// Bytes moved each way: (client → server, server → client).
 pub type Moved = (u64, u64);
@@ -19,27 +20,16 @@ const CHUNK: usize = 64 * 1024;
 /// (then both connections are dropped). One watchdog per connection pair checks the idle
 /// time, so the data path arms no timer per read.
 pub async fn relay(client: TcpStream, server: TcpStream, idle: Duration) -> std::io::Result<Moved> {
-    let started = Instant::now();
-    let last = AtomicU64::new(0);
+    let watch = Watch::new(idle);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let both = async {
-        let (up, down) = tokio::join!(pump(cr, sw, &last, started), pump(sr, cw, &last, started));
+        let (up, down) = tokio::join!(pump(cr, sw, &watch), pump(sr, cw, &watch));
         Ok((up?, down?))
-    };
-    let watchdog = async {
-        let idle_ms = idle.as_millis() as u64;
-        loop {
-            let quiet = started.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-            if quiet >= idle_ms {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
-        }
     };
     tokio::select! {
         moved = both => moved,
-        _ = watchdog => Err(std::io::Error::new(
+        _ = watch.expired() => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("idle for {idle:?}"),
         )),
@@ -50,8 +40,7 @@ pub async fn relay(client: TcpStream, server: TcpStream, idle: Duration) -> std:
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    last: &AtomicU64,
-    started: Instant,
+    watch: &Watch,
 ) -> std::io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
@@ -63,6 +52,6 @@ async fn pump(
         }
         to.write_all(&buf[..n]).await?;
         total += n as u64;
-        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        watch.touch();
     }
 }
