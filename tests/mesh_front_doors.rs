@@ -16,7 +16,7 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -110,16 +110,8 @@ async fn explicit_proxy_reaches_services_by_name_and_metrics_count_it() {
     );
 
     // A raw TCP protocol through CONNECT.
-    let mut stream = TcpStream::connect(edge.proxy()).await.unwrap();
-    stream
-        .write_all(b"CONNECT echo:7 HTTP/1.1\r\nHost: echo:7\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await.unwrap());
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let (mut stream, head) = mesh::tunnel(edge.proxy(), "echo:7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
     stream.write_all(b"ping over tcp\n").await.unwrap();
     let mut back = [0u8; 14];
     stream.read_exact(&mut back).await.unwrap();
@@ -393,15 +385,8 @@ async fn http_bodies_keep_their_framing_and_idle_connections_are_closed() {
     let edge = MeshEdge::start(config, &objects).await;
 
     // Through CONNECT the connection takes the interception path (the HTTP/1 forwarder).
-    let mut stream = TcpStream::connect(edge.proxy()).await.unwrap();
-    stream
-        .write_all(b"CONNECT raw:80 HTTP/1.1\r\nHost: raw\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await.unwrap());
-    }
+    let (stream, head) = mesh::tunnel(edge.proxy(), "raw:80").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(
         hyper_util::rt::TokioIo::new(stream),
     )

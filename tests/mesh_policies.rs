@@ -126,15 +126,7 @@ async fn qps_limit_is_shared_by_connections_http_gets_429_and_tcp_is_closed() {
     while started.elapsed() < run {
         tick.tick().await;
         tasks.push(tokio::spawn(async move {
-            let mut stream = TcpStream::connect(proxy).await.unwrap();
-            stream
-                .write_all(b"CONNECT echo:7 HTTP/1.1\r\nHost: echo\r\n\r\n")
-                .await
-                .unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                head.push(stream.read_u8().await.unwrap());
-            }
+            let (mut stream, _) = mesh::tunnel(proxy, "echo:7").await;
             stream.write_all(b"x").await.unwrap();
             let mut byte = [0u8; 1];
             matches!(stream.read(&mut byte).await, Ok(1))

@@ -203,3 +203,18 @@ pub async fn run(program: &str, args: &[&str]) -> std::process::Output {
         .await
         .unwrap_or_else(|e| panic!("{program}: {e} (tests/run.sh installs it)"))
 }
+
+/// Opens a CONNECT tunnel to `authority` through the explicit proxy at `proxy`: the
+/// stream, and the proxy's answer head.
+pub async fn tunnel(proxy: SocketAddr, authority: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
