@@ -3,11 +3,14 @@
 # iptables), wrk against nginx directly, HAProxy in `mode http`, HAProxy in `mode tcp`,
 # and edgemesh on both of its paths (HTTP-aware, and opaque TCP via appProtocol: tcp);
 # then a bulk TCP transfer (iperf3) directly, through HAProxy and through edgemesh.
-# Prints one table with ratios. Usage: bench/proxy.sh [seconds per run, default 10]
-# PERF_EDGEMESH=FILE also records a perf profile of edgecore during its HTTP run.
+# Prints one table with ratios. The HTTP comparison (the one with a target) runs in ROUNDS
+# alternating rounds and reports each round's ratio and the medians.
+# Usage: bench/proxy.sh [seconds per run, default 10] [ROUNDS, default 5]
+# PERF_EDGEMESH=FILE also records a perf profile of edgecore during its first HTTP run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
+ROUNDS=${2:-5}
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespace and iptables)" >&2; exit 1; }
 
 need=()
@@ -152,18 +155,31 @@ run_wrk() {
 to_ms() { python3 -c "import sys,re;v=sys.argv[1];m=re.match(r'([0-9.]+)(us|ms|s)',v);x=float(m.group(1));print({'us':x/1000,'ms':x,'s':x*1000}[m.group(2)])" "$1"; }
 
 echo "machine: $(nproc) cores, $(uname -m); wrk -t2 -c64 -d${SECS}s; nginx 1 worker; haproxy defaults"
+# One wrk run against `name`'s url; its req/s and p99 are appended to RPS[name], P99[name].
 declare -A RPS P99
-for target in direct:http://$IP:8080/ haproxy_http:http://$IP:9080/ haproxy_tcp:http://$IP:9081/ \
-              edgemesh_http:http://10.96.100.10/ edgemesh_tcp:http://10.96.100.11/; do
-    name=${target%%:*}; url=${target#*:}
+measure() {
+    local name=$1 url=$2 rps p99 rest
     if [[ $name == edgemesh* ]]; then sample_rss & SAMPLER=$!; fi
-    if [[ $name == edgemesh_http && -n "${PERF_EDGEMESH:-}" ]]; then
+    if [[ $name == edgemesh_http && -n "${PERF_EDGEMESH:-}" && -z "${PERFED:-}" ]]; then
+        PERFED=1
         perf record -F 999 -g -p "$EDGECORE" -o "$PERF_EDGEMESH" -- sleep "$SECS" >/dev/null 2>&1 &
     fi
     read -r rps p99 rest <<<"$(run_wrk "$url")"
     if [[ $name == edgemesh* ]]; then kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true; fi
-    RPS[$name]=$rps; P99[$name]=$(to_ms "$p99")
+    RPS[$name]="${RPS[$name]:-} $rps"; P99[$name]="${P99[$name]:-} $(to_ms "$p99")"
     [ -n "${rest:-}" ] && echo "  $name: $rest"
+    return 0
+}
+measure direct "http://$IP:8080/"
+measure haproxy_tcp "http://$IP:9081/"
+measure edgemesh_tcp "http://10.96.100.11/"
+# The comparison that has a target runs in rounds, the two back to back and the order
+# swapped each round, so that a shift in the machine's load mid-run hits both alike.
+for round in $(seq "$ROUNDS"); do
+    if (( round % 2 )); then order="haproxy_http edgemesh_http"; else order="edgemesh_http haproxy_http"; fi
+    for name in $order; do
+        case $name in haproxy_http) measure "$name" "http://$IP:9080/" ;; *) measure "$name" "http://10.96.100.10/" ;; esac
+    done
 done
 
 bulk() { X iperf3 -c "$1" -p "$2" -t "$SECS" -J | python3 -c "import json,sys;print(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e9)"; }
@@ -175,20 +191,27 @@ kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
 RSS_MB=$(python3 -c "print(round(int(open('$WORK/rss').read())/1024,1))")
 
 python3 - <<PY
-rps = {"direct": ${RPS[direct]}, "haproxy http": ${RPS[haproxy_http]}, "haproxy tcp": ${RPS[haproxy_tcp]},
-       "edgemesh http": ${RPS[edgemesh_http]}, "edgemesh tcp": ${RPS[edgemesh_tcp]}}
-p99 = {"direct": ${P99[direct]}, "haproxy http": ${P99[haproxy_http]}, "haproxy tcp": ${P99[haproxy_tcp]},
-       "edgemesh http": ${P99[edgemesh_http]}, "edgemesh tcp": ${P99[edgemesh_tcp]}}
-print("| target | req/s (keep-alive) | p99 ms |")
-print("|---|---|---|")
+from statistics import median
+runs = {k: [float(x) for x in v.split()] for k, v in {"direct": "${RPS[direct]}", "haproxy http": "${RPS[haproxy_http]}",
+        "haproxy tcp": "${RPS[haproxy_tcp]}", "edgemesh http": "${RPS[edgemesh_http]}", "edgemesh tcp": "${RPS[edgemesh_tcp]}"}.items()}
+p99s = {k: [float(x) for x in v.split()] for k, v in {"direct": "${P99[direct]}", "haproxy http": "${P99[haproxy_http]}",
+        "haproxy tcp": "${P99[haproxy_tcp]}", "edgemesh http": "${P99[edgemesh_http]}", "edgemesh tcp": "${P99[edgemesh_tcp]}"}.items()}
+rps = {k: median(v) for k, v in runs.items()}
+p99 = {k: median(v) for k, v in p99s.items()}
+print("| target | req/s (keep-alive) | p99 ms | runs |")
+print("|---|---|---|---|")
 for k in rps:
-    print(f"| {k} | {rps[k]:,.0f} | {p99[k]:.2f} |")
+    print(f"| {k} | {rps[k]:,.0f} | {p99[k]:.2f} | {len(runs[k])}{' (median)' if len(runs[k]) > 1 else ''} |")
 print()
 print(f"| bulk TCP (iperf3) | direct | haproxy tcp | edgemesh |")
 print("|---|---|---|---|")
 print(f"| Gbit/s | {${B_direct}:.2f} | {${B_haproxy}:.2f} | {${B_edgemesh}:.2f} |")
 print()
-print(f"edgemesh http / haproxy http req/s: {rps['edgemesh http']/rps['haproxy http']:.2f}x (target >= 1.0), p99 {p99['edgemesh http']:.2f} vs {p99['haproxy http']:.2f} ms")
+ratios = [e / h for e, h in zip(runs["edgemesh http"], runs["haproxy http"])]
+tails = [f"{e:.2f}/{h:.2f}" for e, h in zip(p99s["edgemesh http"], p99s["haproxy http"])]
+print("edgemesh http / haproxy http req/s by round: " + " ".join(f"{r:.2f}x" for r in ratios))
+print("p99 ms by round (edgemesh/haproxy): " + " ".join(tails))
+print(f"median: {median(ratios):.2f}x (target >= 1.0), p99 {p99['edgemesh http']:.2f} vs {p99['haproxy http']:.2f} ms (target: no worse)")
 print(f"edgemesh tcp / haproxy tcp req/s: {rps['edgemesh tcp']/rps['haproxy tcp']:.2f}x")
 print(f"edgemesh bulk / haproxy tcp bulk: {${B_edgemesh}/${B_haproxy}:.2f}x (target >= 0.9)")
 print(f"edgemesh peak RSS under load: {${RSS_MB}} MiB (target <= 30)")

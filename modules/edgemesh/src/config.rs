@@ -17,6 +17,8 @@ pub struct EdgeMeshConfig {
     /// metamanager's socket, where Services and Endpoints are read; empty in edgecore means
     /// its own metaManager's socket.
     pub socket_path: PathBuf,
+    /// Threads serving intercepted connections; 0 for one per core.
+    pub workers: usize,
     /// Where intercepted connections arrive. It must take traffic redirected from other
     /// interfaces too (PREROUTING), so by default it listens on every address; connections
     /// that were not redirected to a Service are closed.
@@ -83,6 +85,7 @@ impl Default for EdgeMeshConfig {
         EdgeMeshConfig {
             enable: true,
             socket_path: PathBuf::new(),
+            workers: 0,
             listen: "0.0.0.0:40001".into(),
             iptables: true,
             iptables_sync_ms: 5_000,
@@ -117,6 +120,9 @@ impl EdgeMeshConfig {
         };
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             bad("listen", "must be IP:port, such as 0.0.0.0:40001");
+        }
+        if self.workers > 256 {
+            bad("workers", "must be at most 256 (0 for one per core)");
         }
         if !(100..=3_600_000).contains(&self.iptables_sync_ms) {
             bad("iptablesSyncMs", "must be between 100 and 3600000");

@@ -42,6 +42,7 @@ pub mod proxy;
 pub mod qps;
 pub mod relay;
 pub mod sniff;
+pub mod spread;
 
 pub use catalog::Catalog;
 pub use config::EdgeMeshConfig;

@@ -22,6 +22,7 @@ use crate::iptables;
 use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::proxy::{self, Shared};
+use crate::spread::Spread;
 
 /// Module name on the bus.
 pub const MODULE: &str = "edgemesh";
@@ -317,12 +318,15 @@ impl Module for EdgeMesh {
             stop.clone(),
         ));
         // One thread per core, each with a single-threaded runtime and a listening socket
-        // of its own on the same address (SO_REUSEPORT, so the kernel spreads connections
-        // evenly): a connection, its upstream connections and their tasks stay on one
-        // thread, with no wake-ups across cores on the request path.
+        // of its own on the same address (SO_REUSEPORT): a connection, its upstream
+        // connections and their tasks stay on one thread, with no wake-ups across cores
+        // on the request path. The kernel's spread is evened out by hand-overs (spread.rs).
         let addr = listener.local_addr()?;
         let first = listener.into_std()?;
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = match this.config.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
         let mut listeners = vec![first];
         for _ in 1..workers {
             match proxy::bind(addr) {
@@ -332,7 +336,11 @@ impl Module for EdgeMesh {
             }
         }
         let mut threads = Vec::with_capacity(workers);
-        for (i, listener) in listeners.into_iter().enumerate() {
+        for (i, (listener, seat)) in listeners
+            .into_iter()
+            .zip(Spread::seats(workers))
+            .enumerate()
+        {
             let stop = stop.clone();
             let shared = this.shared();
             let serving = Serving::on(&liveness);
@@ -353,7 +361,7 @@ impl Module for EdgeMesh {
                     runtime.block_on(async move {
                         let shared = Arc::new(shared);
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => proxy::serve(listener, shared, stop).await,
+                            Ok(listener) => proxy::serve(listener, seat, shared, stop).await,
                             Err(e) => log::error!("edgemesh worker {i}: {e}"),
                         }
                     });

@@ -24,6 +24,7 @@ use crate::names::Names;
 use crate::prefixed::Prefixed;
 use crate::relay::relay;
 use crate::sniff::{Protocol, classify, sniff};
+use crate::spread::{Seat, accept};
 
 /// What every connection needs.
 pub struct Shared {
@@ -45,11 +46,18 @@ pub struct Shared {
     pub names: Names,
 }
 
-/// Accepts intercepted connections until `stop`; each is served by its own task, so a
-/// stalled client holds up nobody else.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+/// Serves intercepted connections until `stop`, as worker `seat` (see [`Seat::serve`]):
+/// those its `listener` accepts and those other workers hand it. Each is served by its own
+/// task, so a stalled client holds up nobody else.
+pub async fn serve(
+    listener: TcpListener,
+    seat: Seat,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    // Every worker's socket has this address (SO_REUSEPORT).
     let local = listener.local_addr().ok();
-    accept_each(&listener, "edgemesh", &stop, |stream, peer| {
+    seat.serve(Some(listener), "edgemesh", stop, |stream, peer| {
         handle(stream, peer, local, shared.clone())
     })
     .await;
@@ -69,15 +77,7 @@ pub async fn accept_each<F, Fut>(
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors, usually: pause rather than spin.
-                    log::warn!("{what}: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            Some(accepted) = accept(Some(listener), what) => accepted,
         };
         let served = serve(stream, peer);
         tokio::spawn(async move {
@@ -89,8 +89,8 @@ pub async fn accept_each<F, Fut>(
 }
 
 /// A listening socket for intercepted connections, with `SO_REUSEPORT` so that each worker
-/// thread can have a socket of its own on the same address and the kernel spreads
-/// connections over them evenly.
+/// thread can have a socket of its own on the same address (the kernel's spread over them
+/// is evened out in [`crate::spread`]).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),

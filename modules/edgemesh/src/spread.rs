@@ -1,0 +1,302 @@
+//! Spreads intercepted connections over the worker threads by load.
+//!
+//! Each worker accepts on a socket of its own (`SO_REUSEPORT`), and the kernel picks the
+//! socket by a hash of the connection's addresses. That is even only on average: 64
+//! connections land 28/36 or worse often enough, and since a connection stays on its
+//! thread for life, the busier thread's clients queue behind each other (the p99 doubles
+//! on a saturated 2-core box) while the other thread has time to spare. So a worker that
+//! accepts a connection while another serves fewer hands it over, and the counts stay
+//! within one of each other, as HAProxy does with its per-thread accept queues. A
+//! hand-over costs one wake-up of the other thread, once per connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+
+/// A connection on its way to another worker, out of the accepting thread's reactor.
+struct Handover {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// Counted against the receiving worker from the moment it was picked, so the next
+    /// accept anywhere sees it.
+    load: Load,
+}
+
+/// The connection counts of every worker, and the way to each one's inbox.
+pub struct Spread {
+    loads: Vec<AtomicUsize>,
+    inboxes: Vec<mpsc::UnboundedSender<Handover>>,
+}
+
+/// One worker's place in a [`Spread`]: its index and the connections handed to it.
+pub struct Seat {
+    index: usize,
+    spread: Arc<Spread>,
+    inbox: mpsc::UnboundedReceiver<Handover>,
+}
+
+/// Counts a connection against its worker until dropped.
+pub struct Load {
+    spread: Arc<Spread>,
+    index: usize,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.spread.loads[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Spread {
+    /// A spread over `workers` threads (at least one) and a seat for each.
+    pub fn seats(workers: usize) -> Vec<Seat> {
+        let workers = workers.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let spread = Arc::new(Spread {
+            loads: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes: senders,
+        });
+        receivers
+            .into_iter()
+            .enumerate()
+            .map(|(index, inbox)| Seat {
+                index,
+                spread: spread.clone(),
+                inbox,
+            })
+            .collect()
+    }
+
+    /// Connections each worker serves now.
+    pub fn loads(&self) -> Vec<usize> {
+        self.loads
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The worker that should serve a connection accepted by worker `here`: the least
+    /// loaded, `here` itself on a tie (no hand-over when nothing is gained).
+    fn pick(&self, here: usize) -> usize {
+        let mut best = here;
+        let mut least = self.loads[here].load(Ordering::Relaxed);
+        for (i, load) in self.loads.iter().enumerate() {
+            let load = load.load(Ordering::Relaxed);
+            if load < least {
+                best = i;
+                least = load;
+            }
+        }
+        best
+    }
+
+    /// Counts one more connection on worker `index`.
+    fn take(self: &Arc<Self>, index: usize) -> Load {
+        self.loads[index].fetch_add(1, Ordering::Relaxed);
+        Load {
+            spread: self.clone(),
+            index,
+        }
+    }
+}
+
+impl Seat {
+    /// Its worker's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The spread it belongs to.
+    pub fn spread(&self) -> &Arc<Spread> {
+        &self.spread
+    }
+
+    /// Serves connections until `stop`: those `listener` accepts (when this worker has
+    /// one) that are not handed to a less loaded worker, and those handed to this one.
+    /// Each runs `serve` in a task of its own; a failure is logged once (see
+    /// [`crate::Error::log`]).
+    pub async fn serve<F, Fut>(
+        mut self,
+        listener: Option<TcpListener>,
+        what: &str,
+        stop: CancellationToken,
+        mut serve: F,
+    ) where
+        F: FnMut(TcpStream, SocketAddr) -> Fut,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        loop {
+            let (stream, peer, load) = tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(accepted) = accept(listener.as_ref(), what) => {
+                    let (stream, peer) = accepted;
+                    let to = self.spread.pick(self.index);
+                    if to == self.index {
+                        (stream, peer, self.spread.take(to))
+                    } else {
+                        self.hand_over(to, stream, peer);
+                        continue;
+                    }
+                }
+                Some(handed) = self.inbox.recv() => match TcpStream::from_std(handed.stream) {
+                    Ok(stream) => (stream, handed.peer, handed.load),
+                    Err(e) => {
+                        log::warn!("{what}: connection from {} lost in a hand-over: {e}", handed.peer);
+                        continue;
+                    }
+                },
+            };
+            let served = serve(stream, peer);
+            tokio::spawn(async move {
+                let _load = load;
+                if let Err(e) = served.await {
+                    e.log(peer);
+                }
+            });
+        }
+    }
+
+    fn hand_over(&self, to: usize, stream: TcpStream, peer: SocketAddr) {
+        let load = self.spread.take(to);
+        match stream.into_std() {
+            Ok(stream) => {
+                let handover = Handover { stream, peer, load };
+                if self.spread.inboxes[to].send(handover).is_err() {
+                    log::debug!("connection from {peer} dropped: worker {to} has stopped");
+                }
+            }
+            Err(e) => log::warn!("connection from {peer} lost in a hand-over: {e}"),
+        }
+    }
+}
+
+/// The next connection `listener` accepts; never, without a listener. A failure is logged
+/// and yields `None` after a pause rather than a spin (it is usually a lack of
+/// descriptors).
+pub async fn accept(listener: Option<&TcpListener>, what: &str) -> Option<(TcpStream, SocketAddr)> {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    match listener.accept().await {
+        Ok(accepted) => Some(accepted),
+        Err(e) => {
+            log::warn!("{what}: accept failed: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn accepts_on_one_worker_are_evened_out_and_released() {
+        let seats = Spread::seats(3);
+        let spread = seats[0].spread().clone();
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.push(spread.take(spread.pick(0)));
+        }
+        assert_eq!(spread.loads(), vec![4, 3, 3]);
+        // A tie keeps the connection where it was accepted.
+        let seats = Spread::seats(2);
+        let even = seats[1].spread().clone();
+        let _one = even.take(0);
+        let _two = even.take(1);
+        assert_eq!(even.pick(1), 1);
+        assert_eq!(even.pick(0), 0);
+        held.truncate(4);
+        assert_eq!(spread.loads().iter().sum::<usize>(), 4);
+        drop(held);
+        assert_eq!(spread.loads(), vec![0, 0, 0]);
+    }
+
+    /// Two worker threads, only the first with a listener (the kernel sending every
+    /// connection to one socket): half of the connections are served on the second.
+    #[test]
+    fn a_real_connection_is_served_by_the_worker_it_is_handed_to() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let seats = Spread::seats(2);
+        let spread = seats[0].spread().clone();
+        let mut listener = Some(listener);
+        let workers: Vec<_> = seats
+            .into_iter()
+            .map(|seat| {
+                let listener = if seat.index() == 0 {
+                    listener.take()
+                } else {
+                    None
+                };
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name(format!("worker-{}", seat.index()))
+                    .spawn(move || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        runtime.block_on(async move {
+                            let listener = listener.map(|l| TcpListener::from_std(l).unwrap());
+                            seat.serve(listener, "test", stop, |mut stream, _| async move {
+                                let name = std::thread::current().name().unwrap().to_owned();
+                                stream.write_all(name.as_bytes()).await?;
+                                let mut rest = Vec::new();
+                                stream.read_to_end(&mut rest).await?;
+                                Ok(())
+                            })
+                            .await
+                        })
+                    })
+                    .unwrap()
+            })
+            .collect();
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut clients = Vec::new();
+            let mut served_by = Vec::new();
+            for _ in 0..10 {
+                let mut client = TcpStream::connect(addr).await.unwrap();
+                let mut name = [0u8; 8];
+                client.read_exact(&mut name).await.unwrap();
+                served_by.push(String::from_utf8_lossy(&name).into_owned());
+                clients.push(client);
+            }
+            let on = |w: &str| served_by.iter().filter(|n| *n == w).count();
+            assert_eq!((on("worker-0"), on("worker-1")), (5, 5), "{served_by:?}");
+            assert_eq!(spread.loads(), vec![5, 5]);
+            drop(clients);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while spread.loads() != vec![0, 0] {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{:?}",
+                    spread.loads()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        stop.cancel();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+    }
+}
