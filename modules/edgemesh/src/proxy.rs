@@ -77,7 +77,12 @@ pub async fn accept_each<F, Fut>(
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            Some(accepted) = accept(Some(listener), what) => accepted,
+            // Matched by hand: with a `Some(..)` pattern a failed accept would disable
+            // this branch and leave the select waiting for `stop` alone.
+            accepted = accept(Some(listener), what) => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
+            },
         };
         let served = serve(stream, peer);
         tokio::spawn(async move {

@@ -137,8 +137,10 @@ impl Seat {
         loop {
             let (stream, peer, load) = tokio::select! {
                 _ = stop.cancelled() => return,
-                Some(accepted) = accept(listener.as_ref(), what) => {
-                    let (stream, peer) = accepted;
+                // Matched by hand: with a `Some(..)` pattern a failed accept would disable
+                // this branch and leave the select waiting on the others alone.
+                accepted = accept(listener.as_ref(), what) => {
+                    let Some((stream, peer)) = accepted else { continue };
                     let to = self.spread.pick(self.index);
                     if to == self.index {
                         (stream, peer, self.spread.take(to))
