@@ -3,11 +3,10 @@
 //! Each worker accepts on a socket of its own (`SO_REUSEPORT`), and the kernel picks the
 //! socket by a hash of the connection's addresses. That is even only on average: 64
 //! connections land 28/36 or worse often enough, and since a connection stays on its
-//! thread for life, the busier thread's clients queue behind each other (the p99 doubles
-//! on a saturated 2-core box) while the other thread has time to spare. So a worker that
-//! accepts a connection while another serves fewer hands it over, and the counts stay
-//! within one of each other, as HAProxy does with its per-thread accept queues. A
-//! hand-over costs one wake-up of the other thread, once per connection.
+//! thread for life, the busier thread's clients queue behind each other while the other
+//! thread has time to spare. So a worker that accepts a connection while another serves
+//! fewer hands it over (HAProxy balances its threads' accepted connections the same way).
+//! A hand-over costs one wake-up of the other thread, once per connection.
 
 use std::future::Future;
 use std::net::SocketAddr;
