@@ -28,7 +28,7 @@ HOST_IP=10.202.0.1
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}" ${EDGECORE:-}; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     ip netns del "$NS" 2>/dev/null || true
     ip link del "emb$$" 2>/dev/null || true
@@ -123,19 +123,33 @@ modules:
   metaManager: {dbPath: "$WORK/edge.db", socketPath: "$WORK/mm.sock"}
   edgeMesh: {listen: "0.0.0.0:40001"}
 CONF
-RUST_LOG=warn ip netns exec "$NS" ./target/release/edgecore --config "$WORK/edgecore.yaml" 2>"$WORK/edgecore.log" & PIDS+=($!)
-EDGECORE=$!
-for _ in $(seq 100); do
-    [ "$(X iptables -t nat -S EDGE-MESH 2>/dev/null | grep -c '^-A')" = 3 ] && break
-    sleep 0.1
-done
+# edgecore runs only for edgemesh's runs: HAProxy and nginx are measured without it (nor its
+# iptables rules) beside them, and edgemesh without HAProxy busy.
+EDGECORE=
+edgecore_up() {
+    [ -n "$EDGECORE" ] && return 0
+    RUST_LOG=warn ip netns exec "$NS" ./target/release/edgecore --config "$WORK/edgecore.yaml" 2>>"$WORK/edgecore.log" &
+    EDGECORE=$!
+    for _ in $(seq 100); do
+        [ "$(X iptables -t nat -S EDGE-MESH 2>/dev/null | grep -c '^-A')" = 3 ] && break
+        sleep 0.1
+    done
+    for vip in 10.96.100.10:80 10.96.100.11:80 10.96.100.12:5201; do
+        for _ in $(seq 100); do X bash -c "exec 3<>/dev/tcp/${vip%:*}/${vip#*:}" 2>/dev/null && break; sleep 0.1; done
+    done
+}
+edgecore_down() { # SIGTERM: it removes its rules on the way out
+    [ -z "$EDGECORE" ] && return 0
+    kill "$EDGECORE"; wait "$EDGECORE" 2>/dev/null || true
+    EDGECORE=
+}
 for port in 8080 9080 9081; do
     for _ in $(seq 100); do X bash -c "exec 3<>/dev/tcp/$IP/$port" 2>/dev/null && break; sleep 0.1; done
 done
 
-rss_peak=0
-sample_rss() { # samples edgecore's RSS (KiB) until killed
-    local peak=0 v
+sample_rss() { # samples edgecore's RSS (KiB) until killed; the peak over every run
+    local peak v
+    peak=$(cat "$WORK/rss" 2>/dev/null || echo 0)
     while :; do
         v=$(awk '/VmRSS/{print $2}' "/proc/$EDGECORE/status" 2>/dev/null || echo 0)
         [ "$v" -gt "$peak" ] && peak=$v && echo "$peak" > "$WORK/rss"
@@ -159,6 +173,7 @@ echo "machine: $(nproc) cores, $(uname -m); wrk -t2 -c64 -d${SECS}s; nginx 1 wor
 declare -A RPS P99
 measure() {
     local name=$1 url=$2 rps p99 rest
+    if [[ $name == edgemesh* ]]; then edgecore_up; else edgecore_down; fi
     if [[ $name == edgemesh* ]]; then sample_rss & SAMPLER=$!; fi
     if [[ $name == edgemesh_http && -n "${PERF_EDGEMESH:-}" && -z "${PERFED:-}" ]]; then
         PERFED=1
@@ -183,8 +198,10 @@ for round in $(seq "$ROUNDS"); do
 done
 
 bulk() { X iperf3 -c "$1" -p "$2" -t "$SECS" -J | python3 -c "import json,sys;print(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e9)"; }
+edgecore_down
 B_direct=$(bulk "$IP" 5201)
 B_haproxy=$(bulk "$IP" 9082)
+edgecore_up
 sample_rss & SAMPLER=$!
 B_edgemesh=$(bulk 10.96.100.12 5201)
 kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
