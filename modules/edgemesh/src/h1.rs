@@ -168,15 +168,7 @@ fn parse_request(buf: &[u8], target: &Target) -> Parsed<Request> {
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
-        if is_hop_by_hop(h.name, &listed) {
-            continue;
-        }
-        head.extend_from_slice(h.name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(h.value);
-        head.extend_from_slice(b"\r\n");
-    }
+    push_end_to_end(&mut head, req.headers, &listed);
     head.extend_from_slice(b"\r\n");
     Parsed::Done(Request {
         head,
@@ -190,6 +182,20 @@ fn parse_request(buf: &[u8], target: &Target) -> Parsed<Request> {
         ),
         key,
     })
+}
+
+/// Appends `headers` to `head` as `name: value` lines, leaving out the hop-by-hop ones (and
+/// those `Connection` lists in `listed`).
+fn push_end_to_end(head: &mut Vec<u8>, headers: &[httparse::Header<'_>], listed: &[String]) {
+    for h in headers {
+        if is_hop_by_hop(h.name, listed) {
+            continue;
+        }
+        head.extend_from_slice(h.name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(h.value);
+        head.extend_from_slice(b"\r\n");
+    }
 }
 
 fn parse_response(
@@ -234,15 +240,7 @@ fn parse_response(
     head.extend_from_slice(
         format!("HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or("")).as_bytes(),
     );
-    for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name, &listed) {
-            continue;
-        }
-        head.extend_from_slice(h.name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(h.value);
-        head.extend_from_slice(b"\r\n");
-    }
+    push_end_to_end(&mut head, resp.headers, &listed);
     if client_close || framing == Framing::UntilClose {
         head.extend_from_slice(b"connection: close\r\n");
     }
