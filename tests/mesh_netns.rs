@@ -214,6 +214,20 @@ async fn curl_and_redis_reach_backends_through_iptables_interception() {
     })
     .await;
     assert_eq!(stdout(&curl()), "hello from the backend\n");
+    // ... and so does a jump to it that something deleted.
+    let jump = ["-t", "nat", "-C", "OUTPUT", "-j", "EDGE-MESH"];
+    let deleted = ns.output(&["iptables", "-t", "nat", "-D", "OUTPUT", "-j", "EDGE-MESH"]);
+    assert!(deleted.status.success());
+    eventually("the OUTPUT jump repaired", || {
+        let back = ns
+            .command("iptables")
+            .args(jump)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        async move { back }
+    })
+    .await;
+    assert_eq!(stdout(&curl()), "hello from the backend\n");
 
     // A clean exit takes the rules away.
     let pid = edgecore.0.id().to_string();
