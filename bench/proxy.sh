@@ -9,7 +9,7 @@
 # kube-proxy publishes a ClusterIP), and HAProxy in a namespace without any nat rule.
 #
 # Why the namespace state matters: once the namespace holds a nat rule, the kernel tracks
-# every connection in it (conntrack), which cost HAProxy about 10% of its req/s here. Every
+# every connection in it (conntrack), which cost HAProxy 5–11% of its req/s here. Every
 # node edgemesh runs on has nat rules (its own interception, the CNI's, kube-proxy's), so
 # HAProxy is measured in that same state, with one DNAT rule of its own in the nat table;
 # the bare namespace is reported beside it.
@@ -259,5 +259,5 @@ for base in ("haproxy_http", "haproxy_vip", "haproxy_bare"):
 print(f"target: edgemesh http / haproxy http >= 1.0x, p99 no worse: median {median([e / h for e, h in zip(runs['edgemesh_http'], runs['haproxy_http'])]):.2f}x, p99 {p99['edgemesh_http']:.2f} vs {p99['haproxy_http']:.2f} ms")
 print(f"edgemesh tcp / haproxy tcp req/s: {rps['edgemesh_tcp']/rps['haproxy_tcp']:.2f}x")
 print(f"edgemesh bulk / haproxy tcp bulk: {${B_edgemesh}/${B_haproxy}:.2f}x (target >= 0.9)")
-print(f"edgemesh peak RSS under load: {${RSS_MB}} MiB (target <= 30)")
+print(f"edgemesh peak RSS (VmHWM, under load): {${RSS_MB}} MiB (target <= 30)")
 PY
