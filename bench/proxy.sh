@@ -9,7 +9,7 @@
 # kube-proxy publishes a ClusterIP), and HAProxy in a namespace without any nat rule.
 #
 # Why the namespace state matters: once the namespace holds a nat rule, the kernel tracks
-# every connection in it (conntrack), which cost HAProxy 5–11% of its req/s here. Every
+# every connection in it (conntrack), which cost HAProxy 2–11% of its req/s here. Every
 # node edgemesh runs on has nat rules (its own interception, the CNI's, kube-proxy's), so
 # HAProxy is measured in that same state, with one DNAT rule of its own in the nat table;
 # the bare namespace is reported beside it.
