@@ -189,6 +189,9 @@ measure() {
     local name=$1 url=$2 rps p99 rest
     if [[ $name == edgemesh* ]]; then edgecore_up; else edgecore_down; fi
     if [[ $name == *bare ]]; then nat_bare; fi
+    # One second of the same load first: every run starts with its connections made and its
+    # buffers grown (HAProxy keeps its server connections between runs, edgecore is new).
+    X wrk -t2 -c64 -d1s "$url" >/dev/null
     if [[ $name == edgemesh_http && -n "${PERF_EDGEMESH:-}" && -z "${PERFED:-}" ]]; then
         PERFED=1
         perf record -F 999 -g -p "$EDGECORE" -o "$PERF_EDGEMESH" -- sleep "$SECS" >/dev/null 2>&1 &
