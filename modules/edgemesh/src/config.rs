@@ -36,6 +36,18 @@ pub struct EdgeMeshConfig {
     /// Milliseconds to wait for a client's first bytes to tell its protocol; a client
     /// silent that long is taken to wait for the server (MySQL, SMTP...) and relayed as is.
     pub sniff_timeout_ms: u64,
+    /// The largest HTTP request (or response) head accepted, in bytes; a larger request is
+    /// answered 431 (HAProxy's default is 16 KiB, nginx's 8–16 KiB).
+    pub max_head_bytes: usize,
+    /// Milliseconds a client may take to finish a request head it has started; then it is
+    /// answered 408 and closed (slowloris).
+    pub head_timeout_ms: u64,
+    /// Idle upstream HTTP/1 connections kept per endpoint by each worker thread, shared by
+    /// all its clients; 0 closes each after its request.
+    pub max_idle_per_endpoint: usize,
+    /// Milliseconds an upstream connection is kept idle before it is closed. A connection
+    /// the endpoint closed first is noticed before reuse, and the request is sent again.
+    pub upstream_idle_timeout_ms: u64,
     /// Requests (HTTP) or connections (TCP) per second this node's endpoints of a Service
     /// accept when it has no `edgemesh.io/qps` annotation; 0 for unlimited.
     pub qps: u32,
@@ -93,6 +105,10 @@ impl Default for EdgeMeshConfig {
             connect_timeout_ms: 5_000,
             idle_timeout_ms: 600_000,
             sniff_timeout_ms: 200,
+            max_head_bytes: 16 * 1024,
+            head_timeout_ms: 10_000,
+            max_idle_per_endpoint: 64,
+            upstream_idle_timeout_ms: 30_000,
             qps: 0,
             circuit_breaker: BreakerPolicy::default(),
             proxy_listen: "127.0.0.1:40008".into(),
@@ -135,6 +151,18 @@ impl EdgeMeshConfig {
         }
         if !(1..=60_000).contains(&self.sniff_timeout_ms) {
             bad("sniffTimeoutMs", "must be between 1 and 60000");
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_head_bytes) {
+            bad("maxHeadBytes", "must be between 1024 and 1048576");
+        }
+        if !(100..=600_000).contains(&self.head_timeout_ms) {
+            bad("headTimeoutMs", "must be between 100 and 600000");
+        }
+        if self.max_idle_per_endpoint > 10_000 {
+            bad("maxIdlePerEndpoint", "must be at most 10000");
+        }
+        if !(100..=3_600_000).contains(&self.upstream_idle_timeout_ms) {
+            bad("upstreamIdleTimeoutMs", "must be between 100 and 3600000");
         }
         if let Some(reason) = self.circuit_breaker.problem() {
             bad("circuitBreaker", reason);

@@ -79,6 +79,24 @@ pub enum Error {
     /// A client of the explicit proxy or the DNS server broke its protocol.
     #[error("{0}")]
     Protocol(String),
+    /// The client's HTTP request is malformed or ambiguous (framing, header syntax).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The client's request head is larger than the proxy accepts.
+    #[error("request head larger than {limit} bytes")]
+    HeadTooLarge {
+        /// The limit (`maxHeadBytes`).
+        limit: usize,
+    },
+    /// The client started a request head and did not finish it in time.
+    #[error("request head not completed within {0:?}")]
+    HeadTimeout(std::time::Duration),
+    /// The request uses a transfer coding the proxy does not forward.
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
+    /// The client went away, or its request body broke off, before the request was sent.
+    #[error("client aborted the request: {0}")]
+    ClientAborted(String),
     /// An iptables command failed.
     #[error("iptables: {0}")]
     Iptables(String),
@@ -87,13 +105,53 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// Whose fault a failure is: only upstream faults count against an endpoint's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client broke the protocol, went away or stalled: answered 4xx, never counted
+    /// against an endpoint.
+    Client,
+    /// The endpoint failed: refused, reset, timed out, answered malformed or 5xx.
+    Upstream,
+    /// The proxy declined by policy or lack of a destination (no Service, no endpoint,
+    /// QPS, breaker).
+    Policy,
+    /// A local fault of the proxy itself (configuration, iptables, sockets).
+    Local,
+}
+
 impl Error {
+    /// Whose fault it is.
+    pub fn side(&self) -> Side {
+        match self {
+            Error::Protocol(_)
+            | Error::BadRequest(_)
+            | Error::HeadTooLarge { .. }
+            | Error::HeadTimeout(_)
+            | Error::NotImplemented(_)
+            | Error::ClientAborted(_) => Side::Client,
+            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Upstream { .. } => {
+                Side::Upstream
+            }
+            Error::UnknownService(_)
+            | Error::UnknownName(_)
+            | Error::NoEndpoint(_)
+            | Error::BreakerOpen(_)
+            | Error::Limited { .. }
+            | Error::Remote { .. } => Side::Policy,
+            Error::InvalidConfig { .. } | Error::Iptables(_) | Error::Io(_) => Side::Local,
+        }
+    }
+
     /// Logs a failure to serve `peer` once: a warning, except for QPS limiting, which is
     /// the policy working (and at ten times the limit a line per request would drown the
     /// log): it is counted in metrics and logged at debug.
     pub fn log(&self, peer: std::net::SocketAddr) {
         match self {
+            // A client's own fault is its business; at warn, one bad client could flood
+            // the log.
             Error::Limited { .. } => log::debug!("{peer}: {self}"),
+            _ if self.side() == Side::Client => log::debug!("{peer}: {self}"),
             _ => log::warn!("{peer}: {self}"),
         }
     }

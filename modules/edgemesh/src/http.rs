@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,17 +24,18 @@ use hyper::client::conn::http1::SendRequest;
 
 use crate::catalog::Target;
 use crate::error::Error;
-use crate::lb::{Backend, InFlight, Strategy};
+use crate::lb::Strategy;
 use crate::metrics::Reason;
 use crate::prefixed::Prefixed;
-use crate::proxy::{Shared, admit, choose, dial, ip_key};
+use crate::proxy::{Shared, ip_key};
+use crate::upstream::Lease;
 
 /// A response body: the upstream's, or ours.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The shared HTTP/2 (h2c) upstream client: it multiplexes many streams per connection.
 pub struct Upstreams {
-    h2: Client<HttpConnector, Incoming>,
+    h2: Client<HttpConnector, ClientBody>,
 }
 
 impl Upstreams {
@@ -56,7 +60,66 @@ impl Upstreams {
 /// worker threads on the request path.
 #[derive(Default)]
 pub struct Http1Pool {
-    conns: Mutex<HashMap<SocketAddr, SendRequest<Incoming>>>,
+    conns: Mutex<HashMap<SocketAddr, SendRequest<ClientBody>>>,
+}
+
+/// A client's request body on its way upstream, noting whether it failed, so that a
+/// failed forward is blamed on the side that caused it.
+pub struct ClientBody {
+    inner: Incoming,
+    fault: Arc<AtomicU8>,
+}
+
+/// [`ClientBody::fault`]: no fault, a malformed body, or a body that broke off.
+const NO_FAULT: u8 = 0;
+const MALFORMED: u8 = 1;
+const BROKE_OFF: u8 = 2;
+
+impl ClientBody {
+    fn new(inner: Incoming) -> (Self, Arc<AtomicU8>) {
+        let fault = Arc::new(AtomicU8::new(NO_FAULT));
+        (
+            ClientBody {
+                inner,
+                fault: fault.clone(),
+            },
+            fault,
+        )
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            let fault = if e.is_parse() { MALFORMED } else { BROKE_OFF };
+            self.fault.store(fault, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The error of a forward that failed: the client's when its body failed, else `upstream`.
+fn blame(fault: &AtomicU8, reason: String, upstream: impl FnOnce(String) -> Error) -> Error {
+    match fault.load(Ordering::Relaxed) {
+        MALFORMED => Error::BadRequest(format!("request body: {reason}")),
+        BROKE_OFF => Error::ClientAborted(format!("request body: {reason}")),
+        _ => upstream(reason),
+    }
 }
 
 impl Http1Pool {
@@ -64,27 +127,23 @@ impl Http1Pool {
     /// a connection of its own, since the upgrade takes it over.
     async fn send(
         &self,
-        req: Request<Incoming>,
-        target: &Target,
-        backend: &Backend,
+        req: Request<ClientBody>,
+        lease: &Lease<'_>,
         shared: &Shared,
         upgrade: bool,
+        fault: &AtomicU8,
     ) -> Result<Response<Incoming>, Error> {
-        let upstream = |reason: String| Error::Upstream {
-            service: target.service.clone(),
-            endpoint: backend.addr,
-            reason,
-        };
+        let upstream = |reason: String| lease.upstream_error(reason);
         let kept = self
             .conns
             .lock()
             .expect("pool poisoned")
-            .remove(&backend.addr);
+            .remove(&lease.addr());
         let mut sender = match kept {
             Some(s) if !s.is_closed() => s,
             _ => {
-                let stream = dial(target, backend, shared).await?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                let conn = shared.upstream.connect(lease).await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
                     .await
                     .map_err(|e| upstream(e.to_string()))?;
                 tokio::spawn(async move {
@@ -99,12 +158,12 @@ impl Http1Pool {
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| upstream(e.to_string()))?;
+            .map_err(|e| blame(fault, e.to_string(), upstream))?;
         if !upgrade {
             self.conns
                 .lock()
                 .expect("pool poisoned")
-                .insert(backend.addr, sender);
+                .insert(lease.addr(), sender);
         }
         Ok(resp)
     }
@@ -250,7 +309,12 @@ pub fn refusal_status(error: &Error) -> StatusCode {
         Error::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Connect { .. } | Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
         Error::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        Error::Protocol(_) => StatusCode::BAD_REQUEST,
+        Error::Protocol(_) | Error::BadRequest(_) | Error::ClientAborted(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        Error::HeadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -305,51 +369,44 @@ async fn send(
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_else(|| ip_key(peer))
     });
-    let pick = choose(target, key.as_deref())?;
-    let backend = pick.backend;
-    admit(target, backend, shared)?;
-    let _inflight = InFlight::on(backend);
+    let mut lease = shared.upstream.lease(target, key.as_deref())?;
     let upgrade = is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The upgrade handle lives in the extensions, which the parts keep.
+    let (parts, body) = req.into_parts();
+    let (body, fault) = ClientBody::new(body);
+    let mut req = Request::from_parts(parts, body);
     let sent = if req.version() == Version::HTTP_2 {
         // The shared client wants an absolute URI naming the endpoint.
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        match format!("http://{}{path}", backend.addr).parse::<Uri>() {
+        match format!("http://{}{path}", lease.addr()).parse::<Uri>() {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => return Err(Error::Protocol(format!("bad request target: {e}"))),
+            Err(e) => return Err(Error::BadRequest(format!("bad request target: {e}"))),
         }
         shared.upstreams.h2.request(req).await.map_err(|e| {
             let reason = e.to_string();
             if e.is_connect() {
                 Error::Connect {
                     service: target.service.clone(),
-                    endpoint: backend.addr,
+                    endpoint: lease.addr(),
                     reason,
                 }
             } else {
-                Error::Upstream {
-                    service: target.service.clone(),
-                    endpoint: backend.addr,
-                    reason,
-                }
+                blame(&fault, reason, |r| lease.upstream_error(r))
             }
         })
     } else {
         origin_form(&mut req);
-        pool.send(req, target, backend, shared, upgrade).await
+        pool.send(req, &lease, shared, upgrade, &fault).await
     };
     let mut resp = match sent {
-        Ok(resp) if resp.status().is_server_error() => {
-            pick.failure();
-            resp
-        }
         Ok(resp) => {
-            pick.success();
+            lease.report_status(resp.status().as_u16());
             resp
         }
         Err(e) => {
-            pick.failure();
+            lease.report(Err(&e));
             return Err(e);
         }
     };
@@ -380,7 +437,7 @@ async fn send(
 
 /// An HTTP/1 request as an origin server expects it: a path, with the authority of an
 /// absolute URI (a proxy request) moved into `Host`.
-fn origin_form(req: &mut Request<Incoming>) {
+fn origin_form<B>(req: &mut Request<B>) {
     let Some(authority) = req.uri().authority().cloned() else {
         return;
     };

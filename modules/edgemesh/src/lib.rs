@@ -43,6 +43,7 @@ pub mod qps;
 pub mod relay;
 pub mod sniff;
 pub mod spread;
+pub mod upstream;
 
 pub use catalog::Catalog;
 pub use config::EdgeMeshConfig;

@@ -35,11 +35,17 @@ pub enum Reason {
     upstream,
     /// The endpoint is on another node and the tunnel is not built.
     remote,
+    /// The client's request was malformed, ambiguous or too large (answered 4xx).
+    bad_request,
+    /// The client stalled in the middle of a request head (answered 408).
+    client_timeout,
+    /// The client went away mid-request.
+    client_aborted,
 }
 
 impl Reason {
     /// Every reason, in label order.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 11] = [
         Reason::unknown_service,
         Reason::no_endpoint,
         Reason::breaker_open,
@@ -48,6 +54,9 @@ impl Reason {
         Reason::timeout,
         Reason::upstream,
         Reason::remote,
+        Reason::bad_request,
+        Reason::client_timeout,
+        Reason::client_aborted,
     ];
 
     /// The reason an error is counted under, if it is a serving failure.
@@ -61,6 +70,12 @@ impl Reason {
             Error::ConnectTimeout { .. } => Reason::timeout,
             Error::Upstream { .. } => Reason::upstream,
             Error::Remote { .. } => Reason::remote,
+            Error::BadRequest(_)
+            | Error::HeadTooLarge { .. }
+            | Error::NotImplemented(_)
+            | Error::Protocol(_) => Reason::bad_request,
+            Error::HeadTimeout(_) => Reason::client_timeout,
+            Error::ClientAborted(_) => Reason::client_aborted,
             _ => return None,
         })
     }

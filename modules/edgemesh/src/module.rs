@@ -21,8 +21,9 @@ use crate::http::Upstreams;
 use crate::iptables;
 use crate::metrics::Metrics;
 use crate::names::Names;
-use crate::proxy::{self, Shared};
+use crate::proxy::{self, Limits, Shared};
 use crate::spread::Spread;
+use crate::upstream::{Pool, Upstream};
 
 /// Module name on the bus.
 pub const MODULE: &str = "edgemesh";
@@ -187,8 +188,18 @@ impl Parts {
         let config = &self.config;
         Shared {
             catalog: self.catalog.clone(),
-            node: self.node.clone(),
-            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            upstream: Upstream::new(
+                &self.node,
+                Duration::from_millis(config.connect_timeout_ms),
+                Pool::new(
+                    config.max_idle_per_endpoint,
+                    Duration::from_millis(config.upstream_idle_timeout_ms),
+                ),
+            ),
+            limits: Limits {
+                max_head: config.max_head_bytes,
+                head_timeout: Duration::from_millis(config.head_timeout_ms),
+            },
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             sniff_timeout: Duration::from_millis(config.sniff_timeout_ms),
             upstreams: Upstreams::new(
@@ -360,6 +371,7 @@ impl Module for EdgeMesh {
                     };
                     runtime.block_on(async move {
                         let shared = Arc::new(shared);
+                        tokio::spawn(sweep(shared.clone(), stop.clone()));
                         match TcpListener::from_std(listener) {
                             Ok(listener) => proxy::serve(listener, seat, shared, stop).await,
                             Err(e) => log::error!("edgemesh worker {i}: {e}"),
@@ -395,6 +407,20 @@ impl Module for EdgeMesh {
             let _ = rules.await;
         }
         Ok(())
+    }
+}
+
+/// Closes a worker's kept upstream connections once they pass their idle expiry, so a
+/// quiet node holds no sockets for traffic long gone.
+async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {
+                shared.upstream.pool().sweep();
+            }
+        }
     }
 }
 

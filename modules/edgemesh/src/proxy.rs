@@ -13,27 +13,27 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::breaker::Verdict;
 use crate::catalog::{Catalog, Target};
 use crate::error::{Error, Result};
 use crate::h1;
 use crate::http::{self, Upstreams};
-use crate::lb::{Backend, InFlight, Strategy};
+use crate::lb::Strategy;
 use crate::metrics::{Active, Reason, ServiceStats};
 use crate::names::Names;
 use crate::prefixed::Prefixed;
 use crate::relay::relay;
 use crate::sniff::{Protocol, classify, sniff};
 use crate::spread::{Seat, accept};
+use crate::upstream::{Conn, Upstream};
 
 /// What every connection needs.
 pub struct Shared {
     /// The current snapshot.
     pub catalog: Arc<ArcSwap<Catalog>>,
-    /// This node's name: endpoints elsewhere go through the tunnel.
-    pub node: String,
-    /// Limit on dialling an endpoint.
-    pub connect_timeout: Duration,
+    /// Choosing, admitting and dialling endpoints, and the kept connections.
+    pub upstream: Upstream,
+    /// Limits on what clients send.
+    pub limits: Limits,
     /// Limit on a silent connection.
     pub idle_timeout: Duration,
     /// How long to wait for a client's first bytes before treating it as opaque.
@@ -44,6 +44,15 @@ pub struct Shared {
     pub unknown: Arc<ServiceStats>,
     /// How Service names are completed (explicit proxy).
     pub names: Names,
+}
+
+/// Limits on a client's HTTP requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The largest request head accepted (431 above it).
+    pub max_head: usize,
+    /// How long a client may take to finish a request head it started (408 after).
+    pub head_timeout: Duration,
 }
 
 /// Serves intercepted connections until `stop`, as worker `seat` (see [`Seat::serve`]):
@@ -204,20 +213,18 @@ async fn relay_to(
     shared: &Shared,
 ) -> Result<()> {
     let key = (target.balancer.strategy() == Strategy::ConsistentHash).then(|| ip_key(peer));
-    let pick = choose(target, key.as_deref())?;
-    let backend = pick.backend;
-    admit(target, backend, shared)?;
-    let _inflight = InFlight::on(backend);
-    let mut server = match dial(target, backend, shared).await {
-        Ok(s) => {
-            pick.success();
-            s
+    let mut lease = shared.upstream.lease(target, key.as_deref())?;
+    let server = match shared.upstream.connect(&lease).await {
+        Ok(server) => {
+            lease.report(Ok(()));
+            server
         }
         Err(e) => {
-            pick.failure();
+            lease.report(Err(&e));
             return Err(e);
         }
     };
+    let Conn::Tcp(mut server) = server;
     server.write_all(&first).await?;
     let (up, down) = relay(client, server, shared.idle_timeout).await?;
     let up = up + first.len() as u64;
@@ -226,92 +233,8 @@ async fn relay_to(
     log::debug!(
         "{peer} → {} via {}: {up} bytes up, {down} down",
         target.service,
-        backend.addr
+        lease.addr()
     );
-    Ok(())
-}
-
-/// An endpoint chosen for one request or connection, and its claim on the endpoint's
-/// breaker (none when the Service has breaking off).
-pub struct Pick<'a> {
-    /// The endpoint.
-    pub backend: &'a Backend,
-    verdict: Option<Verdict>,
-}
-
-impl Pick<'_> {
-    /// The endpoint served: its failure count starts again (a probe restores it).
-    pub fn success(self) {
-        if let Some(v) = self.verdict {
-            v.success();
-        }
-    }
-
-    /// The endpoint failed (connect error, HTTP 5xx).
-    pub fn failure(self) {
-        if let Some(v) = self.verdict {
-            v.failure();
-        }
-    }
-}
-
-/// Picks an endpoint, leaving out those their breaker ejected; with every endpoint
-/// ejected it fails at once rather than dial a dead one.
-pub fn choose<'a>(target: &'a Target, key: Option<&[u8]>) -> Result<Pick<'a>> {
-    if target.backends.is_empty() {
-        return Err(Error::NoEndpoint(target.service.clone()));
-    }
-    if !target.breaker.enabled() {
-        let backend = target
-            .balancer
-            .pick(&target.backends, key)
-            .ok_or_else(|| Error::NoEndpoint(target.service.clone()))?;
-        return Ok(Pick {
-            backend,
-            verdict: None,
-        });
-    }
-    // A probe slot may be taken between the check and the claim: try again a few times.
-    for _ in 0..3 {
-        let backend = if target.backends.iter().all(|b| b.breaker.available()) {
-            target.balancer.pick(&target.backends, key)
-        } else {
-            let up: Vec<&Backend> = target
-                .backends
-                .iter()
-                .filter(|b| b.breaker.available())
-                .collect();
-            target.balancer.pick(&up, key).copied()
-        };
-        let Some(backend) = backend else { break };
-        if let Some(admission) = backend.breaker.admit() {
-            return Ok(Pick {
-                backend,
-                verdict: Some(Verdict::new(
-                    backend.breaker.clone(),
-                    admission,
-                    target.breaker,
-                )),
-            });
-        }
-    }
-    Err(Error::BreakerOpen(target.service.clone()))
-}
-
-/// Checks what this node enforces before its own endpoint is used: the endpoint is local
-/// (see [`local_only`]) and the Service's QPS limit here is not used up. The limit is
-/// the server side's: an endpoint on another node is limited by that node.
-pub fn admit(target: &Target, backend: &Backend, shared: &Shared) -> Result<()> {
-    local_only(target, backend, shared)?;
-    if let Some(limiter) = &target.limiter
-        && let Err(retry_after) = limiter.check()
-    {
-        return Err(Error::Limited {
-            service: target.service.clone(),
-            qps: limiter.qps(),
-            retry_after,
-        });
-    }
     Ok(())
 }
 
@@ -321,36 +244,4 @@ pub fn ip_key(peer: SocketAddr) -> Vec<u8> {
         std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
         std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
     }
-}
-
-/// Ok for an endpoint this node dials itself (on this node, or with no node recorded); one
-/// on another node is a typed error until the tunnel exists.
-pub fn local_only(target: &Target, backend: &Backend, shared: &Shared) -> Result<()> {
-    match &backend.node {
-        Some(node) if *node != shared.node => Err(Error::Remote {
-            service: target.service.clone(),
-            endpoint: backend.addr,
-            node: node.clone(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Dials a local endpoint (see [`local_only`]).
-pub async fn dial(target: &Target, backend: &Backend, shared: &Shared) -> Result<TcpStream> {
-    local_only(target, backend, shared)?;
-    let stream = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(backend.addr))
-        .await
-        .map_err(|_| Error::ConnectTimeout {
-            service: target.service.clone(),
-            endpoint: backend.addr,
-            after: shared.connect_timeout,
-        })?
-        .map_err(|e| Error::Connect {
-            service: target.service.clone(),
-            endpoint: backend.addr,
-            reason: e.to_string(),
-        })?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }

@@ -1,0 +1,294 @@
+//! The upstream seam: the one place that chooses an endpoint (with the node it runs on and
+//! its breaker in view), admits the request (this node's QPS limit), counts it in flight,
+//! dials or reuses a connection, and takes the outcome to the breaker. The HTTP/1
+//! forwarder, the hyper path and the byte relay all go through it, and what it hands out
+//! is a [`Conn`], which the tunnel will extend with streams over the cloud link.
+//!
+//! Fault attribution lives here too: [`Lease::report`] passes only upstream faults to the
+//! breaker; a client's fault or a policy refusal leaves the endpoint's health as it was.
+
+mod choose;
+mod conn;
+mod pool;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+pub use choose::{Pick, choose};
+pub use conn::Conn;
+pub use pool::Pool;
+
+use crate::breaker::Verdict;
+use crate::catalog::Target;
+use crate::error::{Error, Result, Side};
+use crate::lb::{Backend, InFlight};
+
+/// A worker's way to its endpoints.
+#[derive(Debug)]
+pub struct Upstream {
+    node: String,
+    connect_timeout: Duration,
+    pool: Pool,
+}
+
+impl Upstream {
+    /// The upstream side of node `node`: dials with `connect_timeout` and keeps idle
+    /// connections in `pool`.
+    pub fn new(node: &str, connect_timeout: Duration, pool: Pool) -> Self {
+        Upstream {
+            node: node.to_owned(),
+            connect_timeout,
+            pool,
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Its kept connections.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Whether this node can dial `backend` itself: it runs here, or no node is recorded.
+    /// Endpoints elsewhere need the tunnel.
+    pub fn reachable(&self, backend: &Backend) -> bool {
+        backend.node.as_deref().is_none_or(|n| n == self.node)
+    }
+
+    /// Chooses an endpoint of `target` for one request or connection (`key`: the
+    /// ConsistentHash key), admits it against the Service's QPS limit on this node, and
+    /// counts it in flight until the lease is dropped.
+    pub fn lease<'t>(&self, target: &'t Target, key: Option<&[u8]>) -> Result<Lease<'t>> {
+        let pick = choose(
+            target,
+            key,
+            |b| self.reachable(b),
+            |b| Error::Remote {
+                service: target.service.clone(),
+                endpoint: b.addr,
+                node: b.node.clone().unwrap_or_default(),
+            },
+        )?;
+        // The limit is the server side's: the endpoints chosen here are this node's own.
+        if let Some(limiter) = &target.limiter
+            && let Err(retry_after) = limiter.check()
+        {
+            // The pick is dropped unreported: a probe slot it held is given back.
+            return Err(Error::Limited {
+                service: target.service.clone(),
+                qps: limiter.qps(),
+                retry_after,
+            });
+        }
+        Ok(Lease {
+            target,
+            backend: pick.backend,
+            _inflight: InFlight::on(pick.backend),
+            verdict: pick.verdict,
+        })
+    }
+
+    /// A kept connection to the lease's endpoint, if one is idle and still usable.
+    pub fn kept(&self, lease: &Lease<'_>) -> Option<Conn> {
+        self.pool.take(lease.backend.addr)
+    }
+
+    /// Keeps `conn` to the lease's endpoint for the next request.
+    pub fn keep(&self, lease: &Lease<'_>, conn: Conn) {
+        self.pool.put(lease.backend.addr, conn);
+    }
+
+    /// A new connection to the lease's endpoint. A failure is typed (connect error or
+    /// timeout) but not yet reported: the caller reports the lease's outcome once.
+    pub async fn connect(&self, lease: &Lease<'_>) -> Result<Conn> {
+        let (target, backend) = (lease.target, lease.backend);
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(backend.addr))
+            .await
+            .map_err(|_| Error::ConnectTimeout {
+                service: target.service.clone(),
+                endpoint: backend.addr,
+                after: self.connect_timeout,
+            })?
+            .map_err(|e| Error::Connect {
+                service: target.service.clone(),
+                endpoint: backend.addr,
+                reason: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn::Tcp(stream))
+    }
+}
+
+/// One request's or connection's hold on an endpoint: in flight until dropped, its
+/// breaker claim settled by [`Lease::report`] (or abandoned, neutrally, if never).
+pub struct Lease<'t> {
+    /// The Service port.
+    pub target: &'t Target,
+    /// The endpoint.
+    pub backend: &'t Backend,
+    verdict: Option<Verdict>,
+    _inflight: InFlight,
+}
+
+impl Lease<'_> {
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.backend.addr
+    }
+
+    /// An upstream fault of this endpoint, with `reason`.
+    pub fn upstream_error(&self, reason: impl Into<String>) -> Error {
+        Error::Upstream {
+            service: self.target.service.clone(),
+            endpoint: self.backend.addr,
+            reason: reason.into(),
+        }
+    }
+
+    /// Settles the breaker claim: success restores the endpoint's count, an upstream
+    /// fault counts against it, anything else (the client's fault, a refusal) is neutral.
+    pub fn report(&mut self, outcome: Result<(), &Error>) {
+        let Some(verdict) = self.verdict.take() else {
+            return;
+        };
+        match outcome {
+            Ok(()) => verdict.success(),
+            Err(e) if e.side() == Side::Upstream => verdict.failure(),
+            // Dropped unsettled: a probe gives its slot back.
+            Err(_) => {}
+        }
+    }
+
+    /// Settles the claim by an HTTP status: 5xx is the endpoint's fault.
+    pub fn report_status(&mut self, status: u16) {
+        if status >= 500 {
+            if let Some(v) = self.verdict.take() {
+                v.failure();
+            }
+        } else {
+            self.report(Ok(()));
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::breaker::BreakerPolicy;
+    use crate::lb::{Balancer, Strategy};
+    use crate::metrics::Metrics;
+    use std::sync::Arc;
+
+    /// Awaits `cond` with a deadline (no fixed sleeps in tests).
+    pub async fn until(mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "condition never held");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn backend(addr: &str, node: Option<&str>) -> Backend {
+        Backend {
+            addr: addr.parse().unwrap(),
+            node: node.map(str::to_owned),
+            inflight: Arc::default(),
+            breaker: Arc::default(),
+        }
+    }
+
+    fn target(backends: Vec<Backend>, breaker: BreakerPolicy) -> Target {
+        Target {
+            service: "default/web".into(),
+            port_name: String::new(),
+            port: 80,
+            backends,
+            balancer: Balancer::new(Strategy::RoundRobin),
+            hash_key: None,
+            opaque: false,
+            limiter: None,
+            breaker,
+            stats: Metrics::default().service("default/web"),
+        }
+    }
+
+    fn upstream() -> Upstream {
+        Upstream::new(
+            "edge-1",
+            Duration::from_secs(1),
+            Pool::new(4, Duration::from_secs(60)),
+        )
+    }
+
+    #[test]
+    fn an_endpoint_this_node_cannot_reach_is_never_chosen() {
+        let t = target(
+            vec![
+                backend("10.0.0.1:80", Some("edge-2")),
+                backend("10.0.0.2:80", Some("edge-1")),
+                backend("10.0.0.3:80", None),
+            ],
+            BreakerPolicy::default(),
+        );
+        let up = upstream();
+        for _ in 0..30 {
+            let lease = up.lease(&t, None).unwrap();
+            assert_ne!(lease.addr().to_string(), "10.0.0.1:80");
+        }
+        let remote_only = target(
+            vec![backend("10.0.0.1:80", Some("edge-2"))],
+            BreakerPolicy::default(),
+        );
+        assert!(matches!(
+            up.lease(&remote_only, None),
+            Err(Error::Remote { .. })
+        ));
+        let none = target(vec![], BreakerPolicy::default());
+        assert!(matches!(up.lease(&none, None), Err(Error::NoEndpoint(_))));
+    }
+
+    #[test]
+    fn only_upstream_faults_reach_the_breaker() {
+        let policy = BreakerPolicy {
+            consecutive_failures: 2,
+            ..BreakerPolicy::default()
+        };
+        let t = target(vec![backend("10.0.0.1:80", None)], policy);
+        let up = upstream();
+        let client_fault = Error::BadRequest("bad chunk size".into());
+        for _ in 0..10 {
+            let mut lease = up.lease(&t, None).unwrap();
+            lease.report(Err(&client_fault));
+        }
+        assert!(
+            !t.backends[0].breaker.ejected(),
+            "client faults are neutral"
+        );
+        for _ in 0..2 {
+            let mut lease = up.lease(&t, None).unwrap();
+            lease.report(Err(&lease.upstream_error("reset")));
+        }
+        assert!(t.backends[0].breaker.ejected());
+        assert!(matches!(up.lease(&t, None), Err(Error::BreakerOpen(_))));
+    }
+
+    #[test]
+    fn in_flight_counts_last_as_long_as_the_lease() {
+        let t = target(vec![backend("10.0.0.1:80", None)], BreakerPolicy::default());
+        let up = upstream();
+        let lease = up.lease(&t, None).unwrap();
+        let count = || {
+            t.backends[0]
+                .inflight
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(count(), 1);
+        drop(lease);
+        assert_eq!(count(), 0);
+    }
+}
