@@ -492,6 +492,17 @@ impl Client {
         })
     }
 
+    /// A connection straight to `addr` (no relay, no proxy): for checking the backend.
+    async fn direct(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
     async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.stream
             .write_all(bytes)
@@ -1479,7 +1490,10 @@ async fn a_kept_connection_the_backend_closed_is_not_used_for_the_next_request()
         let v = "stale-upstream-post";
         let tg = target(&format!("stale-get-{round}"));
         let tp = target(&format!("stale-post-{round}"));
-        client.send(&get(&tg)).await.expect("sending");
+        if let Err(e) = client.send(&get(&tg)).await {
+            r.fail(v, format!("round {round}: {e}"));
+            break;
+        }
         let Some(resp) = r.ok(v, client.response().await) else {
             break;
         };
@@ -1594,4 +1608,150 @@ async fn malformed_responses_are_502_and_count_as_upstream_faults() {
     let v = "metrics-after-bad-responses";
     r.ok(v, mesh.await_errors("upstream", "3", |n| n == 3.0).await);
     report.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// The oracle itself.
+
+/// The raw backend, spoken to directly on loopback (no namespace, no proxy): it must take
+/// what is valid and refuse, never as a complete request, what is not; otherwise the
+/// verdicts above mean nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raw_backend_is_strict() {
+    let backend = RawBackend::spawn(
+        "127.0.0.1",
+        Options {
+            close_idle_after: Some(Duration::from_millis(100)),
+            respond_with: [(
+                "/raw".to_owned(),
+                b"HTTP/1.1 299 Raw\r\ncontent-length: 1\r\n\r\nr".to_vec(),
+            )]
+            .into_iter()
+            .collect(),
+        },
+    )
+    .await;
+    let addr = backend.addr();
+
+    // Valid: a GET and a chunked POST with extensions and trailers, pipelined.
+    let mut client = Client::direct(addr).await;
+    let mut bytes = get("/a");
+    bytes.extend(request(
+        "POST /b HTTP/1.1",
+        &["Host: web", "Transfer-Encoding: chunked"],
+        b"5;x=\"y z\"\r\nhello\r\n1\r\n!\r\n0\r\nX-T: 1\r\n\r\n",
+    ));
+    client.send(&bytes).await.unwrap();
+    let a = client.response().await.unwrap();
+    let b = client.response().await.unwrap();
+    assert_eq!((a.status, a.body()), (200, "1:1:GET".to_owned()));
+    assert_eq!((b.status, b.body()), (200, "1:2:POST".to_owned()));
+    let post = &backend.requests_to("/b")[0];
+    assert_eq!(post.body, b"hello!");
+    assert!(
+        matches!(&post.framing, Framing::Chunked { trailers, .. } if trailers == &[("X-T".to_owned(), b"1".to_vec())]),
+        "{:?}",
+        post.framing
+    );
+    // Idle after its last answer: closed, and the close recorded.
+    assert_eq!(backend.await_closed(1, WITHIN).await, Ok(Closed::Idle));
+    client.closed().await.unwrap();
+
+    // Raw bytes instead of the answer, then a close.
+    let mut client = Client::direct(addr).await;
+    client.send(&get("/raw")).await.unwrap();
+    let raw = client.response().await.unwrap();
+    assert_eq!((raw.status, raw.body()), (299, "r".to_owned()));
+    client.closed().await.unwrap();
+
+    let post = |fields: &[&str], body: &[u8]| {
+        let mut all = vec!["Host: web"];
+        all.extend_from_slice(fields);
+        request("POST /bad HTTP/1.1", &all, body)
+    };
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("cl-plus", post(&["Content-Length: +5"], b"hello")),
+        ("cl-list", post(&["Content-Length: 5, 5"], b"hello")),
+        (
+            "cl-differing",
+            post(&["Content-Length: 5", "Content-Length: 6"], b"hello!"),
+        ),
+        (
+            "chunk-0x",
+            post(
+                &["Transfer-Encoding: chunked"],
+                b"0x5\r\nhello\r\n0\r\n\r\n",
+            ),
+        ),
+        (
+            "chunk-zz",
+            post(&["Transfer-Encoding: chunked"], b"zz\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunk-empty",
+            post(&["Transfer-Encoding: chunked"], b"\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunk-overflow",
+            post(
+                &["Transfer-Encoding: chunked"],
+                b"fffffffffffffffff1\r\nhello\r\n0\r\n\r\n",
+            ),
+        ),
+        (
+            "chunk-ext-ctl",
+            post(
+                &["Transfer-Encoding: chunked"],
+                b"5;a\x01b\r\nhello\r\n0\r\n\r\n",
+            ),
+        ),
+        (
+            "chunk-no-crlf",
+            post(&["Transfer-Encoding: chunked"], b"5\r\nhelloX\r\n0\r\n\r\n"),
+        ),
+        (
+            "te-gzip",
+            post(&["Transfer-Encoding: gzip, chunked"], b"0\r\n\r\n"),
+        ),
+        (
+            "te-cl",
+            post(
+                &["Transfer-Encoding: chunked", "Content-Length: 5"],
+                b"0\r\n\r\n",
+            ),
+        ),
+        (
+            "te-space-colon",
+            post(&["Transfer-Encoding : chunked"], b"0\r\n\r\n"),
+        ),
+        ("obs-fold", post(&["X-A: a", " b"], b"")),
+        ("bare-cr", post(&["X-A: a\rb"], b"")),
+        ("nul", post(&["X-A: a\0b"], b"")),
+        ("bare-lf", b"GET /bad HTTP/1.1\nHost: web\n\n".to_vec()),
+        ("no-host", b"GET /bad HTTP/1.1\r\n\r\n".to_vec()),
+        ("two-hosts", post(&["Host: other"], b"")),
+    ];
+    for (name, bytes) in &bad {
+        let mut client = Client::direct(addr).await;
+        client.send(bytes).await.unwrap();
+        let resp = client
+            .response()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            resp.status == 400 && resp.is_backend_rejection(),
+            "{name}: {resp:?}"
+        );
+    }
+    assert!(
+        backend.requests_to("/bad").is_empty(),
+        "{}",
+        backend.summary()
+    );
+    let rejected = backend
+        .connections()
+        .iter()
+        .filter(|c| c.rejected.is_some())
+        .count();
+    assert_eq!(rejected, bad.len(), "{}", backend.summary());
 }
