@@ -7,6 +7,7 @@ pub mod backend;
 pub mod kube_double;
 pub mod mesh;
 pub mod netns;
+pub mod raw_backend;
 
 use std::collections::HashMap;
 use std::future::Future;
