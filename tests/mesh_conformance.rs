@@ -32,8 +32,7 @@ use tokio::time::Instant;
 
 /// The `modules.edgeMesh` keys of the strict forwarder, in one place so they are easy to
 /// adjust: a 16 KiB request-head limit (431 beyond) and 1 s for a started head (408
-/// after). Set `CONFORMANCE_LEGACY_CONFIG=1` to leave them out for a build that does not
-/// know them yet (its config would be refused, field by field, exit 64).
+/// after).
 const STRICT_KEYS: &str = "maxHeadBytes: 16384, headTimeoutMs: 1000";
 
 /// The Service under test.
@@ -241,17 +240,12 @@ fn endpoints(name: &str, at: SocketAddr) -> Value {
 
 /// The edgecore config: no cloud link, the proxy with iptables, health on 10350.
 fn edgecore_config(dir: &Path, db: &Path) -> String {
-    let strict = if std::env::var_os("CONFORMANCE_LEGACY_CONFIG").is_some() {
-        String::new()
-    } else {
-        format!(", {STRICT_KEYS}")
-    };
     format!(
         "health: {{address: \"127.0.0.1:10350\"}}\n\
          modules:\n  \
            edgeHub: {{enable: false, nodeId: edge-t}}\n  \
            metaManager: {{dbPath: \"{}\", socketPath: \"{}\"}}\n  \
-           edgeMesh: {{listen: \"0.0.0.0:40001\", iptablesSyncMs: 200{strict}}}\n",
+           edgeMesh: {{listen: \"0.0.0.0:40001\", iptablesSyncMs: 200, {STRICT_KEYS}}}\n",
         db.display(),
         dir.join("mm.sock").display()
     )
@@ -289,8 +283,7 @@ impl Mesh {
         loop {
             if let Some(status) = edgecore.0.try_wait().unwrap() {
                 panic!(
-                    "edgecore exited ({status}) before serving; if its config was refused for \
-                     {STRICT_KEYS:?}, run with CONFORMANCE_LEGACY_CONFIG=1. Log:\n{}",
+                    "edgecore exited ({status}) before serving. Log:\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
