@@ -411,13 +411,47 @@ pub async fn serve(
     }
 }
 
-/// Answers a failure to the client (if it can still hear it) and counts it.
+/// Answers a failure to the client (if it can still hear it) and counts it; with
+/// `close`, the connection is then closed gently (see [`linger`]).
 async fn answer(client: &mut TcpStream, e: &Error, target: &Target, peer: SocketAddr, close: bool) {
     target.stats.failed(e);
     e.log(peer);
-    if !matches!(e, Error::ClientAborted(_)) {
-        let _ = client.write_all(&http::refusal_bytes(e, close)).await;
+    if matches!(e, Error::ClientAborted(_)) {
+        return;
     }
+    if client
+        .write_all(&http::refusal_bytes(e, close))
+        .await
+        .is_ok()
+        && close
+    {
+        linger(client).await;
+    }
+}
+
+/// Most bytes read and dropped while closing after a refusal.
+const LINGER_BYTES: usize = 256 * 1024;
+/// How long a refused client gets to stop sending.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes our side, then reads and drops what the client still sends for a moment:
+/// closing a socket with unread bytes makes the kernel send a reset, which can destroy
+/// the refusal before the client reads it (nginx's lingering close).
+async fn linger(client: &mut TcpStream) {
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = vec![0u8; 16 * 1024];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 async fn run(
@@ -558,7 +592,7 @@ async fn exchange(
     client.buf.drain(..body_now);
 
     let mut fresh_only = false;
-    let (mut up, response) = loop {
+    let (up, response) = loop {
         let kept = if fresh_only {
             None
         } else {
@@ -647,15 +681,28 @@ async fn exchange(
     }
     out.extend_from_slice(&up_buf[..body_now]);
     up_buf.drain(..body_now);
+    let rest = match response.framing {
+        Framing::Length(n) => Framing::Length(n - body_now as u64),
+        Framing::Chunked if chunked.done() => Framing::None,
+        f => f,
+    };
+    // All of the response is here: the upstream connection is free before the client
+    // has it, so the client's next request (or another client's) can reuse it.
+    let mut up = Some(up);
+    if matches!(rest, Framing::None | Framing::Length(0))
+        && response.keep_upstream
+        && up_buf.is_empty()
+        && let Some(conn) = up.take()
+    {
+        upstream.keep(&lease, conn);
+    }
     if let Err(e) = client.stream.write_all(&out).await {
         log::debug!("{peer}: {}: writing the response: {e}", target.service);
         target.stats.error(Reason::client_aborted);
         return Ok(false);
     }
-    let rest = match response.framing {
-        Framing::Length(n) => Framing::Length(n - body_now as u64),
-        Framing::Chunked if chunked.done() => Framing::None,
-        f => f,
+    let Some(mut up) = up else {
+        return Ok(true);
     };
     match copy_body(
         &mut up,
