@@ -429,6 +429,47 @@ mod tests {
         );
     }
 
+    /// Scans `body` in the pieces `cuts` makes: the outcome (bytes taken, done, or the
+    /// error) must not depend on how the bytes arrived.
+    fn scan_split(body: &[u8], cuts: &[usize]) -> Result<(usize, bool), Refusal> {
+        let mut c = Chunked::new(1024);
+        let mut at = 0;
+        let mut taken = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        points.sort_unstable();
+        points.push(body.len());
+        for end in points {
+            if end <= at || c.done() {
+                continue;
+            }
+            taken += c.scan(&body[at..end])?;
+            at = end;
+        }
+        Ok((taken, c.done()))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_of_any_input_scans_the_same(
+            body in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"0123456789abcdefABCDEF;= \t\r\n:xX".to_vec()),
+                    proptest::num::u8::ANY,
+                ],
+                0..64,
+            ),
+            cuts in proptest::collection::vec(0usize..64, 0..6),
+        ) {
+            let whole = scan_all(&body);
+            proptest::prop_assert_eq!(whole.clone(), scan_split(&body, &cuts));
+            if let Ok((taken, true)) = whole {
+                // A finished body never takes a byte past its end.
+                proptest::prop_assert!(taken <= body.len());
+                proptest::prop_assert_eq!(&body[taken - 2..taken], b"\r\n");
+            }
+        }
+    }
+
     #[test]
     fn malformed_chunk_framing_is_refused() {
         for bad in [
