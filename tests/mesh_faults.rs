@@ -137,6 +137,7 @@ async fn start(
     let mut config = mesh::config(dir, None);
     // One worker, so that every client shares one pool.
     config.modules.edge_mesh.workers = 1;
+    config.modules.edge_mesh.dns.listen = String::new();
     tune(&mut config);
     MeshEdge::start(config, &objects).await
 }
@@ -308,5 +309,67 @@ async fn clients_share_kept_upstream_connections() {
         1,
         "one kept upstream connection served every client"
     );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_served_by_hyper_share_the_same_kept_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, seen) = backend(false).await;
+    let edge = start(dir.path(), addr, |_| {}).await;
+    // HTTP/1.0 goes the hyper way; it uses the same pool as the fast path.
+    for i in 0..20 {
+        let mut s = client(&edge).await;
+        for j in 0..2 {
+            s.write_all(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(response(&mut s).await.0, 200, "request {i}.{j}");
+        }
+        let mut s = client(&edge).await;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut s).await.0, 200, "fast-path request {i}");
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 60);
+    // hyper gives a connection back once its response has ended, which may be a moment
+    // after the client has it: another client can get in first and open one more.
+    let accepted = seen.accepted.load(Ordering::SeqCst);
+    assert!(
+        accepted <= 3,
+        "{accepted} upstream connections for 60 requests from 40 clients"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_by_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, seen) = backend(false).await;
+    let edge = start(dir.path(), addr, |_| {}).await;
+    let mut s = client(&edge).await;
+    // The client waits for 100 Continue before it sends the body.
+    s.write_all(
+        b"POST / HTTP/1.1\r\nhost: web\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(response(&mut s).await.0, 100);
+    s.write_all(b"hello").await.unwrap();
+    assert_eq!(response(&mut s).await.0, 200);
+    // A body that came with the head needs no 100.
+    s.write_all(
+        b"POST / HTTP/1.1\r\nhost: web\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    assert_eq!(response(&mut s).await.0, 200);
+    // Any other expectation is refused.
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nexpect: teapot\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(response(&mut s).await.0, 417);
+    assert_eq!(seen.posts.load(Ordering::SeqCst), 2);
     edge.stop().await;
 }

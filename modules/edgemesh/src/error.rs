@@ -91,6 +91,9 @@ pub enum Error {
     /// The client started a request head and did not finish it in time.
     #[error("request head not completed within {0:?}")]
     HeadTimeout(std::time::Duration),
+    /// The request expects something other than `100-continue`.
+    #[error("unsupported expectation {0:?}")]
+    Expectation(String),
     /// The request uses a transfer coding the proxy does not forward.
     #[error("not implemented: {0}")]
     NotImplemented(String),
@@ -129,6 +132,7 @@ impl Error {
             | Error::HeadTooLarge { .. }
             | Error::HeadTimeout(_)
             | Error::NotImplemented(_)
+            | Error::Expectation(_)
             | Error::ClientAborted(_) => Side::Client,
             Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Upstream { .. } => {
                 Side::Upstream

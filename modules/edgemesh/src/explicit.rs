@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::http::{self, Http1Pool};
+use crate::http;
 use crate::metrics::Reason;
 use crate::prefixed::Prefixed;
 use crate::proxy::{Shared, accept_each, dispatch};
@@ -110,10 +110,8 @@ async fn refuse_connect(stream: &mut TcpStream, error: &Error) -> Result<()> {
 /// Serves absolute-URI requests on one client connection, each to the Service its URI
 /// names.
 async fn serve_http(io: Prefixed, peer: SocketAddr, shared: Arc<Shared>) {
-    let pool = Arc::new(Http1Pool::default());
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
-        let pool = pool.clone();
         async move {
             let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
                 return Ok::<_, Infallible>(http::refusal(&Error::Protocol(
@@ -121,7 +119,7 @@ async fn serve_http(io: Prefixed, peer: SocketAddr, shared: Arc<Shared>) {
                 )));
             };
             match resolve_authority(&authority, Some(80), &shared) {
-                Ok(vip) => Ok(http::forward(req, peer, vip, &shared, &pool).await),
+                Ok(vip) => Ok(http::forward(req, peer, vip, &shared).await),
                 Err(e) => Ok(http::refusal(&e)),
             }
         }

@@ -2,12 +2,11 @@
 //! request balanced on its own over pooled upstream connections, upgrades (WebSocket)
 //! passed through, and failures answered in plain text.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,8 +18,6 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-
-use hyper::client::conn::http1::SendRequest;
 
 use crate::catalog::Target;
 use crate::error::Error;
@@ -52,15 +49,6 @@ impl Upstreams {
             h2: builder.http2_only(true).build(connector),
         }
     }
-}
-
-/// Upstream HTTP/1.1 connections of one client connection, by endpoint. A client
-/// connection sends one request at a time, so one upstream connection per endpoint is
-/// enough, and keeping them here (not in a shared pool) means no lock is shared between
-/// worker threads on the request path.
-#[derive(Default)]
-pub struct Http1Pool {
-    conns: Mutex<HashMap<SocketAddr, SendRequest<ClientBody>>>,
 }
 
 /// A client's request body on its way upstream, noting whether it failed, so that a
@@ -122,50 +110,74 @@ fn blame(fault: &AtomicU8, reason: String, upstream: impl FnOnce(String) -> Erro
     }
 }
 
-impl Http1Pool {
-    /// Sends `req` to `backend` on a kept connection or a new one; an upgrade request gets
-    /// a connection of its own, since the upgrade takes it over.
-    async fn send(
-        &self,
-        req: Request<ClientBody>,
-        lease: &Lease<'_>,
-        shared: &Shared,
-        upgrade: bool,
-        fault: &AtomicU8,
-    ) -> Result<Response<Incoming>, Error> {
-        let upstream = |reason: String| lease.upstream_error(reason);
-        let kept = self
-            .conns
-            .lock()
-            .expect("pool poisoned")
-            .remove(&lease.addr());
-        let mut sender = match kept {
-            Some(s) if !s.is_closed() => s,
-            _ => {
-                let conn = shared.upstream.connect(lease).await?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
-                    .await
-                    .map_err(|e| upstream(e.to_string()))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        log::debug!("upstream connection: {e}");
-                    }
-                });
-                sender
-            }
+/// Sends an HTTP/1 request over a connection from the shared pool (or a new one) and
+/// gives the connection back once the response has ended, unless the endpoint wants it
+/// closed. An upgrade request gets a connection of its own, since the upgrade takes it
+/// over. A kept connection that turns out closed before the request went out is replaced
+/// and the request sent once more (hyper hands back a request it did not send).
+async fn send_h1(
+    mut req: Request<ClientBody>,
+    lease: &Lease<'_>,
+    shared: &Arc<Shared>,
+    upgrade: bool,
+    fault: &AtomicU8,
+) -> Result<Response<Incoming>, Error> {
+    let upstream = |reason: String| lease.upstream_error(reason);
+    let mut fresh_only = upgrade;
+    loop {
+        let kept = if fresh_only {
+            None
+        } else {
+            shared.upstream.kept(lease)
         };
-        sender.ready().await.map_err(|e| upstream(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
+        let reused = kept.is_some();
+        let conn = match kept {
+            Some(conn) => conn,
+            None => shared.upstream.connect(lease).await?,
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
             .await
-            .map_err(|e| blame(fault, e.to_string(), upstream))?;
-        if !upgrade {
-            self.conns
-                .lock()
-                .expect("pool poisoned")
-                .insert(lease.addr(), sender);
+            .map_err(|e| upstream(e.to_string()))?;
+        let keep = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if upgrade {
+            tokio::spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    log::debug!("upstream connection: {e}");
+                }
+            });
+        } else {
+            let (keep, shared, addr) = (keep.clone(), shared.clone(), lease.addr());
+            tokio::spawn(async move {
+                // Ends once the response is over and the sender is gone.
+                if let Ok(parts) = connection.without_shutdown().await
+                    && parts.read_buf.is_empty()
+                    && keep.load(Ordering::Relaxed)
+                {
+                    shared.upstream.pool().put(addr, parts.io.into_inner());
+                }
+            });
         }
-        Ok(resp)
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                let close = resp.version() != Version::HTTP_11
+                    || resp
+                        .headers()
+                        .get_all(header::CONNECTION)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .flat_map(|v| v.split(','))
+                        .any(|t| t.trim().eq_ignore_ascii_case("close"));
+                keep.store(!close, Ordering::Relaxed);
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if reused => {
+                    req = unsent;
+                    fresh_only = true;
+                }
+                _ => return Err(blame(fault, e.into_error().to_string(), upstream)),
+            },
+        }
     }
 }
 
@@ -191,11 +203,9 @@ pub async fn serve(
     dst: SocketAddr,
     shared: Arc<Shared>,
 ) {
-    let pool = Arc::new(Http1Pool::default());
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        let pool = pool.clone();
-        async move { Ok::<_, Infallible>(forward(req, peer, dst, &shared, &pool).await) }
+        async move { Ok::<_, Infallible>(forward(req, peer, dst, &shared).await) }
     });
     let io = TokioIo::new(io);
     let ended = if http2 {
@@ -265,8 +275,7 @@ pub async fn forward(
     req: Request<Incoming>,
     peer: SocketAddr,
     dst: SocketAddr,
-    shared: &Shared,
-    pool: &Http1Pool,
+    shared: &Arc<Shared>,
 ) -> Response<Body> {
     let Some(target) = shared.catalog.load().lookup(dst).cloned() else {
         shared.unknown.error(Reason::unknown_service);
@@ -274,7 +283,7 @@ pub async fn forward(
     };
     target.stats.http_requests.inc();
     let started = std::time::Instant::now();
-    match send(req, peer, &target, shared, pool).await {
+    match send(req, peer, &target, shared).await {
         Ok(resp) => {
             target
                 .stats
@@ -315,6 +324,7 @@ pub fn refusal_status(error: &Error) -> StatusCode {
         Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         Error::HeadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+        Error::Expectation(_) => StatusCode::EXPECTATION_FAILED,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -357,8 +367,7 @@ async fn send(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     target: &Target,
-    shared: &Shared,
-    pool: &Http1Pool,
+    shared: &Arc<Shared>,
 ) -> Result<Response<Body>, Error> {
     // Only ConsistentHash reads a key; the others pay nothing for it.
     let key = (target.balancer.strategy() == Strategy::ConsistentHash).then(|| {
@@ -398,7 +407,7 @@ async fn send(
         })
     } else {
         origin_form(&mut req);
-        pool.send(req, &lease, shared, upgrade, &fault).await
+        send_h1(req, &lease, shared, upgrade, &fault).await
     };
     let mut resp = match sent {
         Ok(resp) => {

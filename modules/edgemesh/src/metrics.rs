@@ -73,6 +73,7 @@ impl Reason {
             Error::BadRequest(_)
             | Error::HeadTooLarge { .. }
             | Error::NotImplemented(_)
+            | Error::Expectation(_)
             | Error::Protocol(_) => Reason::bad_request,
             Error::HeadTimeout(_) => Reason::client_timeout,
             Error::ClientAborted(_) => Reason::client_aborted,

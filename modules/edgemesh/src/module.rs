@@ -222,14 +222,23 @@ impl Parts {
 /// The service label of requests that reached no Service.
 const UNKNOWN: &str = "(unknown)";
 
-/// UDP and TCP on the same address; with port 0, TCP takes the port UDP got.
+/// UDP and TCP on the same address; with port 0, TCP takes the port UDP got (and when
+/// something holds that port for TCP, another port is tried).
 fn bind_dns(addr: &str) -> std::io::Result<(UdpSocket, TcpListener)> {
     let addr = parse_addr(addr)?;
-    let udp = std::net::UdpSocket::bind(addr)?;
-    udp.set_nonblocking(true)?;
-    let tcp = std::net::TcpListener::bind(udp.local_addr()?)?;
-    tcp.set_nonblocking(true)?;
-    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
+    let mut attempts = if addr.port() == 0 { 16 } else { 1 };
+    loop {
+        attempts -= 1;
+        let udp = std::net::UdpSocket::bind(addr)?;
+        udp.set_nonblocking(true)?;
+        let tcp = match std::net::TcpListener::bind(udp.local_addr()?) {
+            Ok(tcp) => tcp,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts > 0 => continue,
+            Err(e) => return Err(e),
+        };
+        tcp.set_nonblocking(true)?;
+        return Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?));
+    }
 }
 
 #[async_trait]

@@ -10,8 +10,10 @@
 //! A kept upstream connection found closed before any response byte is replaced and the
 //! request sent again (see [`exchange`]).
 //!
-//! HTTP/1.0, `Expect` and Upgrade requests are handed, once their head passed the same
-//! checks, to the hyper path in [`crate::http`] for the rest of the connection.
+//! `Expect: 100-continue` is answered here, the way nginx does: `100 Continue` once the
+//! request is on its way upstream and its body is still to come; `Expect` is not passed on.
+//! HTTP/1.0 and Upgrade requests are handed, once their head passed the same checks, to
+//! the hyper path in [`crate::http`] for the rest of the connection.
 
 pub mod framing;
 
@@ -48,6 +50,8 @@ struct Request {
     close: bool,
     is_head: bool,
     idempotent: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    expect_continue: bool,
     key: Option<Vec<u8>>,
 }
 
@@ -70,7 +74,7 @@ enum Head<T> {
 }
 
 fn is_hop_by_hop(name: &str, listed: &[String]) -> bool {
-    const HOP: [&str; 10] = [
+    const HOP: [&str; 11] = [
         "connection",
         "keep-alive",
         "proxy-connection",
@@ -79,6 +83,8 @@ fn is_hop_by_hop(name: &str, listed: &[String]) -> bool {
         "te",
         "trailer",
         "upgrade",
+        // Answered here (see the module doc).
+        "expect",
         // Framing is rewritten from what was checked, never copied.
         "content-length",
         "transfer-encoding",
@@ -154,9 +160,20 @@ fn parse_request(buf: &[u8], target: &Target, limits: &Limits) -> Head<Request> 
             "an HTTP/1.1 request needs exactly one Host".into(),
         ));
     }
+    let mut expect_continue = false;
+    for h in req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("expect"))
+    {
+        if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+            let value = String::from_utf8_lossy(h.value).into_owned();
+            return Head::Refused(Error::Expectation(value));
+        }
+        expect_continue = version == 1;
+    }
     if version == 0
         || has(req.headers, "upgrade")
-        || has(req.headers, "expect")
         || !path.starts_with('/') && path != "*"
         || method == "CONNECT"
     {
@@ -197,6 +214,7 @@ fn parse_request(buf: &[u8], target: &Target, limits: &Limits) -> Head<Request> 
             method,
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         ),
+        expect_continue,
         key,
     })
 }
@@ -592,6 +610,7 @@ async fn exchange(
     client.buf.drain(..body_now);
 
     let mut fresh_only = false;
+    let mut continued = false;
     let (up, response) = loop {
         let kept = if fresh_only {
             None
@@ -619,6 +638,13 @@ async fn exchange(
             return Err(e);
         }
         if !whole {
+            if request.expect_continue && !continued {
+                continued = true;
+                let interim = client.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                if let Err(e) = interim.await {
+                    return Err(Error::ClientAborted(e.to_string()));
+                }
+            }
             let sent = copy_body(
                 &mut client.stream,
                 &mut client.buf,
