@@ -553,7 +553,7 @@ fn put_name(dst: &mut BytesMut, field: &'static str, name: &str, may_be_empty: b
 
 /// Checks a name is a DNS subdomain as Kubernetes allows it, or empty where that is allowed.
 /// A name is used to build resource paths and look up Services, so nothing else gets through
-/// (no '/', no '..' segment can start or end a name, no upper case, no control bytes).
+/// (no '/', no leading '.', no upper case, no control or non-ASCII bytes).
 fn check_name(field: &'static str, name: &[u8], may_be_empty: bool) -> Result<()> {
     let fail = |reason| {
         Err(Error::InvalidStreamName {

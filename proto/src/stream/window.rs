@@ -156,6 +156,7 @@ impl RecvWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn reserve_takes_what_credit_allows() {
@@ -280,5 +281,40 @@ mod tests {
             assert!(rounds < 10_000, "stalled: sent {sent}, read {read}");
         }
         assert_eq!(sent, total);
+    }
+
+    proptest! {
+        /// Any schedule of sends, reads and late-arriving updates: the receiver never holds
+        /// more than the window, both sides agree on the credit once updates have landed,
+        /// and an honest sender never trips the overrun check.
+        #[test]
+        fn any_schedule_keeps_within_the_window(
+            window in 1u32..10_000,
+            steps in proptest::collection::vec((0usize..4, 0usize..20_000), 1..200),
+        ) {
+            let mut tx = SendWindow::new(window).unwrap();
+            let mut rx = RecvWindow::new(window).unwrap();
+            let mut in_flight: Vec<u32> = Vec::new();
+            for (op, n) in steps {
+                match op {
+                    0 | 1 => {
+                        let sent = tx.reserve(n);
+                        rx.received(sent).unwrap();
+                    }
+                    2 => {
+                        let read = n.min(rx.buffered() as usize);
+                        in_flight.extend(rx.consumed(read));
+                    }
+                    _ => {
+                        for inc in in_flight.drain(..) {
+                            tx.grant(inc).unwrap();
+                        }
+                    }
+                }
+                prop_assert!(rx.buffered() <= window);
+                let pending: u32 = in_flight.iter().sum();
+                prop_assert_eq!(tx.credit() + pending, rx.sender_credit());
+            }
+        }
     }
 }
