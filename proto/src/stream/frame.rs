@@ -335,7 +335,7 @@ impl StreamCodec {
     /// The header of a Data frame carrying `len` payload bytes: send it, then the payload.
     pub fn data_header(&self, id: StreamId, len: usize) -> Result<[u8; HEADER_LEN]> {
         self.check_len(HEADER_LEN.saturating_add(len))?;
-        // The limit keeps `len` within a u32 only if the limit does, so convert checked.
+        // A limit above 4 GiB would let through a length the u32 field cannot hold.
         let len = u32::try_from(len).map_err(|_| Error::FrameTooLarge {
             size: len,
             max: self.max_frame_len,
