@@ -38,6 +38,44 @@ pub enum Error {
     /// A binary frame whose fixed header is wrong (magic, version, flags, layout).
     #[error("invalid frame: {0}")]
     FrameInvalid(&'static str),
+    /// A stream frame whose kind byte this version does not know.
+    #[error("unknown stream frame kind {0}")]
+    UnknownStreamKind(u8),
+    /// A one-byte enumerated field of a stream frame (reset code, protocol hint, address
+    /// family) holding a value this version does not know.
+    #[error("unknown {field} value {value}")]
+    UnknownStreamValue {
+        /// Which field.
+        field: &'static str,
+        /// The value received.
+        value: u8,
+    },
+    /// A node, namespace or service name in a stream frame that is not a DNS name.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidStreamName {
+        /// Which field.
+        field: &'static str,
+        /// The value, lossily decoded (at most 253 bytes, so it is bounded).
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A flow-control grant that would take the credit past the largest window.
+    #[error("window overflow: credit {credit} plus increment {increment} exceeds 2^31-1")]
+    WindowOverflow {
+        /// Credit before the grant.
+        credit: u32,
+        /// The increment granted.
+        increment: u32,
+    },
+    /// A peer that sent more stream data than the window it was granted.
+    #[error("window overrun: {len} bytes received with {credit} bytes of credit")]
+    WindowOverrun {
+        /// Bytes received.
+        len: usize,
+        /// The peer's credit when they arrived.
+        credit: u32,
+    },
     /// Content that was expected as bytes but is not a byte string.
     #[error("content is not raw bytes: {0}")]
     NotBytes(&'static str),

@@ -4,6 +4,8 @@
 //! - [`ResourcePath`] / [`CloudPath`]: the edge and cloud forms of `route.resource`.
 //! - [`FrameCodec`]: the compact binary frame that carries stream payloads on the cloud link
 //!   (layout in [`frame`]).
+//! - [`StreamCodec`] / [`StreamFrame`]: the "ES" frames of tunnel streams multiplexed on the
+//!   cloud link, with their ids and flow-control windows (layout in [`stream::frame`]).
 //!
 //! - [`meta_socket`] / [`metaclient`]: the metamanager socket protocol and its client, shared
 //!   by metamanager (server) and edgemesh (client).
@@ -19,6 +21,7 @@ pub mod metaclient;
 pub mod msg_id;
 pub mod resource;
 pub mod route;
+pub mod stream;
 
 pub use content::Content;
 pub use error::{Error, Result};
@@ -27,3 +30,4 @@ pub use message::{Header, Message, now_millis};
 pub use msg_id::MsgId;
 pub use resource::{CloudPath, ResourcePath, ResourceType};
 pub use route::{Route, connection, group, operation};
+pub use stream::{StreamCodec, StreamFrame, StreamId};
