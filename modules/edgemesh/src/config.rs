@@ -51,6 +51,10 @@ pub struct EdgeMeshConfig {
     pub cluster_domain: String,
     /// The Service DNS server.
     pub dns: DnsConfig,
+    /// Milliseconds a shutdown (SIGTERM) waits for open connections to finish, counted from
+    /// the signal: readiness turns false, the iptables rules go, the listeners close, and
+    /// what is still open at the deadline is cut. Beehive's `gracePeriodMs` must be longer.
+    pub drain_timeout_ms: u64,
 }
 
 /// Settings of the Service DNS server.
@@ -99,6 +103,7 @@ impl Default for EdgeMeshConfig {
             namespace: "default".into(),
             cluster_domain: "cluster.local".into(),
             dns: DnsConfig::default(),
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -135,6 +140,9 @@ impl EdgeMeshConfig {
         }
         if !(1..=60_000).contains(&self.sniff_timeout_ms) {
             bad("sniffTimeoutMs", "must be between 1 and 60000");
+        }
+        if self.drain_timeout_ms > 600_000 {
+            bad("drainTimeoutMs", "must be at most 600000 (0 cuts at once)");
         }
         if let Some(reason) = self.circuit_breaker.problem() {
             bad("circuitBreaker", reason);

@@ -15,10 +15,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Where a drain stands, shared by every connection; cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +60,30 @@ pub struct CutOnDrop(Drain);
 impl Drop for CutOnDrop {
     fn drop(&mut self) {
         self.0.cut();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection task run by [`Drain::run`]: a named future, so it is `Send` exactly
+    /// when the task is (see [`Graceful`]).
+    pub struct Tracked<F> {
+        #[pin]
+        task: F,
+        #[pin]
+        cut: WaitForCancellationFutureOwned,
+        _live: Live,
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.task.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        this.cut.poll(cx).map(|()| None)
     }
 }
 
@@ -135,15 +160,11 @@ impl Drain {
 
     /// Runs `task` as a tracked connection task: counted live until it ends, and dropped
     /// (closing its sockets) when the drain is cut. `None` when it was cut.
-    pub fn run<F: Future>(&self, task: F) -> impl Future<Output = Option<F::Output>> + use<F> {
-        let live = self.track();
-        let cut = self.inner.cut.clone();
-        async move {
-            let _live = live;
-            tokio::select! {
-                out = task => Some(out),
-                _ = cut.cancelled() => None,
-            }
+    pub fn run<F: Future>(&self, task: F) -> Tracked<F> {
+        Tracked {
+            task,
+            cut: self.inner.cut.clone().cancelled_owned(),
+            _live: self.track(),
         }
     }
 
@@ -191,18 +212,44 @@ impl Drain {
     /// `graceful_shutdown`) once the drain begins: an idle HTTP/1 connection closes at
     /// once, one with a request in flight finishes it with `connection: close`, an
     /// HTTP/2 connection sends GOAWAY and finishes its open streams.
-    pub async fn graceful<C: Future>(
-        &self,
-        conn: C,
-        shutdown: impl FnOnce(Pin<&mut C>),
-    ) -> C::Output {
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            out = conn.as_mut() => return out,
-            _ = self.started() => {}
+    pub fn graceful<C, S>(&self, conn: C, shutdown: S) -> Graceful<C, S>
+    where
+        C: Future,
+        S: FnOnce(Pin<&mut C>),
+    {
+        Graceful {
+            conn,
+            started: self.inner.draining.clone().cancelled_owned(),
+            shutdown: Some(shutdown),
         }
-        shutdown(conn.as_mut());
-        conn.await
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A hyper connection driven by [`Drain::graceful`]. A named future rather than an
+    /// async fn: over hyper connections whose service borrows (`&Target`), rustc could
+    /// not prove the async fn's future `Send` ("implementation of `Send` is not general
+    /// enough") though the connection is.
+    pub struct Graceful<C, S> {
+        #[pin]
+        conn: C,
+        #[pin]
+        started: WaitForCancellationFutureOwned,
+        shutdown: Option<S>,
+    }
+}
+
+impl<C: Future, S: FnOnce(Pin<&mut C>)> Future for Graceful<C, S> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // Polled until the drain begins, never after.
+        if this.shutdown.is_some() && this.started.poll(cx).is_ready() {
+            let shutdown = this.shutdown.take().expect("checked above");
+            shutdown(this.conn.as_mut());
+        }
+        this.conn.poll(cx)
     }
 }
 

@@ -478,9 +478,11 @@ async fn run(
                     if !conn.buf.is_empty() {
                         watch.set_limit(HEAD_TIMEOUT.min(shared.idle_timeout));
                     }
-                    match fill(&mut conn.client, &mut conn.buf, watch).await {
-                        Ok(0) | Err(_) => return Done,
-                        Ok(_) => {}
+                    let idle = conn.buf.is_empty();
+                    let read = fill(&mut conn.client, &mut conn.buf, watch);
+                    match shared.drain.unless_idle(idle, read).await {
+                        None | Some(Ok(0) | Err(_)) => return Done,
+                        Some(Ok(_)) => {}
                     }
                 }
             }
@@ -495,7 +497,7 @@ async fn run(
                 target.stats.failed(&e);
                 e.log(peer);
                 // A body not yet read cannot be skipped safely: close after answering.
-                let close = request.close || request.body > 0;
+                let close = request.close || request.body > 0 || shared.drain.draining();
                 if conn
                     .client
                     .write_all(&http::refusal_bytes(&e, close))
@@ -543,7 +545,7 @@ async fn exchange(
     // A kept connection may have been closed by the endpoint meanwhile: a request without
     // a body that got no answer on it is sent again once on a new connection.
     let mut attempt = 0;
-    let (mut upstream, response) = loop {
+    let (mut upstream, mut response) = loop {
         attempt += 1;
         let (mut up, reused) = match upstreams.remove(&backend.addr) {
             Some(up) => (up, true),
@@ -589,6 +591,10 @@ async fn exchange(
     } else {
         pick.success();
     }
+    let drained = !request.close && shared.drain.draining();
+    if drained {
+        crate::drain::mark_close(&mut response.head);
+    }
     // The head and whatever of the body is already here, in one write.
     let mut out = response.head;
     let body_now = match response.framing {
@@ -630,7 +636,7 @@ async fn exchange(
             return Ok(None);
         }
     }
-    Ok(Some(()))
+    Ok((!drained).then_some(()))
 }
 
 /// Writes the request head and body upstream.

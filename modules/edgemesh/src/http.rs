@@ -133,6 +133,7 @@ pub async fn serve(
     shared: Arc<Shared>,
 ) {
     let pool = Arc::new(Http1Pool::default());
+    let drain = shared.drain.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let pool = pool.clone();
@@ -140,17 +141,17 @@ pub async fn serve(
     });
     let io = TokioIo::new(io);
     let ended = if http2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(io, service)
-            .await
+            .serve_connection(io, service);
+        drain.graceful(conn, |c| c.graceful_shutdown()).await
     } else {
-        hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
             .serve_connection(io, service)
-            .with_upgrades()
-            .await
+            .with_upgrades();
+        drain.graceful(conn, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = ended {
         log::debug!("{peer}: HTTP connection ended: {e}");
@@ -359,7 +360,7 @@ async fn send(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let service = target.service.clone();
         let stats = target.stats.clone();
-        tokio::spawn(async move {
+        tokio::spawn(shared.drain.run(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((a, b)) => {
                     let mut a = TokioIo::new(a);
@@ -371,7 +372,7 @@ async fn send(
                 }
                 Err(e) => log::warn!("{service}: upgrade failed: {e}"),
             }
-        });
+        }));
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
     }
