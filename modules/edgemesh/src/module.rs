@@ -392,8 +392,9 @@ impl Module for EdgeMesh {
                 let _ = thread.join();
             }
         });
-        // The rules end first on shutdown, while the listeners still accept: no connection
-        // is refused in between.
+        // The jumps to the rules go first on shutdown, while the listeners still accept: no
+        // connection is refused in between. The chain itself goes last (see
+        // `iptables::unhook`).
         let rules_stop = CancellationToken::new();
         let _rules_stop_when_dropped = rules_stop.clone().drop_guard();
         let rules = this.config.iptables.then(|| {
@@ -418,14 +419,21 @@ impl Module for EdgeMesh {
             drain.live()
         );
         rules_stop.cancel();
-        if let Some(rules) = rules {
-            let _ = rules.await;
-        }
+        let hooked = match rules {
+            Some(rules) => rules.await.unwrap_or(false),
+            None => false,
+        };
         drain.stop_accepting();
         match drain.settle(deadline).await {
             Settled::Done => log::info!("edgemesh drained"),
             Settled::Cut(n) => {
                 log::warn!("edgemesh drain: {n} connection(s) still open after {timeout:?}; cut")
+            }
+        }
+        if hooked {
+            match iptables::remove().await {
+                Ok(()) => log::info!("iptables rules removed"),
+                Err(e) => log::error!("removing iptables rules: {e}"),
             }
         }
         stop.cancel();
@@ -435,14 +443,15 @@ impl Module for EdgeMesh {
 }
 
 /// Installs the rules after each catalog change, repairs them when they go missing, and
-/// removes them at the end.
+/// at the end removes the jumps to them (see [`iptables::unhook`]); true when rules were
+/// installed, so the chain is left for the caller to remove.
 async fn keep_rules(
     catalog: Arc<ArcSwap<Catalog>>,
     mut generation: watch::Receiver<u64>,
     port: u16,
     every: Duration,
     stop: CancellationToken,
-) {
+) -> bool {
     let mut installed: Option<usize> = None;
     loop {
         tokio::select! {
@@ -467,9 +476,10 @@ async fn keep_rules(
         }
     }
     if installed.is_some() {
-        match iptables::remove().await {
-            Ok(()) => log::info!("iptables rules removed"),
-            Err(e) => log::error!("removing iptables rules: {e}"),
+        match iptables::unhook().await {
+            Ok(()) => log::info!("iptables: connections no longer redirected here"),
+            Err(e) => log::error!("removing the jumps to the iptables rules: {e}"),
         }
     }
+    installed.is_some()
 }
