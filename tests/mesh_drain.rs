@@ -228,8 +228,8 @@ async fn line_in(path: &Path, line: &str) {
     .await;
 }
 
-/// A curl of `url` inside `ns` started in the background, writing the response headers,
-/// body and status code to files in `dir`.
+/// A curl of `url` inside `ns` (with `args`) started in the background, writing the
+/// response headers, body and status code to files in `dir` named after `name`.
 struct Curl {
     process: Process,
     headers: PathBuf,
@@ -237,13 +237,15 @@ struct Curl {
     code: PathBuf,
 }
 
-fn curl_in_background(ns: &Netns, dir: &Path, url: &str) -> Curl {
-    let headers = dir.join("slow.headers");
-    let body = dir.join("slow.body");
-    let code = dir.join("slow.code");
+fn curl_in_background(ns: &Netns, dir: &Path, name: &str, args: &[&str], url: &str) -> Curl {
+    let headers = dir.join(format!("{name}.headers"));
+    let body = dir.join(format!("{name}.body"));
+    let code = dir.join(format!("{name}.code"));
     let process = Process(
         ns.command("curl")
-            .args(["-s", "--max-time", "60", "-w", "%{http_code}", "-D"])
+            .args(["-s", "--max-time", "60", "-w", "%{http_code}"])
+            .args(args)
+            .arg("-D")
             .arg(&headers)
             .arg("-o")
             .arg(&body)
@@ -258,6 +260,18 @@ fn curl_in_background(ns: &Netns, dir: &Path, url: &str) -> Curl {
         headers,
         body,
         code,
+    }
+}
+
+/// Awaits `n` arrivals of `/slow` at the backend.
+async fn slow_arrivals(arrived: &mut mpsc::UnboundedReceiver<String>, n: usize) {
+    let mut seen = 0;
+    while seen < n {
+        let path = tokio::time::timeout(WAIT, arrived.recv())
+            .await
+            .expect("the slow requests reach the backend")
+            .unwrap();
+        seen += usize::from(path == "/slow");
     }
 }
 
@@ -333,16 +347,16 @@ async fn sigterm_drains_a_request_in_flight_after_the_rules_and_listeners_are_go
     let idle_out = dir.path().join("idle.out");
     let _idle = python(&ns, KEEP_ALIVE_CLIENT, &idle_out);
     line_in(&idle_out, "answered").await;
-    let mut slow = curl_in_background(&ns, dir.path(), "http://10.96.20.10/slow");
-    loop {
-        let path = tokio::time::timeout(WAIT, arrived.recv())
-            .await
-            .expect("the slow request reaches the backend")
-            .unwrap();
-        if path == "/slow" {
-            break;
-        }
-    }
+    // Two requests in flight: one on the HTTP/1 fast path, one over h2c (hyper's path).
+    let mut slow = curl_in_background(&ns, dir.path(), "h1", &[], "http://10.96.20.10/slow");
+    let mut slow_h2 = curl_in_background(
+        &ns,
+        dir.path(),
+        "h2",
+        &["--http2-prior-knowledge"],
+        "http://10.96.20.10/slow",
+    );
+    slow_arrivals(&mut arrived, 2).await;
 
     terminate(&edgecore);
     eventually("/readyz not ready", || {
@@ -379,6 +393,13 @@ async fn sigterm_drains_a_request_in_flight_after_the_rules_and_listeners_are_go
     assert_eq!(std::fs::metadata(&slow.body).unwrap().len(), BODY as u64);
     let headers = read(&slow.headers).to_ascii_lowercase();
     assert!(headers.contains("connection: close"), "{headers}");
+    let status = slow_h2
+        .process
+        .exited("the slow h2c request to finish")
+        .await;
+    assert!(status.success(), "curl --http2-prior-knowledge: {status}");
+    assert_eq!(read(&slow_h2.code), "200");
+    assert_eq!(std::fs::metadata(&slow_h2.body).unwrap().len(), BODY as u64);
 
     let status = edgecore.exited("edgecore to exit").await;
     let log = read(&dir.path().join("edgecore.log"));
@@ -430,16 +451,8 @@ async fn what_is_still_open_at_the_drain_deadline_is_cut() {
     let relay_out = dir.path().join("relay.out");
     let mut relay = python(&ns, OPAQUE_CLIENT, &relay_out);
     line_in(&relay_out, "echo1").await;
-    let mut slow = curl_in_background(&ns, dir.path(), "http://10.96.21.10/slow");
-    loop {
-        let path = tokio::time::timeout(WAIT, arrived.recv())
-            .await
-            .expect("the slow request reaches the backend")
-            .unwrap();
-        if path == "/slow" {
-            break;
-        }
-    }
+    let mut slow = curl_in_background(&ns, dir.path(), "h1", &[], "http://10.96.21.10/slow");
+    slow_arrivals(&mut arrived, 1).await;
 
     terminate(&edgecore);
     eventually("/readyz not ready", || {
