@@ -52,8 +52,9 @@ pub struct EdgeMeshConfig {
     /// The Service DNS server.
     pub dns: DnsConfig,
     /// Milliseconds a shutdown (SIGTERM) waits for open connections to finish, counted from
-    /// the signal: readiness turns false, the iptables rules go, the listeners close, and
-    /// what is still open at the deadline is cut. Beehive's `gracePeriodMs` must be longer.
+    /// the signal: readiness turns false, the iptables rules stop redirecting here, the
+    /// listeners close, and what is still open at the deadline is cut; 0 cuts at once.
+    /// Beehive's `gracePeriodMs` must be longer.
     pub drain_timeout_ms: u64,
 }
 

@@ -4,12 +4,14 @@
 //! The module drives it in order (see `module.rs`): [`Drain::begin`] (readiness turns
 //! false, idle HTTP keep-alive connections close, in-flight HTTP/1 responses carry
 //! `connection: close`, hyper connections shut down gracefully); then, once the iptables
-//! rules are gone, [`Drain::stop_accepting`] (listeners take what is already queued and
-//! close); then [`Drain::settle`] waits for the live connection tasks up to the deadline and
-//! [`Drain::cut`]s whatever is left (opaque relays, upgraded connections, slow responses).
+//! jumps that redirect connections here are gone, [`Drain::stop_accepting`] (listeners
+//! take what is already queued and close); then [`Drain::settle`] waits for the live
+//! connection tasks up to the deadline and [`Drain::cut`]s whatever is left (opaque
+//! relays, upgraded connections, slow responses).
 //!
-//! It is one `Arc` shared by every worker thread: its tokens and counter are runtime-agnostic,
-//! so a worker's tasks and the module's task on another runtime see the same state.
+//! It is one `Arc` shared by every worker thread: its tokens and counter are
+//! runtime-agnostic, so a worker's tasks and the module's task on another runtime see the
+//! same state.
 
 use std::future::Future;
 use std::pin::Pin;
