@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use beehive::{Core, CoreConfig, ShutdownReport};
 use edgehub::{EdgeHub, EdgeHubConfig};
+use edgemesh_proxy::drain::Drain;
 use edgemesh_proxy::metrics::Metrics;
 use edgemesh_proxy::{Addresses, EdgeMesh, EdgeMeshConfig, Liveness};
 use metamanager::{MetaManager, MetaManagerConfig, Store};
@@ -75,6 +76,7 @@ impl EdgeCoreConfig {
             self.modules.edge_mesh.problems(),
         ));
         let mesh = &self.modules.edge_mesh;
+        problems.extend(grace_problem(&self.beehive, mesh, "modules.edgeMesh"));
         if mesh.enable
             && mesh.socket_path.as_os_str().is_empty()
             && !self.modules.meta_manager.enable
@@ -146,6 +148,7 @@ impl EdgeCore {
                 health: MeshHealth {
                     generation: module.generation(),
                     liveness: module.liveness(),
+                    drain: module.drain(),
                 },
                 metrics: module.metrics(),
                 addresses: module.addresses(),
@@ -184,11 +187,17 @@ impl EdgeCore {
             let link_up = self.link_up.clone();
             let socket = self.socket.clone();
             let mesh = self.mesh.as_ref().map(|m| m.health.clone());
+            let bus = self.core.context();
             let probe: Probe = Arc::new(move || {
                 let up = link_up.load(Ordering::SeqCst);
                 let socket = socket.clone();
                 let mesh = mesh.clone();
-                Box::pin(async move { edge_checks(up, socket, mesh).await })
+                let stopping = bus.is_shutting_down();
+                Box::pin(async move {
+                    let mut checks = edge_checks(up, socket, mesh).await;
+                    checks.extend(stopping.then(shutting_down));
+                    checks
+                })
             });
             let metrics = self.mesh.as_ref().map(|m| {
                 let metrics = m.metrics.clone();
@@ -247,10 +256,50 @@ pub(crate) async fn metamanager_check(path: &Path) -> Check {
     }
 }
 
+/// Fails readiness from the moment shutdown begins (SIGTERM), before any module has
+/// stopped, so load balancers stop sending new work while the drain runs.
+pub(crate) fn shutting_down() -> Check {
+    Check {
+        name: "shutdown",
+        ok: false,
+        required: true,
+        live: false,
+        detail: "shutting down: draining".into(),
+    }
+}
+
+/// Beehive's grace period must outlast edgemesh's drain, or the core abandons the module
+/// mid-drain (connections cut, iptables rules left behind).
+pub(crate) fn grace_problem(
+    beehive: &CoreConfig,
+    mesh: &EdgeMeshConfig,
+    mesh_section: &str,
+) -> Option<String> {
+    (mesh.enable && beehive.grace_period_ms <= mesh.drain_timeout_ms).then(|| {
+        format!(
+            "beehive: invalid config field gracePeriodMs: must be longer than \
+             {mesh_section}.drainTimeoutMs ({} ms), got {} (leave a few seconds more)",
+            mesh.drain_timeout_ms, beehive.grace_period_ms
+        )
+    })
+}
+
 /// Whether edgemesh's worker threads are serving and it has loaded the Services
-/// (`generation` catalogs swapped in, 1 or more).
+/// (`generation` catalogs swapped in, 1 or more); not once its drain has begun.
 pub(crate) fn mesh_check(health: &MeshHealth) -> Check {
     let generation = *health.generation.borrow();
+    if health.drain.draining() {
+        return Check {
+            name: "edgemesh",
+            ok: false,
+            required: true,
+            live: false,
+            detail: format!(
+                "draining: no new connections; {} still open",
+                health.drain.live()
+            ),
+        };
+    }
     let (ok, detail) = match (health.liveness.workers(), generation) {
         (None, _) => (false, "not started".to_owned()),
         (Some(0), _) => (false, "no worker thread serving".to_owned()),
@@ -295,6 +344,8 @@ pub(crate) struct MeshHealth {
     pub generation: tokio::sync::watch::Receiver<u64>,
     /// Whether its worker threads run.
     pub liveness: Arc<Liveness>,
+    /// Its shutdown drain.
+    pub drain: Drain,
 }
 
 #[cfg(test)]
@@ -323,6 +374,35 @@ mod tests {
         assert!(
             text.contains("modules.metaManager") && text.contains("watchBuffer"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_grace_period_must_outlast_the_drain() {
+        // The defaults fit: 15 s of grace for a 10 s drain.
+        EdgeCoreConfig::parse("{}").unwrap();
+        let err = EdgeCoreConfig::parse("modules:\n  edgeMesh: {drainTimeoutMs: 15000}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gracePeriodMs") && err.contains("drainTimeoutMs"),
+            "{err}"
+        );
+        EdgeCoreConfig::parse(
+            "beehive: {gracePeriodMs: 20000}\nmodules:\n  edgeMesh: {drainTimeoutMs: 15000}\n",
+        )
+        .unwrap();
+        // Without edgemesh there is no drain to outlast.
+        EdgeCoreConfig::parse(
+            "beehive: {gracePeriodMs: 1000}\nmodules:\n  edgeMesh: {enable: false}\n",
+        )
+        .unwrap();
+        let err = EdgeCoreConfig::parse("modules:\n  edgeMesh: {drainTimeoutMs: 700000}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("modules.edgeMesh") && err.contains("drainTimeoutMs"),
+            "{err}"
         );
     }
 }

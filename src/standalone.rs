@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config_file::{self, check, section};
-use crate::edgecore::{MeshHealth, mesh_alive, mesh_check, metamanager_check};
+use crate::edgecore::{MeshHealth, grace_problem, mesh_alive, mesh_check, metamanager_check};
 use crate::error::{Error, Result};
 use crate::health::{self, HealthConfig, MetricsText, Probe};
 
@@ -57,6 +57,7 @@ impl ProxyConfig {
             .collect();
         problems.extend(section("beehive", self.beehive.problems()));
         problems.extend(section("edgeMesh", self.edge_mesh.problems()));
+        problems.extend(grace_problem(&self.beehive, &self.edge_mesh, "edgeMesh"));
         if self.node_name.is_empty() {
             problems.push("nodeName: must not be empty".into());
         }
@@ -84,6 +85,7 @@ pub async fn run(config: &ProxyConfig, stop: impl Future<Output = ()>) -> Result
         let health = MeshHealth {
             generation: module.generation(),
             liveness: module.liveness(),
+            drain: module.drain(),
         };
         let socket = mesh.socket_path.clone();
         let probe: Probe = Arc::new(move || {

@@ -13,6 +13,8 @@ pub struct CoreConfig {
     /// Messages a module's inbox holds before senders wait (or `try_send` reports full).
     pub inbox_capacity: usize,
     /// Milliseconds modules get to stop after a shutdown signal before they are abandoned.
+    /// A module that drains on shutdown (edgemesh's `drainTimeoutMs`, 10 s by default)
+    /// needs a grace period longer than its drain, hence 15 s.
     pub grace_period_ms: u64,
 }
 
@@ -20,7 +22,7 @@ impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             inbox_capacity: 1024,
-            grace_period_ms: 5_000,
+            grace_period_ms: 15_000,
         }
     }
 }

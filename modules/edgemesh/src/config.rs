@@ -63,6 +63,11 @@ pub struct EdgeMeshConfig {
     pub cluster_domain: String,
     /// The Service DNS server.
     pub dns: DnsConfig,
+    /// Milliseconds a shutdown (SIGTERM) waits for open connections to finish, counted from
+    /// the signal: readiness turns false, the iptables rules stop redirecting here, the
+    /// listeners close, and what is still open at the deadline is cut; 0 cuts at once.
+    /// Beehive's `gracePeriodMs` must be longer.
+    pub drain_timeout_ms: u64,
 }
 
 /// Settings of the Service DNS server.
@@ -115,6 +120,7 @@ impl Default for EdgeMeshConfig {
             namespace: "default".into(),
             cluster_domain: "cluster.local".into(),
             dns: DnsConfig::default(),
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -163,6 +169,9 @@ impl EdgeMeshConfig {
         }
         if !(100..=3_600_000).contains(&self.upstream_idle_timeout_ms) {
             bad("upstreamIdleTimeoutMs", "must be between 100 and 3600000");
+        }
+        if self.drain_timeout_ms > 600_000 {
+            bad("drainTimeoutMs", "must be at most 600000 (0 cuts at once)");
         }
         if let Some(reason) = self.circuit_breaker.problem() {
             bad("circuitBreaker", reason);

@@ -29,7 +29,9 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Accepts proxy clients until `stop`, each in its own task.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     accept_each(&listener, "explicit proxy", &stop, |stream, peer| {
-        handle(stream, peer, shared.clone())
+        // Tracked like an intercepted connection, so a drain waits for it (or cuts it).
+        let served = shared.drain.run(handle(stream, peer, shared.clone()));
+        async move { served.await.unwrap_or(Ok(())) }
     })
     .await;
 }

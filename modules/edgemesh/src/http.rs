@@ -203,23 +203,24 @@ pub async fn serve(
     dst: SocketAddr,
     shared: Arc<Shared>,
 ) {
+    let drain = shared.drain.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(forward(req, peer, dst, &shared).await) }
     });
     let io = TokioIo::new(io);
     let ended = if http2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(io, service)
-            .await
+            .serve_connection(io, service);
+        drain.graceful(conn, |c| c.graceful_shutdown()).await
     } else {
-        hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
             .serve_connection(io, service)
-            .with_upgrades()
-            .await
+            .with_upgrades();
+        drain.graceful(conn, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = ended {
         log::debug!("{peer}: HTTP connection ended: {e}");
@@ -425,7 +426,7 @@ async fn send(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let service = target.service.clone();
         let stats = target.stats.clone();
-        tokio::spawn(async move {
+        tokio::spawn(shared.drain.run(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((a, b)) => {
                     let mut a = TokioIo::new(a);
@@ -437,7 +438,7 @@ async fn send(
                 }
                 Err(e) => log::warn!("{service}: upgrade failed: {e}"),
             }
-        });
+        }));
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
     }

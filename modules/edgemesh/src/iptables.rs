@@ -91,11 +91,22 @@ pub async fn in_place(expected: usize) -> bool {
     true
 }
 
-/// Removes the jumps and the chain.
-pub async fn remove() -> Result<()> {
+/// Removes the jumps to the chain: no new connection is redirected, while those already
+/// redirected keep their address translation. Deleting the chain's own REDIRECT rules
+/// would not: with them goes the last user of connection tracking in a namespace that has
+/// no other NAT rule, the kernel stops tracking (and translating) the connections already
+/// made, and their packets go astray (checked with iptables-nft 1.8.9). So the chain stays
+/// until [`remove`], once they are closed.
+pub async fn unhook() -> Result<()> {
     for hook in HOOKS {
         while run(&["-t", "nat", "-D", hook, "-j", CHAIN]).await.is_ok() {}
     }
+    Ok(())
+}
+
+/// Removes the jumps and the chain.
+pub async fn remove() -> Result<()> {
+    unhook().await?;
     if run(&["-t", "nat", "-S", CHAIN]).await.is_ok() {
         run(&["-t", "nat", "-F", CHAIN]).await?;
         run(&["-t", "nat", "-X", CHAIN]).await?;

@@ -26,6 +26,7 @@ pub mod breaker;
 pub mod catalog;
 pub mod config;
 pub mod dns;
+pub mod drain;
 pub mod error;
 pub mod explicit;
 pub mod follow;

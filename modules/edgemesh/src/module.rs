@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{Catalog, Defaults, Kept};
 use crate::config::EdgeMeshConfig;
 use crate::dns::{self, Dns};
+use crate::drain::{Drain, Settled};
 use crate::error::Error;
 use crate::explicit;
 use crate::follow::follow;
@@ -42,6 +43,7 @@ pub struct EdgeMesh {
     generation: watch::Sender<u64>,
     kept: Arc<Kept>,
     liveness: Arc<Liveness>,
+    drain: Drain,
 }
 
 /// Whether the worker threads run, for liveness checks.
@@ -139,6 +141,7 @@ impl EdgeMesh {
             generation: watch::channel(0).0,
             kept: Arc::default(),
             liveness: Arc::default(),
+            drain: Drain::new(),
         })
     }
 
@@ -173,6 +176,11 @@ impl EdgeMesh {
     pub fn metrics(&self) -> Arc<Metrics> {
         self.kept.metrics.clone()
     }
+
+    /// Its shutdown drain, for readiness: it begins when the module is told to stop.
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
+    }
 }
 
 /// What every connection of one runtime needs.
@@ -181,6 +189,7 @@ struct Parts {
     node: String,
     catalog: Arc<ArcSwap<Catalog>>,
     kept: Arc<Kept>,
+    drain: Drain,
 }
 
 impl Parts {
@@ -208,6 +217,7 @@ impl Parts {
             ),
             unknown: self.kept.metrics.service(UNKNOWN),
             names: self.names(),
+            drain: self.drain.clone(),
         }
     }
 
@@ -264,18 +274,21 @@ impl Module for EdgeMesh {
             generation,
             kept,
             liveness,
+            drain,
         } = *self;
         let this = Parts {
             config,
             node,
             catalog,
             kept,
+            drain: drain.clone(),
         };
         let stop = CancellationToken::new();
         // The worker threads outlive this future unless told: if it is dropped (its task
         // aborted, its runtime shut down) they must stop too, or a runtime waiting for
-        // its blocking threads would wait forever.
+        // its blocking threads would wait forever. Their connections are cut with them.
         let _stop_when_dropped = stop.clone().drop_guard();
+        let _cut_when_dropped = drain.cut_on_drop();
         if let Some(proxy_listener) = proxy {
             log::info!(
                 "explicit proxy (HTTP CONNECT, HTTP, SOCKS5) on {}",
@@ -284,7 +297,7 @@ impl Module for EdgeMesh {
             tokio::spawn(explicit::serve(
                 proxy_listener,
                 Arc::new(this.shared()),
-                stop.clone(),
+                drain.closing(),
             ));
         }
         if let Some((udp, tcp)) = dns {
@@ -361,7 +374,10 @@ impl Module for EdgeMesh {
             .zip(Spread::seats(workers))
             .enumerate()
         {
-            let stop = stop.clone();
+            // Listeners stop when the drain says (after the rules are gone); the seat then
+            // keeps the runtime up until its connections end.
+            let stop = drain.closing();
+            let seat = seat.drained_by(drain.clone());
             let shared = this.shared();
             let serving = Serving::on(&liveness);
             let thread = std::thread::Builder::new()
@@ -397,24 +413,52 @@ impl Module for EdgeMesh {
                 let _ = thread.join();
             }
         });
+        // The jumps to the rules go first on shutdown, while the listeners still accept: no
+        // connection is refused in between. The chain itself goes last (see
+        // `iptables::unhook`).
+        let rules_stop = CancellationToken::new();
+        let _rules_stop_when_dropped = rules_stop.clone().drop_guard();
         let rules = this.config.iptables.then(|| {
             tokio::spawn(keep_rules(
                 this.catalog.clone(),
                 generation.subscribe(),
                 port,
                 Duration::from_millis(this.config.iptables_sync_ms),
-                stop.clone(),
+                rules_stop.clone(),
             ))
         });
         // Tunnel traffic will arrive here; until then the inbox only hears link events.
         while let Ok(msg) = ctx.receive(MODULE).await {
             log::debug!("edgemesh: {} {}", msg.operation(), msg.resource());
         }
+        // The drain's deadline counts from here, as beehive's grace period does.
+        let timeout = Duration::from_millis(this.config.drain_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        drain.begin();
+        log::info!(
+            "edgemesh draining: {} connection(s) open, up to {timeout:?}",
+            drain.live()
+        );
+        rules_stop.cancel();
+        let hooked = match rules {
+            Some(rules) => rules.await.unwrap_or(false),
+            None => false,
+        };
+        drain.stop_accepting();
+        match drain.settle(deadline).await {
+            Settled::Done => log::info!("edgemesh drained"),
+            Settled::Cut(n) => {
+                log::warn!("edgemesh drain: {n} connection(s) still open after {timeout:?}; cut")
+            }
+        }
+        if hooked {
+            match iptables::remove().await {
+                Ok(()) => log::info!("iptables rules removed"),
+                Err(e) => log::error!("removing iptables rules: {e}"),
+            }
+        }
         stop.cancel();
         let _ = tokio::join!(following, serving);
-        if let Some(rules) = rules {
-            let _ = rules.await;
-        }
         Ok(())
     }
 }
@@ -434,14 +478,15 @@ async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 /// Installs the rules after each catalog change, repairs them when they go missing, and
-/// removes them at the end.
+/// at the end removes the jumps to them (see [`iptables::unhook`]); true when rules were
+/// installed, so the chain is left for the caller to remove.
 async fn keep_rules(
     catalog: Arc<ArcSwap<Catalog>>,
     mut generation: watch::Receiver<u64>,
     port: u16,
     every: Duration,
     stop: CancellationToken,
-) {
+) -> bool {
     let mut installed: Option<usize> = None;
     loop {
         tokio::select! {
@@ -466,9 +511,10 @@ async fn keep_rules(
         }
     }
     if installed.is_some() {
-        match iptables::remove().await {
-            Ok(()) => log::info!("iptables rules removed"),
-            Err(e) => log::error!("removing iptables rules: {e}"),
+        match iptables::unhook().await {
+            Ok(()) => log::info!("iptables: connections no longer redirected here"),
+            Err(e) => log::error!("removing the jumps to the iptables rules: {e}"),
         }
     }
+    installed.is_some()
 }

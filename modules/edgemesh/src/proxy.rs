@@ -44,6 +44,8 @@ pub struct Shared {
     pub unknown: Arc<ServiceStats>,
     /// How Service names are completed (explicit proxy).
     pub names: Names,
+    /// Shutdown's drain: kept connections take no new requests once it begins.
+    pub drain: crate::drain::Drain,
 }
 
 /// Limits on a client's HTTP requests.

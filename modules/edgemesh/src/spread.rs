@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::drain::Drain;
 use crate::error::Result;
 
 /// A connection on its way to another worker, out of the accepting thread's reactor.
@@ -40,6 +41,7 @@ pub struct Seat {
     index: usize,
     spread: Arc<Spread>,
     inbox: mpsc::UnboundedReceiver<Handover>,
+    drain: Drain,
 }
 
 /// Counts a connection against its worker until dropped.
@@ -71,6 +73,7 @@ impl Spread {
                 index,
                 spread: spread.clone(),
                 inbox,
+                drain: Drain::new(),
             })
             .collect()
     }
@@ -119,10 +122,21 @@ impl Seat {
         &self.spread
     }
 
+    /// The seat with its connection tasks tracked by `drain` (see [`Seat::serve`]).
+    pub fn drained_by(mut self, drain: Drain) -> Self {
+        self.drain = drain;
+        self
+    }
+
     /// Serves connections until `stop`: those `listener` accepts (when this worker has
     /// one) that are not handed to a less loaded worker, and those handed to this one.
-    /// Each runs `serve` in a task of its own; a failure is logged once (see
-    /// [`crate::Error::log`]).
+    /// Each runs `serve` in a task of its own, tracked by the seat's drain (ended when it
+    /// is cut); a failure is logged once (see [`crate::Error::log`]).
+    ///
+    /// When `stop` comes with the drain begun, no connection the kernel has already
+    /// completed is refused: the ones queued on the listener and in the inbox are served,
+    /// and this returns once every tracked connection has ended (the caller's runtime must
+    /// outlive them). Without a drain it returns at once.
     pub async fn serve<F, Fut>(
         mut self,
         listener: Option<TcpListener>,
@@ -133,9 +147,19 @@ impl Seat {
         F: FnMut(TcpStream, SocketAddr) -> Fut,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
+        let drain = self.drain.clone();
+        let mut spawn = |stream: TcpStream, peer: SocketAddr, load: Load| {
+            let served = serve(stream, peer);
+            tokio::spawn(drain.run(async move {
+                let _load = load;
+                if let Err(e) = served.await {
+                    e.log(peer);
+                }
+            }));
+        };
         loop {
             let (stream, peer, load) = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
                 // Matched by hand: with a `Some(..)` pattern a failed accept would disable
                 // this branch and leave the select waiting on the others alone.
                 accepted = accept(listener.as_ref(), what) => {
@@ -144,38 +168,103 @@ impl Seat {
                     if to == self.index {
                         (stream, peer, self.spread.take(to))
                     } else {
-                        self.hand_over(to, stream, peer);
-                        continue;
+                        match self.hand_over(to, stream, peer) {
+                            None => continue,
+                            // That worker has stopped taking hand-overs: serve it here.
+                            Some(back) => back,
+                        }
                     }
                 }
-                Some(handed) = self.inbox.recv() => match TcpStream::from_std(handed.stream) {
-                    Ok(stream) => (stream, handed.peer, handed.load),
-                    Err(e) => {
-                        log::warn!("{what}: connection from {} lost in a hand-over: {e}", handed.peer);
-                        continue;
-                    }
+                Some(handed) = self.inbox.recv() => match Self::arrived(handed, what) {
+                    Some(arrived) => arrived,
+                    None => continue,
                 },
             };
-            let served = serve(stream, peer);
-            tokio::spawn(async move {
-                let _load = load;
-                if let Err(e) = served.await {
-                    e.log(peer);
-                }
-            });
+            spawn(stream, peer, load);
+        }
+        if !self.drain.draining() {
+            return;
+        }
+        // What the kernel has already accepted would be reset when the socket closes.
+        if let Some(listener) = &listener {
+            while let Some((stream, peer)) = accept_queued(listener) {
+                let load = self.spread.take(self.index);
+                spawn(stream, peer, load);
+            }
+        }
+        // Hand-overs sent before the close are still queued; later ones fail and are
+        // served by their sender.
+        self.inbox.close();
+        while let Some(handed) = self.inbox.recv().await {
+            if let Some((stream, peer, load)) = Self::arrived(handed, what) {
+                spawn(stream, peer, load);
+            }
+        }
+        drop(listener);
+        self.drain.idle().await;
+    }
+
+    /// A handed-over connection in this worker's reactor.
+    fn arrived(handed: Handover, what: &str) -> Option<(TcpStream, SocketAddr, Load)> {
+        match TcpStream::from_std(handed.stream) {
+            Ok(stream) => Some((stream, handed.peer, handed.load)),
+            Err(e) => {
+                log::warn!(
+                    "{what}: connection from {} lost in a hand-over: {e}",
+                    handed.peer
+                );
+                None
+            }
         }
     }
 
-    fn hand_over(&self, to: usize, stream: TcpStream, peer: SocketAddr) {
+    /// Sends a connection to worker `to`; gives it back (counted here) when that worker
+    /// no longer takes hand-overs.
+    fn hand_over(
+        &self,
+        to: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(TcpStream, SocketAddr, Load)> {
         let load = self.spread.take(to);
         match stream.into_std() {
             Ok(stream) => {
                 let handover = Handover { stream, peer, load };
-                if self.spread.inboxes[to].send(handover).is_err() {
-                    log::debug!("connection from {peer} dropped: worker {to} has stopped");
+                match self.spread.inboxes[to].send(handover) {
+                    Ok(()) => None,
+                    Err(mpsc::error::SendError(back)) => {
+                        log::debug!("connection from {peer}: worker {to} has stopped; served here");
+                        let stream = TcpStream::from_std(back.stream).ok()?;
+                        Some((stream, peer, self.spread.take(self.index)))
+                    }
                 }
             }
-            Err(e) => log::warn!("connection from {peer} lost in a hand-over: {e}"),
+            Err(e) => {
+                log::warn!("connection from {peer} lost in a hand-over: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// A connection already waiting in `listener`'s queue, without waiting for one. Asked of
+/// the socket itself: the reactor may not have seen the latest arrivals yet.
+fn accept_queued(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    let accepted = socket2::SockRef::from(listener)
+        .accept()
+        .and_then(|(socket, peer)| {
+            socket.set_nonblocking(true)?;
+            let peer = peer
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("peer is not an IP address"))?;
+            Ok((TcpStream::from_std(socket.into())?, peer))
+        });
+    match accepted {
+        Ok(accepted) => Some(accepted),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) => {
+            log::warn!("accept while draining failed: {e}");
+            None
         }
     }
 }
@@ -299,5 +388,43 @@ mod tests {
         for worker in workers {
             worker.join().unwrap();
         }
+    }
+
+    /// A drain stops the accepting without refusing what the kernel already queued, and
+    /// waits for the connections it serves.
+    #[tokio::test]
+    async fn a_drained_seat_serves_its_queue_and_waits_for_its_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Handshakes complete in the kernel's queue before the seat ever runs.
+        let mut queued = Vec::new();
+        for _ in 0..3 {
+            queued.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let drain = Drain::new();
+        let stop = drain.closing();
+        drain.stop_accepting();
+        let seat = Spread::seats(1).pop().unwrap().drained_by(drain.clone());
+        let serving = tokio::spawn(async move {
+            seat.serve(Some(listener), "test", stop, |mut stream, _| async move {
+                stream.write_all(b"hi").await?;
+                let mut rest = Vec::new();
+                stream.read_to_end(&mut rest).await?;
+                Ok(())
+            })
+            .await
+        });
+        for client in &mut queued {
+            let mut hi = [0u8; 2];
+            client.read_exact(&mut hi).await.unwrap();
+            assert_eq!(&hi, b"hi");
+        }
+        assert_eq!(drain.live(), 3);
+        assert!(!serving.is_finished());
+        drop(queued);
+        serving.await.unwrap();
+        assert_eq!(drain.live(), 0);
+        // The listener is closed: a new connection is refused.
+        assert!(TcpStream::connect(addr).await.is_err());
     }
 }

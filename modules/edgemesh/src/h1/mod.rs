@@ -511,7 +511,14 @@ async fn run(
             // Idle between requests (the watchdog's limit); once a head has started, it
             // must finish within the head timeout.
             let read = match head_started {
-                None => fill(&mut client.stream, &mut client.buf, watch).await,
+                // Between requests: a drain closes the connection now.
+                None => {
+                    let read = fill(&mut client.stream, &mut client.buf, watch);
+                    match shared.drain.unless_idle(true, read).await {
+                        Some(read) => read,
+                        None => return Done,
+                    }
+                }
                 Some(started) => match tokio::time::timeout_at(
                     started + limits.head_timeout,
                     fill(&mut client.stream, &mut client.buf, watch),
@@ -545,7 +552,8 @@ async fn run(
             Ok(false) => return Done,
             Err(e) => {
                 // A body not yet read cannot be skipped safely: close after answering.
-                let close = request.close || request.framing != Framing::None;
+                let close =
+                    request.close || request.framing != Framing::None || shared.drain.draining();
                 answer(&mut client.stream, &e, &target, peer, close).await;
                 if close {
                     return Done;
@@ -684,8 +692,13 @@ async fn exchange(
         .latency
         .observe(started.elapsed().as_secs_f64());
     let up_buf = &mut client.up_buf;
-    // The head and whatever of the body is already here, in one write.
+    // The head and whatever of the body is already here, in one write. While draining,
+    // this is the connection's last response.
+    let drained = !request.close && shared.drain.draining();
     let mut out = response.head;
+    if drained {
+        crate::drain::mark_close(&mut out);
+    }
     let mut chunked = Chunked::new(shared.limits.max_head);
     let body_now = match response.framing {
         Framing::Length(n) => (n.min(up_buf.len() as u64)) as usize,
@@ -728,7 +741,7 @@ async fn exchange(
         return Ok(false);
     }
     let Some(mut up) = up else {
-        return Ok(true);
+        return Ok(!drained);
     };
     match copy_body(
         &mut up,
@@ -770,7 +783,7 @@ async fn exchange(
             return Ok(false);
         }
     }
-    Ok(true)
+    Ok(!drained)
 }
 
 /// Reads the response head (skipping interim 1xx answers).
