@@ -44,7 +44,8 @@ for count in "${COUNTS[@]}"; do
     for run in $(seq "$RUNS"); do
         dir="$WORK/$count-$run"
         mkdir -p "$dir"
-        # The store as metamanager keeps it: one row per object, keyed by its edge path.
+        # The store as metamanager keeps it: one row per object, keyed by its edge path, its
+        # value compact JSON as serde_json writes it.
         python3 - "$dir/edge.db" "$count" <<'PY'
 import json, sqlite3, sys
 db, count = sys.argv[1], int(sys.argv[2])
@@ -73,8 +74,8 @@ for i in range(count):
            "metadata": meta(name, f"7c2d1e3f-0000-4000-8000-{i:012d}", i),
            "subsets": [{"addresses": addrs,
                         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]}
-    rows.append((f"default/service/{name}", "service", json.dumps(svc)))
-    rows.append((f"default/endpoints/{name}", "endpoints", json.dumps(eps)))
+    rows.append((f"default/service/{name}", "service", json.dumps(svc, separators=(",", ":"))))
+    rows.append((f"default/endpoints/{name}", "endpoints", json.dumps(eps, separators=(",", ":"))))
 c.executemany("INSERT OR REPLACE INTO meta VALUES (?,?,?)", rows)
 c.commit()
 PY

@@ -121,11 +121,12 @@ impl Catalog {
         kept: &Kept,
     ) -> Catalog {
         let default = defaults.strategy;
-        let mut by_vip = HashMap::new();
-        let mut by_name = HashMap::new();
+        let mut by_vip = HashMap::with_capacity(services.len());
+        let mut by_name = HashMap::with_capacity(services.len());
         for svc in services.values() {
             let (ns, name, ip) = (&svc.namespace, &svc.name, svc.ip);
-            let strategy = match &svc.lb_strategy {
+            let annotations = svc.annotations();
+            let strategy = match &annotations.lb_strategy {
                 None => default,
                 Some(s) => s.parse().unwrap_or_else(|e| {
                     log::warn!("service {ns}/{name}: {e}; using {default:?}");
@@ -133,7 +134,7 @@ impl Catalog {
                 }),
             };
             let service = format!("{ns}/{name}");
-            let limit = match &svc.qps {
+            let limit = match &annotations.qps {
                 None => defaults.qps,
                 Some(v) => qps::parse(v).unwrap_or_else(|e| {
                     log::warn!("service {service}: {QPS_ANNOTATION}: {e}; using the default");
@@ -141,7 +142,7 @@ impl Catalog {
                 }),
             };
             let limiter = kept.limiters.of(&service, limit);
-            let breaker = match &svc.breaker {
+            let breaker = match &annotations.breaker {
                 None => defaults.breaker,
                 Some(v) => defaults.breaker.with_annotation(v).unwrap_or_else(|e| {
                     log::warn!("service {service}: {BREAKER_ANNOTATION}: {e}; using the default");
@@ -162,7 +163,7 @@ impl Catalog {
                     port: port.port,
                     backends,
                     balancer: Balancer::new(strategy),
-                    hash_key: svc.hash_key.clone(),
+                    hash_key: annotations.hash_key.clone(),
                     opaque: port.opaque,
                     limiter: limiter.clone(),
                     breaker,
@@ -187,11 +188,15 @@ impl Catalog {
 
 /// Ready addresses of an Endpoints object for the Service port named `port_name`.
 fn backends(endpoints: &Endpoints, port_name: &str, kept: &Kept) -> Vec<Backend> {
-    let mut out = Vec::new();
-    for subset in &endpoints.subsets {
-        let Some(port) = subset.port(port_name) else {
-            continue;
-        };
+    let serving = || {
+        endpoints
+            .subsets
+            .iter()
+            .filter_map(|subset| Some((subset, subset.port(port_name)?)))
+    };
+    // Exactly sized: a catalog holds one of these per Service port.
+    let mut out = Vec::with_capacity(serving().map(|(s, _)| s.addresses.len()).sum());
+    for (subset, port) in serving() {
         for address in &subset.addresses {
             let addr = SocketAddr::new(address.ip, port);
             out.push(Backend {

@@ -153,7 +153,7 @@ struct Families {
 
 /// Where one Service's series are made, on their first use.
 struct Origin {
-    service: String,
+    service: Arc<str>,
     families: Arc<Families>,
     /// Set when the Service left the catalog. A request still in flight on an old snapshot
     /// may count for the first time after that: it gets a series of its own, counted and
@@ -175,7 +175,7 @@ impl Origin {
     }
 
     fn counter(&self, series: CounterSeries) -> Counter {
-        let service = self.service.clone();
+        let service = self.service.to_string();
         self.series(
             |f| match series {
                 CounterSeries::Requests(path) => f
@@ -197,7 +197,7 @@ impl Origin {
         let mut retired = self.retired.lock().expect("metrics origin poisoned");
         *retired = true;
         let f = &self.families;
-        let service = || self.service.clone();
+        let service = || self.service.to_string();
         for path in [Path::http, Path::tcp] {
             f.requests.remove(&ServicePath {
                 service: service(),
@@ -286,7 +286,7 @@ impl LazyHistogram {
                 self.origin.series(
                     |f| {
                         f.latency.get_or_create_owned(&ServiceOnly {
-                            service: self.origin.service.clone(),
+                            service: self.origin.service.to_string(),
                         })
                     },
                     latency_histogram,
@@ -315,7 +315,7 @@ impl LazyGauge {
             self.origin.series(
                 |f| {
                     f.active.get_or_create_owned(&ServiceOnly {
-                        service: self.origin.service.clone(),
+                        service: self.origin.service.to_string(),
                     })
                 },
                 Gauge::default,
@@ -349,7 +349,9 @@ pub struct ServiceStats {
     pub bytes_sent: LazyCounter,
     /// Bytes relayed endpoint → client.
     pub bytes_received: LazyCounter,
-    errors: [OnceLock<Counter>; REASONS],
+    /// By reason; the array itself is made on the first error, as most Services never
+    /// see one.
+    errors: OnceLock<Box<[OnceLock<Counter>; REASONS]>>,
     origin: Arc<Origin>,
 }
 
@@ -380,14 +382,15 @@ impl ServiceStats {
             },
             bytes_sent: counter(CounterSeries::Bytes(Direction::sent)),
             bytes_received: counter(CounterSeries::Bytes(Direction::received)),
-            errors: std::array::from_fn(|_| OnceLock::new()),
+            errors: OnceLock::new(),
             origin,
         }
     }
 
     /// Counts a failure.
     pub fn error(&self, reason: Reason) {
-        self.errors[reason as usize]
+        self.errors
+            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())))[reason as usize]
             .get_or_init(|| self.origin.counter(CounterSeries::Errors(reason)))
             .inc();
     }
@@ -437,7 +440,7 @@ pub struct Metrics {
     families: Arc<Families>,
     dns: Family<DnsAnswer, Counter>,
     dns_malformed: Counter,
-    services: Mutex<HashMap<String, Entry>>,
+    services: Mutex<HashMap<Arc<str>, Entry>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -522,13 +525,15 @@ impl Metrics {
             entry.pinned |= pin;
             return entry.stats.clone();
         }
+        // One copy of the name, shared by the map and the handles.
+        let name: Arc<str> = service.into();
         let stats = Arc::new(ServiceStats::new(Origin {
-            service: service.to_owned(),
+            service: name.clone(),
             families: self.families.clone(),
             retired: Mutex::new(false),
         }));
         services.insert(
-            service.to_owned(),
+            name,
             Entry {
                 stats: stats.clone(),
                 pinned: pin,

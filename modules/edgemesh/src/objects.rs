@@ -20,17 +20,32 @@ pub struct Service {
     pub name: String,
     /// Its ClusterIP.
     pub ip: IpAddr,
-    /// `edgemesh.io/lb-strategy`, as written.
-    pub lb_strategy: Option<String>,
-    /// `edgemesh.io/hash-key`.
-    pub hash_key: Option<String>,
-    /// `edgemesh.io/qps`, as written.
-    pub qps: Option<String>,
-    /// `edgemesh.io/circuit-breaker`, as written.
-    pub breaker: Option<String>,
+    /// Its edgemesh annotations, boxed since most Services have none.
+    pub annotations: Option<Box<Annotations>>,
     /// Its TCP ports (other protocols are not proxied).
     pub ports: Vec<ServicePort>,
 }
+
+/// The annotations edgemesh reads, as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Annotations {
+    /// `edgemesh.io/lb-strategy`.
+    pub lb_strategy: Option<String>,
+    /// `edgemesh.io/hash-key`.
+    pub hash_key: Option<String>,
+    /// `edgemesh.io/qps`.
+    pub qps: Option<String>,
+    /// `edgemesh.io/circuit-breaker`.
+    pub breaker: Option<String>,
+}
+
+/// What a Service without edgemesh annotations has.
+static NO_ANNOTATIONS: Annotations = Annotations {
+    lb_strategy: None,
+    hash_key: None,
+    qps: None,
+    breaker: None,
+};
 
 /// One TCP port of a Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +59,11 @@ pub struct ServicePort {
 }
 
 impl Service {
+    /// Its edgemesh annotations (all `None` when it has none).
+    pub fn annotations(&self) -> &Annotations {
+        self.annotations.as_deref().unwrap_or(&NO_ANNOTATIONS)
+    }
+
     /// The fields the catalog uses; `None` for what it would skip anyway (no name, or no
     /// ClusterIP: headless or not yet assigned).
     pub fn parse(svc: &Value) -> Option<Service> {
@@ -79,11 +99,14 @@ impl Service {
                 })
             })
             .collect();
-        Some(Service {
+        let annotations = Annotations {
             lb_strategy: annotation(LB_ANNOTATION),
             hash_key: annotation(HASH_KEY_ANNOTATION),
             qps: annotation(QPS_ANNOTATION),
             breaker: annotation(BREAKER_ANNOTATION),
+        };
+        Some(Service {
+            annotations: (annotations != NO_ANNOTATIONS).then(|| Box::new(annotations)),
             namespace,
             name,
             ip,
@@ -186,8 +209,8 @@ mod tests {
                 {"name": "bad", "port": 70000}]}}))
         .unwrap();
         assert_eq!((svc.namespace.as_str(), svc.name.as_str()), ("shop", "web"));
-        assert_eq!(svc.qps.as_deref(), Some("10"));
-        assert_eq!(svc.lb_strategy, None);
+        assert_eq!(svc.annotations().qps.as_deref(), Some("10"));
+        assert_eq!(svc.annotations().lb_strategy, None);
         let ports: Vec<_> = svc.ports.iter().map(|p| (p.port, p.opaque)).collect();
         assert_eq!(ports, [(80, false), (81, true)]);
         let headless = json!({"metadata": {"name": "h", "namespace": "shop"},
