@@ -319,7 +319,10 @@ mod tests {
                 .any(|l| l == r#"edgemesh_requests_total{service="default/web",path="http"} 1"#),
             "{text}"
         );
-        assert!(named(&text, "web") > 1 && named(&text, "quiet") == 0, "{text}");
+        assert!(
+            named(&text, "web") > 1 && named(&text, "quiet") == 0,
+            "{text}"
+        );
 
         // A rebuild with the Service still there keeps its counts.
         let catalog = Catalog::build(&both, &BTreeMap::new(), &Defaults::default(), &kept);

@@ -54,7 +54,12 @@ impl<T> Side<T> {
             }
             WatchEvent::InitDone => {
                 // A list names each key once, so no entry is lost to deduplication.
-                self.objects = self.listing.take().unwrap_or_default().into_iter().collect();
+                self.objects = self
+                    .listing
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
                 self.synced = true;
                 true
             }
