@@ -45,16 +45,16 @@ impl Netns {
     /// A new namespace with a veth link to the host and a default route through it.
     pub fn create() -> Netns {
         let n = (std::process::id() + NEXT.fetch_add(1, Ordering::SeqCst)) % 250 + 1;
-        let tag = format!(
-            "{}{}",
-            std::process::id() % 10_000,
-            NEXT.load(Ordering::SeqCst)
-        );
+        // The whole pid and a separator: `{pid % 10000}{n}` let two runs share a name.
+        let tag = format!("{}x{}", std::process::id(), NEXT.load(Ordering::SeqCst));
         let name = format!("em-{tag}");
         let host_if = format!("emh{tag}");
         let ns_if = format!("emn{tag}");
         let host_ip = format!("10.201.{n}.1");
         let ip = format!("10.201.{n}.2");
+        // One left by a run that was killed before its cleanup is removed first.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
         run(&["ip", "netns", "add", &name]);
         let ns = Netns {
             name: name.clone(),

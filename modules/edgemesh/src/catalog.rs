@@ -5,11 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::breaker::{BREAKER_ANNOTATION, BreakerPolicy, Breakers};
 use crate::lb::{Backend, Balancer, Load, Strategy};
 use crate::metrics::{Metrics, ServiceStats};
+use crate::objects::{Endpoints, Service};
 use crate::qps::{self, Limiter, Limiters, QPS_ANNOTATION};
 
 /// Annotation choosing the balancing strategy.
@@ -116,36 +115,26 @@ impl Catalog {
     /// Builds a catalog from Services and Endpoints keyed by edge path
     /// (`<ns>/service/<name>`, `<ns>/endpoints/<name>`).
     pub fn build(
-        services: &BTreeMap<String, Value>,
-        endpoints: &BTreeMap<String, Value>,
+        services: &BTreeMap<String, Service>,
+        endpoints: &BTreeMap<String, Endpoints>,
         defaults: &Defaults,
         kept: &Kept,
     ) -> Catalog {
         let default = defaults.strategy;
-        let mut by_vip = HashMap::new();
-        let mut by_name = HashMap::new();
+        let mut by_vip = HashMap::with_capacity(services.len());
+        let mut by_name = HashMap::with_capacity(services.len());
         for svc in services.values() {
-            let meta = &svc["metadata"];
-            let (Some(ns), Some(name)) = (meta["namespace"].as_str(), meta["name"].as_str()) else {
-                continue;
-            };
-            let Some(ip) = svc["spec"]["clusterIP"]
-                .as_str()
-                .and_then(|ip| ip.parse::<IpAddr>().ok())
-            else {
-                continue; // headless or not yet assigned
-            };
-            let annotations = &meta["annotations"];
-            let strategy = match annotations[LB_ANNOTATION].as_str() {
+            let (ns, name, ip) = (&svc.namespace, &svc.name, svc.ip);
+            let annotations = svc.annotations();
+            let strategy = match &annotations.lb_strategy {
                 None => default,
                 Some(s) => s.parse().unwrap_or_else(|e| {
                     log::warn!("service {ns}/{name}: {e}; using {default:?}");
                     default
                 }),
             };
-            let hash_key = annotations[HASH_KEY_ANNOTATION].as_str().map(str::to_owned);
             let service = format!("{ns}/{name}");
-            let limit = match annotations[QPS_ANNOTATION].as_str() {
+            let limit = match &annotations.qps {
                 None => defaults.qps,
                 Some(v) => qps::parse(v).unwrap_or_else(|e| {
                     log::warn!("service {service}: {QPS_ANNOTATION}: {e}; using the default");
@@ -153,59 +142,41 @@ impl Catalog {
                 }),
             };
             let limiter = kept.limiters.of(&service, limit);
-            let breaker = match annotations[BREAKER_ANNOTATION].as_str() {
+            let breaker = match &annotations.breaker {
                 None => defaults.breaker,
                 Some(v) => defaults.breaker.with_annotation(v).unwrap_or_else(|e| {
                     log::warn!("service {service}: {BREAKER_ANNOTATION}: {e}; using the default");
                     defaults.breaker
                 }),
             };
-            let stats = kept.metrics.service(&service);
-            let mut ports = Vec::new();
+            let stats = kept.metrics.catalogued(&service);
+            let mut ports = Vec::with_capacity(svc.ports.len());
             let eps = endpoints.get(&format!("{ns}/endpoints/{name}"));
-            for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
-                let protocol = port["protocol"].as_str().unwrap_or("TCP");
-                let Some(number) = port["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
-                    continue;
-                };
-                if protocol != "TCP" {
-                    continue;
-                }
-                let port_name = port["name"].as_str().unwrap_or_default().to_owned();
-                let opaque = port["appProtocol"].as_str().is_some_and(|p| {
-                    !matches!(
-                        p.to_ascii_lowercase().as_str(),
-                        "http"
-                            | "http2"
-                            | "h2c"
-                            | "grpc"
-                            | "kubernetes.io/h2c"
-                            | "kubernetes.io/ws"
-                    )
-                });
+            for port in &svc.ports {
                 let backends = eps
-                    .map(|e| backends(e, &port_name, kept))
+                    .map(|e| backends(e, &port.name, kept))
                     .unwrap_or_default();
-                ports.push((number, port_name.clone()));
+                ports.push((port.port, port.name.clone()));
                 let target = Target {
                     service: service.clone(),
-                    port_name,
-                    port: number,
+                    port_name: port.name.clone(),
+                    port: port.port,
                     backends,
                     balancer: Balancer::new(strategy),
-                    hash_key: hash_key.clone(),
-                    opaque,
+                    hash_key: annotations.hash_key.clone(),
+                    opaque: port.opaque,
                     limiter: limiter.clone(),
                     breaker,
                     stats: stats.clone(),
                 };
-                by_vip.insert(SocketAddr::new(ip, number), Arc::new(target));
+                by_vip.insert(SocketAddr::new(ip, port.port), Arc::new(target));
             }
-            by_name.insert((ns.to_owned(), name.to_owned()), Named { ip, ports });
+            by_name.insert((ns.clone(), name.clone()), Named { ip, ports });
         }
         let services: std::collections::HashSet<&str> =
             by_vip.values().map(|t| t.service.as_str()).collect();
         kept.limiters.retain(|s| services.contains(s));
+        kept.metrics.retain(|s| services.contains(s));
         let endpoints: std::collections::HashSet<SocketAddr> = by_vip
             .values()
             .flat_map(|t| t.backends.iter().map(|b| b.addr))
@@ -216,28 +187,21 @@ impl Catalog {
 }
 
 /// Ready addresses of an Endpoints object for the Service port named `port_name`.
-fn backends(endpoints: &Value, port_name: &str, kept: &Kept) -> Vec<Backend> {
-    let mut out = Vec::new();
-    for subset in endpoints["subsets"].as_array().into_iter().flatten() {
-        let ports = subset["ports"].as_array().cloned().unwrap_or_default();
-        let port = ports
+fn backends(endpoints: &Endpoints, port_name: &str, kept: &Kept) -> Vec<Backend> {
+    let serving = || {
+        endpoints
+            .subsets
             .iter()
-            .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
-            .or_else(|| (ports.len() == 1).then(|| &ports[0]))
-            .and_then(|p| p["port"].as_u64())
-            .and_then(|p| u16::try_from(p).ok());
-        let Some(port) = port else { continue };
-        for address in subset["addresses"].as_array().into_iter().flatten() {
-            let Some(ip) = address["ip"]
-                .as_str()
-                .and_then(|ip| ip.parse::<IpAddr>().ok())
-            else {
-                continue;
-            };
-            let addr = SocketAddr::new(ip, port);
+            .filter_map(|subset| Some((subset, subset.port(port_name)?)))
+    };
+    // Exactly sized: a catalog holds one of these per Service port.
+    let mut out = Vec::with_capacity(serving().map(|(s, _)| s.addresses.len()).sum());
+    for (subset, port) in serving() {
+        for address in &subset.addresses {
+            let addr = SocketAddr::new(address.ip, port);
             out.push(Backend {
                 addr,
-                node: address["nodeName"].as_str().map(str::to_owned),
+                node: address.node.clone(),
                 inflight: kept.load.counter(addr),
                 breaker: kept.breakers.of(addr),
             });
@@ -249,11 +213,27 @@ fn backends(endpoints: &Value, port_name: &str, kept: &Kept) -> Vec<Backend> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// Services as the follower keeps them, from JSON objects.
+    fn services<const N: usize>(objects: [(String, Value); N]) -> BTreeMap<String, Service> {
+        objects
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, Service::parse(&v)?)))
+            .collect()
+    }
+
+    /// Endpoints as the follower keeps them, from JSON objects.
+    fn endpoints<const N: usize>(objects: [(String, Value); N]) -> BTreeMap<String, Endpoints> {
+        objects
+            .into_iter()
+            .map(|(k, v)| (k, Endpoints::parse(&v)))
+            .collect()
+    }
 
     #[test]
     fn service_ports_map_to_ready_endpoints_by_port_name() {
-        let services = BTreeMap::from([
+        let services = services([
             (
                 "default/service/web".to_owned(),
                 json!({"metadata": {"name": "web", "namespace": "default",
@@ -268,7 +248,7 @@ mod tests {
                    "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}),
             ),
         ]);
-        let endpoints = BTreeMap::from([(
+        let endpoints = endpoints([(
             "default/endpoints/web".to_owned(),
             json!({"subsets": [{
                 "addresses": [{"ip": "10.244.1.5", "nodeName": "edge-1"}],
@@ -306,5 +286,57 @@ mod tests {
         assert_eq!(catalog.vip("default", "web", "81"), None);
         assert_eq!(catalog.vip("other", "web", "80"), None);
         assert!(http.limiter.is_none() && http.breaker.enabled());
+    }
+
+    #[test]
+    fn series_come_with_traffic_and_go_with_the_service() {
+        let web = |name: &str, ip: &str| {
+            (
+                format!("default/service/{name}"),
+                json!({"metadata": {"name": name, "namespace": "default"},
+                   "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}}),
+            )
+        };
+        let kept = Kept::default();
+        let both = services([web("web", "10.96.0.10"), web("quiet", "10.96.0.11")]);
+        let catalog = Catalog::build(&both, &BTreeMap::new(), &Defaults::default(), &kept);
+        let named = |text: &str, svc: &str| {
+            let label = format!("service=\"default/{svc}\"");
+            text.lines()
+                .filter(|l| !l.starts_with('#') && l.contains(&label))
+                .count()
+        };
+        let text = kept.metrics.encode();
+        assert_eq!(named(&text, "web") + named(&text, "quiet"), 0, "{text}");
+
+        // One request: its series appear, and the quiet Service still has none.
+        let target = catalog.lookup("10.96.0.10:80".parse().unwrap()).unwrap();
+        target.stats.http_requests.inc();
+        target.stats.latency.observe(0.001);
+        let text = kept.metrics.encode();
+        assert!(
+            text.lines()
+                .any(|l| l == r#"edgemesh_requests_total{service="default/web",path="http"} 1"#),
+            "{text}"
+        );
+        assert!(
+            named(&text, "web") > 1 && named(&text, "quiet") == 0,
+            "{text}"
+        );
+
+        // A rebuild with the Service still there keeps its counts.
+        let catalog = Catalog::build(&both, &BTreeMap::new(), &Defaults::default(), &kept);
+        let target = catalog.lookup("10.96.0.10:80".parse().unwrap()).unwrap();
+        target.stats.http_requests.inc();
+        assert_eq!(target.stats.http_requests.get(), 2);
+
+        // Gone from the catalog: gone from /metrics.
+        let quiet_only = services([web("quiet", "10.96.0.11")]);
+        let _ = Catalog::build(&quiet_only, &BTreeMap::new(), &Defaults::default(), &kept);
+        let text = kept.metrics.encode();
+        assert_eq!(named(&text, "web"), 0, "{text}");
+        // The old snapshot's handles still count, out of sight.
+        target.stats.http_requests.inc();
+        assert_eq!(named(&kept.metrics.encode(), "web"), 0);
     }
 }

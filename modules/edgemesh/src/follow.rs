@@ -1,5 +1,7 @@
 //! Follows metamanager's watch of Services and Endpoints and swaps a new [`Catalog`] in on
-//! every change, once both initial lists are complete.
+//! every change, once both initial lists are complete. Each object is parsed once, as it
+//! arrives, into the compact form the catalog reads ([`crate::objects`]); its JSON tree is
+//! dropped there.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,34 +15,60 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, Defaults, Kept};
+use crate::objects::{Endpoints, Service};
 
-#[derive(Default)]
-struct Side {
-    objects: BTreeMap<String, Value>,
-    /// Objects of a list in progress (a restarted watch): swapped in at its end.
-    listing: Option<BTreeMap<String, Value>>,
+/// One watched kind, held parsed.
+struct Side<T> {
+    objects: BTreeMap<String, T>,
+    /// Objects of a list in progress (a restarted watch): made the map at its end, in one
+    /// bulk build. Inserting sorted keys one by one leaves every B-tree node half empty
+    /// (the map of 1,000 Services would take twice the room).
+    listing: Option<Vec<(String, T)>>,
     synced: bool,
+    /// The parts of an object the catalog reads; `None` for one it would skip.
+    parse: fn(&Value) -> Option<T>,
 }
 
-impl Side {
+impl<T> Side<T> {
+    fn new(parse: fn(&Value) -> Option<T>) -> Self {
+        Side {
+            objects: BTreeMap::new(),
+            listing: None,
+            synced: false,
+            parse,
+        }
+    }
+
     /// Applies one event; true when the current view changed.
     fn apply(&mut self, event: WatchEvent) -> bool {
         match event {
             WatchEvent::Init => {
-                self.listing = Some(BTreeMap::new());
+                self.listing = Some(Vec::new());
                 false
             }
             WatchEvent::InitApply(key, value) => {
-                self.listing.get_or_insert_default().insert(key, value);
+                if let Some(object) = (self.parse)(&value) {
+                    self.listing.get_or_insert_default().push((key, object));
+                }
                 false
             }
             WatchEvent::InitDone => {
-                self.objects = self.listing.take().unwrap_or_default();
+                // A list names each key once, so no entry is lost to deduplication.
+                self.objects = self
+                    .listing
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
                 self.synced = true;
                 true
             }
             WatchEvent::Apply(key, value) => {
-                self.objects.insert(key, value);
+                match (self.parse)(&value) {
+                    Some(object) => self.objects.insert(key, object),
+                    // Say a Service that lost its ClusterIP: what was kept of it goes.
+                    None => self.objects.remove(&key),
+                };
                 self.synced
             }
             WatchEvent::Delete(key, _) => {
@@ -61,8 +89,8 @@ pub async fn follow(
     generation: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
-    let mut services = Side::default();
-    let mut endpoints = Side::default();
+    let mut services = Side::new(Service::parse);
+    let mut endpoints = Side::new(|v| Some(Endpoints::parse(v)));
     let mut svc_watch = Watch::new(&socket, None, ResourceType::Service);
     let mut ep_watch = Watch::new(&socket, None, ResourceType::Endpoints);
     loop {

@@ -38,6 +38,7 @@ pub mod lb;
 pub mod metrics;
 pub mod module;
 pub mod names;
+pub mod objects;
 pub mod prefixed;
 pub mod proxy;
 pub mod qps;

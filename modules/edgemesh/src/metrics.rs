@@ -1,10 +1,14 @@
 //! Prometheus metrics of the proxy and the DNS server, served as text at `/metrics`.
 //!
-//! Every Service gets its handles (counters are shared atomics) once, when the catalog is
-//! built, so the request path increments without looking anything up.
+//! Every Service in the catalog gets its handles when the catalog is built, but a handle's
+//! series is made only when something is first counted on it: a thousand Services that
+//! never see a request cost no histogram buckets, no error series and no `/metrics` lines.
+//! After that first use the handle holds its series (a `OnceLock`), so the request path
+//! increments a shared atomic without looking anything up. When a Service leaves the
+//! catalog its series leave the families.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -15,10 +19,25 @@ use prometheus_client::registry::Registry;
 
 use crate::error::Error;
 
-/// Why a request or connection was not served.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)] // the label values, as Prometheus shows them
-pub enum Reason {
+/// Declares [`Reason`] and its list from one line per reason, so adding one is adding a
+/// line here (and, if an [`Error`] is counted under it, an arm in [`Reason::of`]).
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// Why a request or connection was not served.
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+        #[allow(non_camel_case_types)] // the label values, as Prometheus shows them
+        pub enum Reason {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl Reason {
+            /// Every reason, in label order.
+            pub const ALL: &[Reason] = &[$(Reason::$name,)*];
+        }
+    };
+}
+
+reasons! {
     /// No Service at the address or name asked for.
     unknown_service,
     /// The Service has no ready endpoint.
@@ -43,22 +62,10 @@ pub enum Reason {
     client_aborted,
 }
 
-impl Reason {
-    /// Every reason, in label order.
-    pub const ALL: [Reason; 11] = [
-        Reason::unknown_service,
-        Reason::no_endpoint,
-        Reason::breaker_open,
-        Reason::qps_limited,
-        Reason::connect_failed,
-        Reason::timeout,
-        Reason::upstream,
-        Reason::remote,
-        Reason::bad_request,
-        Reason::client_timeout,
-        Reason::client_aborted,
-    ];
+/// How many reasons there are.
+const REASONS: usize = Reason::ALL.len();
 
+impl Reason {
     /// The reason an error is counted under, if it is a serving failure.
     pub fn of(error: &Error) -> Option<Reason> {
         Some(match error {
@@ -148,28 +155,257 @@ pub enum DnsOutcome {
     dropped,
 }
 
-/// One Service's handles.
-#[derive(Debug)]
+/// The families every Service's series live in (a `Family` is a shared handle).
+struct Families {
+    requests: Family<ServicePath, Counter>,
+    errors: Family<ServiceReason, Counter>,
+    latency: Family<ServiceOnly, Histogram, fn() -> Histogram>,
+    active: Family<ServiceOnly, Gauge>,
+    bytes: Family<ServiceDirection, Counter>,
+}
+
+/// Where one Service's series are made, on their first use.
+struct Origin {
+    service: Arc<str>,
+    families: Arc<Families>,
+    /// Set when the Service left the catalog. A request still in flight on an old snapshot
+    /// may count for the first time after that: it gets a series of its own, counted and
+    /// never shown, rather than bringing the removed Service back into `/metrics`. The
+    /// flag is read and the series made under this lock, which retiring also takes, so the
+    /// two cannot interleave.
+    retired: Mutex<bool>,
+}
+
+impl Origin {
+    /// A new series from `make`, or a detached one from `detached` once retired.
+    fn series<M>(&self, make: impl FnOnce(&Families) -> M, detached: impl FnOnce() -> M) -> M {
+        let retired = self.retired.lock().expect("metrics origin poisoned");
+        if *retired {
+            detached()
+        } else {
+            make(&self.families)
+        }
+    }
+
+    fn counter(&self, series: CounterSeries) -> Counter {
+        let service = self.service.to_string();
+        self.series(
+            |f| match series {
+                CounterSeries::Requests(path) => f
+                    .requests
+                    .get_or_create_owned(&ServicePath { service, path }),
+                CounterSeries::Errors(reason) => f
+                    .errors
+                    .get_or_create_owned(&ServiceReason { service, reason }),
+                CounterSeries::Bytes(direction) => f
+                    .bytes
+                    .get_or_create_owned(&ServiceDirection { service, direction }),
+            },
+            Counter::default,
+        )
+    }
+
+    /// Takes every series of the Service out of the families, for good.
+    fn retire(&self) {
+        let mut retired = self.retired.lock().expect("metrics origin poisoned");
+        *retired = true;
+        let f = &self.families;
+        let service = || self.service.to_string();
+        for path in [Path::http, Path::tcp] {
+            f.requests.remove(&ServicePath {
+                service: service(),
+                path,
+            });
+        }
+        for &reason in Reason::ALL {
+            f.errors.remove(&ServiceReason {
+                service: service(),
+                reason,
+            });
+        }
+        for direction in [Direction::sent, Direction::received] {
+            f.bytes.remove(&ServiceDirection {
+                service: service(),
+                direction,
+            });
+        }
+        let only = ServiceOnly { service: service() };
+        f.latency.remove(&only);
+        f.active.remove(&only);
+    }
+}
+
+/// Which counter series a [`LazyCounter`] stands for.
+#[derive(Clone, Copy, Debug)]
+enum CounterSeries {
+    Requests(Path),
+    Errors(Reason),
+    Bytes(Direction),
+}
+
+/// A counter whose series is made on its first use.
+pub struct LazyCounter {
+    series: OnceLock<Counter>,
+    origin: Arc<Origin>,
+    which: CounterSeries,
+}
+
+impl LazyCounter {
+    fn new(origin: &Arc<Origin>, which: CounterSeries) -> Self {
+        LazyCounter {
+            series: OnceLock::new(),
+            origin: origin.clone(),
+            which,
+        }
+    }
+
+    fn counter(&self) -> &Counter {
+        self.series.get_or_init(|| self.origin.counter(self.which))
+    }
+
+    /// Adds one; returns the value before.
+    pub fn inc(&self) -> u64 {
+        self.counter().inc()
+    }
+
+    /// Adds `v`; returns the value before.
+    pub fn inc_by(&self, v: u64) -> u64 {
+        self.counter().inc_by(v)
+    }
+
+    /// The value, without making the series.
+    pub fn get(&self) -> u64 {
+        self.series.get().map_or(0, Counter::get)
+    }
+}
+
+impl std::fmt::Debug for LazyCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.which, self.get())
+    }
+}
+
+/// A latency histogram whose series (and its buckets) is made on its first observation.
+pub struct LazyHistogram {
+    series: OnceLock<Histogram>,
+    origin: Arc<Origin>,
+}
+
+impl LazyHistogram {
+    /// Counts one observation of `v` seconds.
+    pub fn observe(&self, v: f64) {
+        self.series
+            .get_or_init(|| {
+                self.origin.series(
+                    |f| {
+                        f.latency.get_or_create_owned(&ServiceOnly {
+                            service: self.origin.service.to_string(),
+                        })
+                    },
+                    latency_histogram,
+                )
+            })
+            .observe(v);
+    }
+}
+
+impl std::fmt::Debug for LazyHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let made = self.series.get().is_some();
+        write!(f, "latency (series made: {made})")
+    }
+}
+
+/// A gauge whose series is made on its first use.
+pub struct LazyGauge {
+    series: OnceLock<Gauge>,
+    origin: Arc<Origin>,
+}
+
+impl LazyGauge {
+    fn gauge(&self) -> &Gauge {
+        self.series.get_or_init(|| {
+            self.origin.series(
+                |f| {
+                    f.active.get_or_create_owned(&ServiceOnly {
+                        service: self.origin.service.to_string(),
+                    })
+                },
+                Gauge::default,
+            )
+        })
+    }
+
+    /// The value, without making the series.
+    pub fn get(&self) -> i64 {
+        self.series.get().map_or(0, Gauge::get)
+    }
+}
+
+impl std::fmt::Debug for LazyGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "active: {}", self.get())
+    }
+}
+
+/// One Service's handles. Each makes its series on first use, then counts lock-free.
 pub struct ServiceStats {
     /// HTTP requests.
-    pub http_requests: Counter,
+    pub http_requests: LazyCounter,
     /// TCP connections relayed as bytes.
-    pub tcp_connections: Counter,
+    pub tcp_connections: LazyCounter,
     /// Seconds from an HTTP request to its response head.
-    pub latency: Histogram,
+    pub latency: LazyHistogram,
     /// Connections open now.
-    pub active: Gauge,
+    pub active: LazyGauge,
     /// Bytes relayed client → endpoint.
-    pub bytes_sent: Counter,
+    pub bytes_sent: LazyCounter,
     /// Bytes relayed endpoint → client.
-    pub bytes_received: Counter,
-    errors: [Counter; Reason::ALL.len()],
+    pub bytes_received: LazyCounter,
+    /// By reason; the array itself is made on the first error, as most Services never
+    /// see one.
+    errors: OnceLock<Box<[OnceLock<Counter>; REASONS]>>,
+    origin: Arc<Origin>,
+}
+
+impl std::fmt::Debug for ServiceStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceStats")
+            .field("service", &self.origin.service)
+            .field("http_requests", &self.http_requests)
+            .field("tcp_connections", &self.tcp_connections)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServiceStats {
+    fn new(origin: Origin) -> Self {
+        let origin = Arc::new(origin);
+        let counter = |which| LazyCounter::new(&origin, which);
+        ServiceStats {
+            http_requests: counter(CounterSeries::Requests(Path::http)),
+            tcp_connections: counter(CounterSeries::Requests(Path::tcp)),
+            latency: LazyHistogram {
+                series: OnceLock::new(),
+                origin: origin.clone(),
+            },
+            active: LazyGauge {
+                series: OnceLock::new(),
+                origin: origin.clone(),
+            },
+            bytes_sent: counter(CounterSeries::Bytes(Direction::sent)),
+            bytes_received: counter(CounterSeries::Bytes(Direction::received)),
+            errors: OnceLock::new(),
+            origin,
+        }
+    }
+
     /// Counts a failure.
     pub fn error(&self, reason: Reason) {
-        self.errors[reason as usize].inc();
+        self.errors
+            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())))[reason as usize]
+            .get_or_init(|| self.origin.counter(CounterSeries::Errors(reason)))
+            .inc();
     }
 
     /// Counts a failure of this kind, if it is one.
@@ -186,8 +422,9 @@ pub struct Active(Gauge);
 impl Active {
     /// Starts counting on `stats`.
     pub fn on(stats: &ServiceStats) -> Self {
-        stats.active.inc();
-        Active(stats.active.clone())
+        let gauge = stats.active.gauge();
+        gauge.inc();
+        Active(gauge.clone())
     }
 }
 
@@ -202,17 +439,21 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// A Service's handles, and whether they outlive the catalog.
+struct Entry {
+    stats: Arc<ServiceStats>,
+    /// Asked for by name outside the catalog (the label of requests no Service took):
+    /// never retired.
+    pinned: bool,
+}
+
 /// Every metric of one edgemesh.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<ServicePath, Counter>,
-    errors: Family<ServiceReason, Counter>,
-    latency: Family<ServiceOnly, Histogram, fn() -> Histogram>,
-    active: Family<ServiceOnly, Gauge>,
-    bytes: Family<ServiceDirection, Counter>,
+    families: Arc<Families>,
     dns: Family<DnsAnswer, Counter>,
     dns_malformed: Counter,
-    services: Mutex<HashMap<String, Arc<ServiceStats>>>,
+    services: Mutex<HashMap<Arc<str>, Entry>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -224,39 +465,39 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("edgemesh");
-        let requests = Family::<ServicePath, Counter>::default();
-        let errors = Family::<ServiceReason, Counter>::default();
-        let latency = Family::<ServiceOnly, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
-        );
-        let active = Family::<ServiceOnly, Gauge>::default();
-        let bytes = Family::<ServiceDirection, Counter>::default();
+        let families = Families {
+            requests: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            active: Family::default(),
+            bytes: Family::default(),
+        };
         let dns = Family::<DnsAnswer, Counter>::default();
         let dns_malformed = Counter::default();
         registry.register(
             "requests",
             "HTTP requests and TCP connections, by Service and path",
-            requests.clone(),
+            families.requests.clone(),
         );
         registry.register(
             "errors",
             "Requests and connections not served, by Service and reason",
-            errors.clone(),
+            families.errors.clone(),
         );
         registry.register(
             "request_duration_seconds",
             "Seconds from an HTTP request to its response head",
-            latency.clone(),
+            families.latency.clone(),
         );
         registry.register(
             "active_connections",
             "Client connections open now, by Service",
-            active.clone(),
+            families.active.clone(),
         );
         registry.register(
             "bytes",
             "Bytes relayed as TCP (and upgraded HTTP), by Service and direction",
-            bytes.clone(),
+            families.bytes.clone(),
         );
         registry.register(
             "dns_queries",
@@ -270,11 +511,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
-            requests,
-            errors,
-            latency,
-            active,
-            bytes,
+            families: Arc::new(families),
             dns,
             dns_malformed,
             services: Mutex::default(),
@@ -283,42 +520,52 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The handles of `service` (`<ns>/<name>`, or anything for requests no Service took).
+    /// The handles of `service` (anything: say the label of requests no Service took),
+    /// kept for the life of the process.
     pub fn service(&self, service: &str) -> Arc<ServiceStats> {
+        self.entry(service, true)
+    }
+
+    /// The handles of catalog Service `service` (`<ns>/<name>`), kept until
+    /// [`Metrics::retain`] leaves it out.
+    pub fn catalogued(&self, service: &str) -> Arc<ServiceStats> {
+        self.entry(service, false)
+    }
+
+    fn entry(&self, service: &str, pin: bool) -> Arc<ServiceStats> {
         let mut services = self.services.lock().expect("metrics poisoned");
-        if let Some(stats) = services.get(service) {
-            return stats.clone();
+        if let Some(entry) = services.get_mut(service) {
+            entry.pinned |= pin;
+            return entry.stats.clone();
         }
-        let name = service.to_owned();
-        let path = |path| ServicePath {
+        // One copy of the name, shared by the map and the handles.
+        let name: Arc<str> = service.into();
+        let stats = Arc::new(ServiceStats::new(Origin {
             service: name.clone(),
-            path,
-        };
-        let direction = |direction| ServiceDirection {
-            service: name.clone(),
-            direction,
-        };
-        let only = ServiceOnly {
-            service: name.clone(),
-        };
-        let stats = Arc::new(ServiceStats {
-            http_requests: self.requests.get_or_create_owned(&path(Path::http)),
-            tcp_connections: self.requests.get_or_create_owned(&path(Path::tcp)),
-            latency: self.latency.get_or_create_owned(&only),
-            active: self.active.get_or_create_owned(&only),
-            bytes_sent: self.bytes.get_or_create_owned(&direction(Direction::sent)),
-            bytes_received: self
-                .bytes
-                .get_or_create_owned(&direction(Direction::received)),
-            errors: Reason::ALL.map(|reason| {
-                self.errors.get_or_create_owned(&ServiceReason {
-                    service: name.clone(),
-                    reason,
-                })
-            }),
-        });
-        services.insert(name, stats.clone());
+            families: self.families.clone(),
+            retired: Mutex::new(false),
+        }));
+        services.insert(
+            name,
+            Entry {
+                stats: stats.clone(),
+                pinned: pin,
+            },
+        );
         stats
+    }
+
+    /// Forgets catalog Services `keep` says no to, and takes their series out of
+    /// `/metrics`.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut services = self.services.lock().expect("metrics poisoned");
+        services.retain(|name, entry| {
+            let kept = entry.pinned || keep(name);
+            if !kept {
+                entry.stats.origin.retire();
+            }
+            kept
+        });
     }
 
     /// Counts a DNS answer.
@@ -345,21 +592,29 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// The sample lines (not comments) that name `service`.
+    fn series_of(text: &str, service: &str) -> Vec<String> {
+        let label = format!("service=\"{service}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(str::to_owned)
+            .collect()
+    }
+
     #[test]
     fn counts_show_per_service_in_text_format() {
         let metrics = Metrics::default();
-        let web = metrics.service("default/web");
+        let web = metrics.catalogued("default/web");
         web.http_requests.inc();
         web.error(Reason::qps_limited);
         web.latency.observe(0.002);
         let _open = Active::on(&web);
-        assert!(Arc::ptr_eq(&web, &metrics.service("default/web")));
+        assert!(Arc::ptr_eq(&web, &metrics.catalogued("default/web")));
         metrics.dns_malformed();
         let text = metrics.encode();
         for line in [
             r#"edgemesh_requests_total{service="default/web",path="http"} 1"#,
             r#"edgemesh_errors_total{service="default/web",reason="qps_limited"} 1"#,
-            r#"edgemesh_errors_total{service="default/web",reason="breaker_open"} 0"#,
             r#"edgemesh_request_duration_seconds_count{service="default/web"} 1"#,
             r#"edgemesh_active_connections{service="default/web"} 1"#,
             "edgemesh_dns_malformed_total 1",
@@ -369,6 +624,73 @@ mod tests {
                 "{line} missing from\n{text}"
             );
         }
+        // Only what was counted: no other reason, no TCP path, no bytes.
+        assert!(!text.contains(r#"reason="breaker_open""#), "{text}");
+        assert!(!text.contains(r#"path="tcp""#), "{text}");
+        assert!(!text.contains("edgemesh_bytes_total{"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_service_without_traffic_has_no_series() {
+        let metrics = Metrics::default();
+        let quiet = metrics.catalogued("default/quiet");
+        let text = metrics.encode();
+        assert_eq!(series_of(&text, "default/quiet"), Vec::<String>::new());
+        // Reading a value does not make the series either.
+        assert_eq!(quiet.http_requests.get(), 0);
+        assert_eq!(quiet.active.get(), 0);
+        assert!(series_of(&metrics.encode(), "default/quiet").is_empty());
+    }
+
+    #[test]
+    fn each_series_appears_on_its_first_use() {
+        let metrics = Metrics::default();
+        let web = metrics.catalogued("default/web");
+        web.tcp_connections.inc();
+        web.bytes_sent.inc_by(5);
+        web.bytes_received.inc_by(7);
+        web.failed(&Error::NoEndpoint("default/web".into()));
+        drop(Active::on(&web));
+        let mut lines = series_of(&metrics.encode(), "default/web");
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                r#"edgemesh_active_connections{service="default/web"} 0"#,
+                r#"edgemesh_bytes_total{service="default/web",direction="received"} 7"#,
+                r#"edgemesh_bytes_total{service="default/web",direction="sent"} 5"#,
+                r#"edgemesh_errors_total{service="default/web",reason="no_endpoint"} 1"#,
+                r#"edgemesh_requests_total{service="default/web",path="tcp"} 1"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn retired_services_leave_and_do_not_come_back() {
+        let metrics = Metrics::default();
+        let old = metrics.catalogued("default/old");
+        let unknown = metrics.service("(unknown)");
+        old.http_requests.inc();
+        old.latency.observe(0.1);
+        unknown.error(Reason::unknown_service);
+        metrics.retain(|_| false);
+        let text = metrics.encode();
+        assert!(series_of(&text, "default/old").is_empty(), "{text}");
+        assert_eq!(series_of(&text, "(unknown)").len(), 1, "pinned: {text}");
+        // A request still in flight on an old snapshot counts on, out of sight.
+        old.http_requests.inc();
+        old.error(Reason::upstream);
+        old.bytes_sent.inc_by(3);
+        assert_eq!(old.http_requests.get(), 2);
+        assert!(series_of(&metrics.encode(), "default/old").is_empty());
+        // Back in the catalog, it starts afresh.
+        let again = metrics.catalogued("default/old");
+        assert!(!Arc::ptr_eq(&old, &again));
+        again.http_requests.inc();
+        assert_eq!(
+            series_of(&metrics.encode(), "default/old"),
+            [r#"edgemesh_requests_total{service="default/old",path="http"} 1"#]
+        );
     }
 }
