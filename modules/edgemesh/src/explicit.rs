@@ -19,7 +19,9 @@ use crate::error::{Error, Result};
 use crate::http;
 use crate::metrics::Reason;
 use crate::prefixed::Prefixed;
-use crate::proxy::{Shared, accept_each, dispatch};
+use crate::proxy::{accept_each, dispatch};
+use crate::refusal;
+use crate::shared::Shared;
 
 /// How long a client may take to say where it is going.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,7 +106,9 @@ async fn open(stream: &mut TcpStream, shared: &Shared) -> Result<Opening> {
 
 /// Answers a refused CONNECT in plain text, the way the HTTP path answers.
 async fn refuse_connect(stream: &mut TcpStream, error: &Error) -> Result<()> {
-    stream.write_all(&http::refusal_bytes(error, true)).await?;
+    stream
+        .write_all(&refusal::refusal_bytes(error, true))
+        .await?;
     stream.shutdown().await?;
     Ok(())
 }
@@ -116,13 +120,13 @@ async fn serve_http(io: Prefixed, peer: SocketAddr, shared: Arc<Shared>) {
         let shared = shared.clone();
         async move {
             let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
-                return Ok::<_, Infallible>(http::refusal(&Error::Protocol(
+                return Ok::<_, Infallible>(refusal::refusal(&Error::Protocol(
                     "this is a proxy: send the request with an absolute URI (curl -x)".into(),
                 )));
             };
             match resolve_authority(&authority, Some(80), &shared) {
                 Ok(vip) => Ok(http::forward(req, peer, vip, &shared).await),
-                Err(e) => Ok(http::refusal(&e)),
+                Err(e) => Ok(refusal::refusal(&e)),
             }
         }
     });

@@ -22,7 +22,8 @@ use crate::http::Upstreams;
 use crate::iptables;
 use crate::metrics::Metrics;
 use crate::names::Names;
-use crate::proxy::{self, Limits, Shared};
+use crate::proxy;
+use crate::shared::{Limits, Shared};
 use crate::spread::Spread;
 use crate::upstream::{Pool, Upstream};
 

@@ -4,58 +4,25 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::catalog::{Catalog, Target};
+use crate::catalog::Target;
 use crate::error::{Error, Result};
 use crate::h1;
-use crate::http::{self, Upstreams};
+use crate::http;
 use crate::lb::Strategy;
-use crate::metrics::{Active, Reason, ServiceStats};
-use crate::names::Names;
+use crate::metrics::{Active, Reason};
 use crate::prefixed::Prefixed;
 use crate::relay::relay;
+use crate::shared::{Shared, ip_key};
 use crate::sniff::{Protocol, classify, sniff};
 use crate::spread::{Seat, accept};
-use crate::upstream::{Conn, Upstream};
-
-/// What every connection needs.
-pub struct Shared {
-    /// The current snapshot.
-    pub catalog: Arc<ArcSwap<Catalog>>,
-    /// Choosing, admitting and dialling endpoints, and the kept connections.
-    pub upstream: Upstream,
-    /// Limits on what clients send.
-    pub limits: Limits,
-    /// Limit on a silent connection.
-    pub idle_timeout: Duration,
-    /// How long to wait for a client's first bytes before treating it as opaque.
-    pub sniff_timeout: Duration,
-    /// Pooled upstream HTTP clients.
-    pub upstreams: Upstreams,
-    /// Metrics of requests that reached no Service.
-    pub unknown: Arc<ServiceStats>,
-    /// How Service names are completed (explicit proxy).
-    pub names: Names,
-    /// Shutdown's drain: kept connections take no new requests once it begins.
-    pub drain: crate::drain::Drain,
-}
-
-/// Limits on a client's HTTP requests.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// The largest request head accepted (431 above it).
-    pub max_head: usize,
-    /// How long a client may take to finish a request head it started (408 after).
-    pub head_timeout: Duration,
-}
+use crate::upstream::Conn;
 
 /// Serves intercepted connections until `stop`, as worker `seat` (see [`Seat::serve`]):
 /// those its `listener` accepts and those other workers hand it. Each is served by its own
@@ -238,12 +205,4 @@ async fn relay_to(
         lease.addr()
     );
     Ok(())
-}
-
-/// The ConsistentHash key of a connection: its client's IP (not the port), as bytes.
-pub fn ip_key(peer: SocketAddr) -> Vec<u8> {
-    match peer.ip() {
-        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
-        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
-    }
 }

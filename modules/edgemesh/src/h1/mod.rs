@@ -31,7 +31,8 @@ use crate::idle::Watch;
 use crate::lb::Strategy;
 use crate::metrics::Reason;
 use crate::prefixed::Prefixed;
-use crate::proxy::{Limits, Shared, ip_key};
+use crate::refusal;
+use crate::shared::{Limits, Shared, ip_key};
 use crate::upstream::Conn;
 use framing::{Chunked, Framing, Refusal};
 
@@ -438,7 +439,7 @@ async fn answer(client: &mut TcpStream, e: &Error, target: &Target, peer: Socket
         return;
     }
     if client
-        .write_all(&http::refusal_bytes(e, close))
+        .write_all(&refusal::refusal_bytes(e, close))
         .await
         .is_ok()
         && close
@@ -494,7 +495,7 @@ async fn run(
             shared.unknown.error(Reason::unknown_service);
             let _ = client
                 .stream
-                .write_all(&http::refusal_bytes(&Error::UnknownService(dst), true))
+                .write_all(&refusal::refusal_bytes(&Error::UnknownService(dst), true))
                 .await;
             return Done;
         };
