@@ -373,3 +373,85 @@ async fn expect_100_continue_is_answered_by_the_proxy() {
     assert_eq!(seen.posts.load(Ordering::SeqCst), 2);
     edge.stop().await;
 }
+
+/// An h2c endpoint answering its name to every request, counting the connections it
+/// accepted.
+async fn h2_backend(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(name)),
+                    ))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                        .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_requests_are_balanced_one_by_one_over_kept_connections() {
+    use http_body_util::{BodyExt, Empty};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (a, accepted_a) = h2_backend("a").await;
+    let (b, accepted_b) = h2_backend("b").await;
+    let objects = vec![
+        (
+            "default/service/web".to_owned(),
+            service("web", "10.96.0.40", 80, json!({})),
+        ),
+        (
+            "default/endpoints/web".to_owned(),
+            endpoints("web", &[a, b]),
+        ),
+    ];
+    let mut config = mesh::config(dir.path(), None);
+    // One worker, so that every client shares its connections.
+    config.modules.edge_mesh.workers = 1;
+    config.modules.edge_mesh.dns.listen = String::new();
+    let edge = MeshEdge::start(config, &objects).await;
+
+    let mut served = std::collections::HashMap::<String, usize>::new();
+    // Three clients, each one h2c connection (prior knowledge) through a CONNECT tunnel.
+    for client in 0..3 {
+        let stream = self::client(&edge).await;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for i in 0..10 {
+            let req = hyper::Request::get("http://web/")
+                .body(Empty::new())
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "client {client}, request {i}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            *served
+                .entry(String::from_utf8_lossy(&body).into_owned())
+                .or_default() += 1;
+        }
+    }
+    // Round robin per request, not per client connection.
+    assert_eq!(served.get("a"), Some(&15), "{served:?}");
+    assert_eq!(served.get("b"), Some(&15), "{served:?}");
+    // One kept connection per endpoint carried all of them.
+    assert_eq!(accepted_a.load(Ordering::SeqCst), 1);
+    assert_eq!(accepted_b.load(Ordering::SeqCst), 1);
+    edge.stop().await;
+}

@@ -4,19 +4,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::catalog::Target;
@@ -26,87 +21,7 @@ use crate::metrics::Reason;
 use crate::prefixed::Prefixed;
 use crate::refusal::{Body, refusal};
 use crate::shared::{Shared, ip_key};
-use crate::upstream::Lease;
-
-/// The shared HTTP/2 (h2c) upstream client: it multiplexes many streams per connection.
-pub struct Upstreams {
-    h2: Client<HttpConnector, ClientBody>,
-}
-
-impl Upstreams {
-    /// A client dialling with `connect_timeout`, keeping idle connections `idle`.
-    pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(idle)
-            .pool_timer(TokioTimer::new());
-        Upstreams {
-            h2: builder.http2_only(true).build(connector),
-        }
-    }
-}
-
-/// A client's request body on its way upstream, noting whether it failed, so that a
-/// failed forward is blamed on the side that caused it.
-pub struct ClientBody {
-    inner: Incoming,
-    fault: Arc<AtomicU8>,
-}
-
-/// [`ClientBody::fault`]: no fault, a malformed body, or a body that broke off.
-const NO_FAULT: u8 = 0;
-const MALFORMED: u8 = 1;
-const BROKE_OFF: u8 = 2;
-
-impl ClientBody {
-    fn new(inner: Incoming) -> (Self, Arc<AtomicU8>) {
-        let fault = Arc::new(AtomicU8::new(NO_FAULT));
-        (
-            ClientBody {
-                inner,
-                fault: fault.clone(),
-            },
-            fault,
-        )
-    }
-}
-
-impl hyper::body::Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &polled {
-            let fault = if e.is_parse() { MALFORMED } else { BROKE_OFF };
-            self.fault.store(fault, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The error of a forward that failed: the client's when its body failed, else `upstream`.
-fn blame(fault: &AtomicU8, reason: String, upstream: impl FnOnce(String) -> Error) -> Error {
-    match fault.load(Ordering::Relaxed) {
-        MALFORMED => Error::BadRequest(format!("request body: {reason}")),
-        BROKE_OFF => Error::ClientAborted(format!("request body: {reason}")),
-        _ => upstream(reason),
-    }
-}
+use crate::upstream::{ClientBody, Fault, Lease};
 
 /// Sends an HTTP/1 request over a connection from the shared pool (or a new one) and
 /// gives the connection back once the response has ended, unless the endpoint wants it
@@ -118,7 +33,7 @@ async fn send_h1(
     lease: &Lease<'_>,
     shared: &Arc<Shared>,
     upgrade: bool,
-    fault: &AtomicU8,
+    fault: &Fault,
 ) -> Result<Response<Incoming>, Error> {
     let upstream = |reason: String| lease.upstream_error(reason);
     let mut fresh_only = upgrade;
@@ -173,7 +88,7 @@ async fn send_h1(
                     req = unsent;
                     fresh_only = true;
                 }
-                _ => return Err(blame(fault, e.into_error().to_string(), upstream)),
+                _ => return Err(fault.blame(e.into_error().to_string(), upstream)),
             },
         }
     }
@@ -312,24 +227,16 @@ async fn send(
     let (body, fault) = ClientBody::new(body);
     let mut req = Request::from_parts(parts, body);
     let sent = if req.version() == Version::HTTP_2 {
-        // The shared client wants an absolute URI naming the endpoint.
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        match format!("http://{}{path}", lease.addr()).parse::<Uri>() {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => return Err(Error::BadRequest(format!("bad request target: {e}"))),
-        }
-        shared.upstreams.h2.request(req).await.map_err(|e| {
-            let reason = e.to_string();
-            if e.is_connect() {
-                Error::Connect {
-                    service: target.service.clone(),
-                    endpoint: lease.addr(),
-                    reason,
-                }
-            } else {
-                blame(&fault, reason, |r| lease.upstream_error(r))
+        // An h2 request arrives with :scheme and :authority, kept as the client sent them
+        // (as the HTTP/1 path keeps Host); only a request without them gets the endpoint's.
+        if req.uri().scheme().is_none() || req.uri().authority().is_none() {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            match format!("http://{}{path}", lease.addr()).parse::<Uri>() {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(e) => return Err(Error::BadRequest(format!("bad request target: {e}"))),
             }
-        })
+        }
+        shared.upstream.send_h2(req, &lease, &fault).await
     } else {
         origin_form(&mut req);
         send_h1(req, &lease, shared, upgrade, &fault).await

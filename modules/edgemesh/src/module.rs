@@ -18,14 +18,13 @@ use crate::drain::{Drain, Settled};
 use crate::error::Error;
 use crate::explicit;
 use crate::follow::follow;
-use crate::http::Upstreams;
 use crate::iptables;
 use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::proxy;
 use crate::shared::{Limits, Shared};
 use crate::spread::Spread;
-use crate::upstream::{Pool, Upstream};
+use crate::upstream::{H2, Pool, Upstream};
 
 /// Module name on the bus.
 pub const MODULE: &str = "edgemesh";
@@ -205,6 +204,7 @@ impl Parts {
                     config.max_idle_per_endpoint,
                     Duration::from_millis(config.upstream_idle_timeout_ms),
                 ),
+                H2::new(Duration::from_millis(config.upstream_idle_timeout_ms)),
             ),
             limits: Limits {
                 max_head: config.max_head_bytes,
@@ -212,10 +212,6 @@ impl Parts {
             },
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             sniff_timeout: Duration::from_millis(config.sniff_timeout_ms),
-            upstreams: Upstreams::new(
-                Duration::from_millis(config.connect_timeout_ms),
-                Duration::from_millis(config.idle_timeout_ms),
-            ),
             unknown: self.kept.metrics.service(UNKNOWN),
             names: self.names(),
             drain: self.drain.clone(),

@@ -8,7 +8,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::catalog::Catalog;
-use crate::http::Upstreams;
 use crate::metrics::ServiceStats;
 use crate::names::Names;
 use crate::upstream::Upstream;
@@ -17,7 +16,8 @@ use crate::upstream::Upstream;
 pub struct Shared {
     /// The current snapshot.
     pub catalog: Arc<ArcSwap<Catalog>>,
-    /// Choosing, admitting and dialling endpoints, and the kept connections.
+    /// Choosing, admitting and dialling endpoints, and the kept connections (HTTP/1 and
+    /// HTTP/2).
     pub upstream: Upstream,
     /// Limits on what clients send.
     pub limits: Limits,
@@ -25,8 +25,6 @@ pub struct Shared {
     pub idle_timeout: Duration,
     /// How long to wait for a client's first bytes before treating it as opaque.
     pub sniff_timeout: Duration,
-    /// Pooled upstream HTTP clients.
-    pub upstreams: Upstreams,
     /// Metrics of requests that reached no Service.
     pub unknown: Arc<ServiceStats>,
     /// How Service names are completed (explicit proxy).

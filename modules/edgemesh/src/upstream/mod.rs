@@ -7,17 +7,23 @@
 //! Fault attribution lives here too: [`Lease::report`] passes only upstream faults to the
 //! breaker; a client's fault or a policy refusal leaves the endpoint's health as it was.
 
+mod body;
 mod choose;
 mod conn;
+mod h2;
 mod pool;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 use tokio::net::TcpStream;
 
+pub use body::{ClientBody, Fault};
 pub use choose::{Pick, choose};
 pub use conn::Conn;
+pub use h2::H2;
 pub use pool::Pool;
 
 use crate::breaker::Verdict;
@@ -31,16 +37,18 @@ pub struct Upstream {
     node: String,
     connect_timeout: Duration,
     pool: Pool,
+    h2: H2,
 }
 
 impl Upstream {
-    /// The upstream side of node `node`: dials with `connect_timeout` and keeps idle
-    /// connections in `pool`.
-    pub fn new(node: &str, connect_timeout: Duration, pool: Pool) -> Self {
+    /// The upstream side of node `node`: dials with `connect_timeout`, keeps idle HTTP/1
+    /// connections in `pool` and HTTP/2 connections in `h2`.
+    pub fn new(node: &str, connect_timeout: Duration, pool: Pool, h2: H2) -> Self {
         Upstream {
             node: node.to_owned(),
             connect_timeout,
             pool,
+            h2,
         }
     }
 
@@ -49,9 +57,25 @@ impl Upstream {
         &self.node
     }
 
-    /// Its kept connections.
+    /// Its kept HTTP/1 connections.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Its kept HTTP/2 connections.
+    pub fn h2(&self) -> &H2 {
+        &self.h2
+    }
+
+    /// Sends an HTTP/2 request to the lease's endpoint over its kept connection (see
+    /// [`H2::send`]).
+    pub async fn send_h2(
+        &self,
+        req: Request<ClientBody>,
+        lease: &Lease<'_>,
+        fault: &Fault,
+    ) -> Result<Response<Incoming>> {
+        self.h2.send(req, lease, self, fault).await
     }
 
     /// Whether this node can dial `backend` itself: it runs here, or no node is recorded.
@@ -222,6 +246,7 @@ pub(crate) mod tests {
             "edge-1",
             Duration::from_secs(1),
             Pool::new(4, Duration::from_secs(60)),
+            H2::new(Duration::from_secs(60)),
         )
     }
 
