@@ -15,6 +15,7 @@
 # the bare namespace is reported beside it.
 # Usage: bench/proxy.sh [seconds per run, default 10] [ROUNDS, default 5]
 # PERF_EDGEMESH=FILE also records a perf profile of edgecore during its first HTTP run.
+# EDGECORE_BIN=PATH runs that edgecore binary instead of this tree's release build (A/B runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -28,7 +29,10 @@ done
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --locked --bin edgecore >/dev/null 2>&1 || cargo build --release --locked --bin edgecore
+BIN=${EDGECORE_BIN:-./target/release/edgecore}
+if [ -z "${EDGECORE_BIN:-}" ]; then
+    cargo build --release --locked --bin edgecore >/dev/null 2>&1 || cargo build --release --locked --bin edgecore
+fi
 
 NS=embench$$
 IP=10.202.0.2
@@ -147,7 +151,7 @@ nat_node
 EDGECORE=
 edgecore_up() {
     [ -n "$EDGECORE" ] && return 0
-    RUST_LOG=warn ip netns exec "$NS" ./target/release/edgecore --config "$WORK/edgecore.yaml" 2>>"$WORK/edgecore.log" &
+    RUST_LOG=warn ip netns exec "$NS" "$BIN" --config "$WORK/edgecore.yaml" 2>>"$WORK/edgecore.log" &
     EDGECORE=$!
     for _ in $(seq 100); do
         [ "$(X iptables -t nat -S EDGE-MESH 2>/dev/null | grep -c '^-A')" = 3 ] && break

@@ -373,9 +373,11 @@ impl Module for EdgeMesh {
         {
             // Listeners stop when the drain says (after the rules are gone); the seat then
             // keeps the runtime up until its connections end.
+            let drain = drain.for_worker();
             let stop = drain.closing();
             let seat = seat.drained_by(drain.clone());
-            let shared = this.shared();
+            let mut shared = this.shared();
+            shared.drain = drain;
             let serving = Serving::on(&liveness);
             let thread = std::thread::Builder::new()
                 .name(format!("edgemesh-{i}"))
