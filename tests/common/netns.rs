@@ -44,9 +44,12 @@ pub fn is_root() -> bool {
 impl Netns {
     /// A new namespace with a veth link to the host and a default route through it.
     pub fn create() -> Netns {
-        let n = (std::process::id() + NEXT.fetch_add(1, Ordering::SeqCst)) % 250 + 1;
+        // One number per namespace, taken once: reading the counter again let two tests
+        // running at once get the same name.
+        let seq = NEXT.fetch_add(1, Ordering::SeqCst);
+        let n = (std::process::id() + seq) % 250 + 1;
         // The whole pid and a separator: `{pid % 10000}{n}` let two runs share a name.
-        let tag = format!("{}x{}", std::process::id(), NEXT.load(Ordering::SeqCst));
+        let tag = format!("{}x{seq}", std::process::id());
         let name = format!("em-{tag}");
         let host_if = format!("emh{tag}");
         let ns_if = format!("emn{tag}");
