@@ -15,9 +15,10 @@
 
 mod common;
 
+use common::Process;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Child;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,16 +42,6 @@ const VIP: &str = "10.96.30.10";
 const SERVICE: &str = "default/web";
 /// How long any one response, close or backend event may take before the vector fails.
 const WITHIN: Duration = Duration::from_secs(10);
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The verdicts.

@@ -7,11 +7,13 @@
 
 mod common;
 
+use common::Process;
+
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 
 use bytes::Bytes;
 use common::netns::{Netns, is_root};
@@ -29,16 +31,6 @@ use tokio::sync::{mpsc, watch};
 /// Bytes of the slow response's body: more than one socket buffer, so it is copied in
 /// several reads.
 const BODY: usize = 256 * 1024;
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 impl Process {
     /// Its exit status, once it has exited (awaited with the usual deadline).

@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::Process;
+
 use std::path::Path;
-use std::process::Child;
 use std::time::Duration;
 
 use std::net::SocketAddr;
@@ -15,16 +16,6 @@ use common::backend;
 use common::netns::{Netns, is_root};
 use common::{WAIT, eventually};
 use serde_json::{Value, json};
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn store(db: &Path, objects: &[(&str, Value)]) {
     common::mesh::store(db, objects).await;

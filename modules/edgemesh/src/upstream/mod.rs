@@ -52,11 +52,6 @@ impl Upstream {
         }
     }
 
-    /// This node's name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Its kept HTTP/1 connections.
     pub fn pool(&self) -> &Pool {
         &self.pool
