@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result, TrySendError};
+use crate::lane::Lanes;
 use crate::pending::{Pending, Slot};
 
 /// A handle on the bus, cheap to clone; every module gets one.
@@ -26,6 +27,7 @@ struct Shared {
     /// Serializes registry writers (read-copy-update).
     writer: Mutex<()>,
     pending: Pending,
+    lanes: Lanes,
     capacity: usize,
     shutdown: CancellationToken,
 }
@@ -57,6 +59,7 @@ impl Context {
                 registry: ArcSwap::from_pointee(Registry::default()),
                 writer: Mutex::new(()),
                 pending: Pending::new(),
+                lanes: Lanes::default(),
                 capacity: capacity.max(1),
                 shutdown,
             }),
@@ -122,6 +125,23 @@ impl Context {
             reg.groups.clear();
             Ok(())
         });
+    }
+
+    /// The sending end of lane `name` carrying `T` (see [`crate::lane`]); the lane is made
+    /// on first mention, so a writer may hold it before the reader starts.
+    pub fn lane<T: Send + 'static>(
+        &self,
+        name: &str,
+    ) -> Result<tokio::sync::mpsc::UnboundedSender<T>> {
+        self.shared.lanes.sender(name)
+    }
+
+    /// The receiving end of lane `name`, taken once (by the module that reads it).
+    pub fn take_lane<T: Send + 'static>(
+        &self,
+        name: &str,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<T>> {
+        self.shared.lanes.take(name)
     }
 
     /// Names of the open members of `group`.

@@ -45,6 +45,12 @@ pub enum Error {
     /// A sync request reused the id of one still waiting for its reply.
     #[error("a request with id {0} is already waiting for a reply")]
     DuplicateId(MsgId),
+    /// A lane is already in use with another item type.
+    #[error("lane {0:?} carries another type")]
+    LaneType(String),
+    /// A lane's receiving end was already taken.
+    #[error("lane {0:?} already has its reader")]
+    LaneTaken(String),
     /// A configuration value is out of range.
     #[error("invalid config field {field}: {reason}")]
     InvalidConfig {

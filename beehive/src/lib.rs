@@ -9,6 +9,9 @@
 //!   `send_resp`. The reply slot is registered before the request is queued, and a reply
 //!   nobody waits for is dropped without blocking its sender.
 //!
+//! [`Context::lane`] / [`Context::take_lane`] give named unbounded channels for data the
+//! bus must not hold up (stream frames, bounded by their own credit).
+//!
 //! Inboxes are bounded: a full inbox makes `send` wait and `try_send` hand the message back,
 //! never a silent drop. [`Core`] starts the enabled modules and, on SIGINT/SIGTERM or a
 //! [`ShutdownHandle`], resolves [`Context::done`], closes the inboxes (queued messages can
@@ -18,6 +21,7 @@ pub mod config;
 pub mod context;
 pub mod core;
 pub mod error;
+pub mod lane;
 pub mod module;
 mod pending;
 

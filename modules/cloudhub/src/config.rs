@@ -64,6 +64,9 @@ pub struct CloudHubConfig {
     pub handshake_timeout_ms: u64,
     /// Milliseconds a write to a node may block before the node is dropped.
     pub write_timeout_ms: u64,
+    /// Tunnel streams one node's link may carry at once; opens beyond it are reset
+    /// `too_many_streams`.
+    pub max_streams_per_node: usize,
 }
 
 impl Default for CloudHubConfig {
@@ -80,6 +83,7 @@ impl Default for CloudHubConfig {
             max_frame_len: 4 * 1024 * 1024,
             handshake_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
+            max_streams_per_node: 4096,
         }
     }
 }
@@ -130,6 +134,9 @@ impl CloudHubConfig {
         }
         if !(100..=600_000).contains(&self.write_timeout_ms) {
             bad("writeTimeoutMs", "must be between 100 and 600000");
+        }
+        if !(1..=1_000_000).contains(&self.max_streams_per_node) {
+            bad("maxStreamsPerNode", "must be between 1 and 1000000");
         }
         problems
     }

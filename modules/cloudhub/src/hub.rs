@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CloudHubConfig;
 use crate::queue::{NodeQueue, Outgoing};
+use crate::router::{PortKey, PortTx, Router, StreamStats};
+use bytes::Bytes;
+use proto::stream::{Carriage, Outbox};
 
 /// Module that gets what nodes send up, and node link events.
 pub const UPSTREAM_MODULE: &str = "edgecontroller";
@@ -23,8 +26,8 @@ pub const UPSTREAM_MODULE: &str = "edgecontroller";
 pub struct Node {
     pub(crate) id: CompactString,
     pub(crate) queue: Mutex<NodeQueue>,
-    /// Woken when the queue gets something to send.
-    pub(crate) wake: Notify,
+    /// Woken when the queue or the session's outbox gets something to send.
+    pub(crate) wake: Arc<Notify>,
     session: Mutex<Option<SessionSlot>>,
 }
 
@@ -40,6 +43,15 @@ pub(crate) struct Attached {
     pub(crate) node: Arc<Node>,
     pub(crate) generation: u64,
     pub(crate) cancel: CancellationToken,
+    /// Stream frames for this connection, scheduled one stream per turn.
+    pub(crate) outbox: Arc<Mutex<Outbox>>,
+}
+
+impl Attached {
+    /// The session's port in the stream router.
+    pub(crate) fn port(&self) -> PortKey {
+        (self.node.id.clone(), self.generation)
+    }
 }
 
 /// Counts across the hub.
@@ -57,6 +69,8 @@ pub struct HubStats {
     pub delivered: u64,
     /// ACKs received from nodes since start.
     pub acked: u64,
+    /// Tunnel streams relayed.
+    pub streams: StreamStats,
 }
 
 /// Shared state of cloudhub.
@@ -69,6 +83,7 @@ pub struct Hub {
     acked: AtomicU64,
     generations: AtomicU64,
     codec: FrameCodec,
+    router: Mutex<Router>,
     /// Parent of every session's cancel token: cancelled at shutdown.
     pub(crate) shutdown: CancellationToken,
 }
@@ -79,6 +94,10 @@ impl Hub {
         Arc::new(Hub {
             ctx: OnceLock::new(),
             codec: FrameCodec::new(config.max_frame_len),
+            router: Mutex::new(Router::new(
+                config.max_streams_per_node,
+                proto::stream::frame::DEFAULT_MAX_FRAME_LEN,
+            )),
             config,
             nodes: Mutex::new(HashMap::new()),
             connected: AtomicUsize::new(0),
@@ -105,7 +124,7 @@ impl Hub {
         let node = Arc::new(Node {
             id: id.into(),
             queue: Mutex::new(NodeQueue::default()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             session: Mutex::new(None),
         });
         nodes.insert(id.into(), node.clone());
@@ -126,6 +145,7 @@ impl Hub {
             connected: self.connected.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             acked: self.acked.load(Ordering::Relaxed),
+            streams: self.router.lock().expect("router poisoned").stats(),
             ..Default::default()
         };
         for node in nodes {
@@ -220,16 +240,26 @@ impl Hub {
         });
         drop(slot);
         node.queue.lock().expect("queue poisoned").reconnect();
+        let outbox = Arc::new(Mutex::new(Outbox::new()));
+        self.router.lock().expect("router poisoned").attach(
+            (node.id.clone(), generation),
+            PortTx::Session(outbox.clone(), node.wake.clone()),
+        );
         Ok(Attached {
             node,
             generation,
             cancel,
+            outbox,
         })
     }
 
     /// Ends a session's claim. True when it was still the node's session (not replaced),
     /// so the node is now away.
-    pub(crate) fn detach(&self, attached: &Attached) -> bool {
+    pub(crate) fn detach(&self, attached: &Attached, why: &str) -> bool {
+        self.router
+            .lock()
+            .expect("router poisoned")
+            .detach(&attached.port(), why);
         let mut slot = attached.node.session.lock().expect("session poisoned");
         if slot
             .as_ref()
@@ -241,6 +271,30 @@ impl Hub {
         } else {
             false
         }
+    }
+
+    /// Relays one stream frame that arrived on port `from` (never waits).
+    pub(crate) fn stream_inbound(&self, from: &PortKey, frame: Bytes) {
+        self.router
+            .lock()
+            .expect("router poisoned")
+            .inbound(from, frame);
+    }
+
+    /// Makes the cloud's mesh module (its lane) the port for streams that leave the edge.
+    pub(crate) fn attach_cloud(&self, lane: tokio::sync::mpsc::UnboundedSender<Carriage>) {
+        self.router
+            .lock()
+            .expect("router poisoned")
+            .attach(cloud_port(), PortTx::Cloud(lane));
+    }
+
+    /// Removes the cloud's port, resetting its streams.
+    pub(crate) fn detach_cloud(&self, why: &str) {
+        self.router
+            .lock()
+            .expect("router poisoned")
+            .detach(&cloud_port(), why);
     }
 
     /// Tells edgecontroller that a node's link came up or went down.
@@ -333,6 +387,11 @@ fn encode(codec: &FrameCodec, msg: &Message) -> Result<WsMessage, proto::Error> 
     }
 }
 
+/// The port of the cloud's own mesh.
+pub(crate) fn cloud_port() -> PortKey {
+    (CompactString::default(), 0)
+}
+
 /// Splits `node/<id>[/<rest>]` into the node id and the rest.
 fn split_node(resource: &str) -> Option<(&str, &str)> {
     let tail = resource.strip_prefix("node/")?;
@@ -381,8 +440,11 @@ mod tests {
         let again = hub.attach("a").expect("a replacement is not a new node");
         assert!(first.cancel.is_cancelled());
         assert!(hub.attach("b").unwrap_err().contains("node limit"));
-        assert!(!hub.detach(&first), "replaced sessions do not free a place");
-        assert!(hub.detach(&again));
+        assert!(
+            !hub.detach(&first, "replaced"),
+            "replaced sessions do not free a place"
+        );
+        assert!(hub.detach(&again, "gone"));
         hub.attach("b").unwrap();
     }
 }

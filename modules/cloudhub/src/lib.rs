@@ -8,6 +8,9 @@
 //! next connection. Every node is served by its own task, so a slow or absent node never
 //! delays another.
 //!
+//! Tunnel streams between nodes and the cloud are relayed by [`router`]: stamped with the
+//! sending node, routed by destination, held to their credit, reset when a link goes.
+//!
 //! On the bus the module is `cloudhub`: it takes messages whose resource is
 //! `node/<nodeID>/...` and delivers them to that node with the prefix stripped; what a node
 //! sends up (other than keepalives and ACKs) goes to `edgecontroller` with the prefix added.
@@ -17,6 +20,7 @@ pub mod error;
 pub mod hub;
 pub mod module;
 pub mod queue;
+pub mod router;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -9,6 +9,10 @@ use tokio::net::TcpListener;
 use crate::config::CloudHubConfig;
 use crate::hub::Hub;
 use crate::server;
+use proto::stream::{Carriage, MESH_LANE};
+
+/// Bus group of the mesh module that takes streams for the cloud.
+const MESH_GROUP: &str = "mesh";
 
 /// Module name on the bus.
 pub const MODULE: &str = "cloudhub";
@@ -73,6 +77,7 @@ impl Module for CloudHub {
             this.tls.clone(),
             stop.child_token(),
         ));
+        let cloud_mesh = tokio::spawn(serve_cloud_mesh(ctx.clone(), this.hub.clone()));
         let mut batch = Vec::with_capacity(256);
         while ctx.receive_many(MODULE, &mut batch, 256).await.is_ok() {
             for msg in batch.drain(..) {
@@ -82,6 +87,34 @@ impl Module for CloudHub {
         // Closing every session tells each node why its link ends.
         stop.cancel();
         let _ = serving.await;
+        cloud_mesh.abort();
+        this.hub.detach_cloud("cloudcore is shutting down");
         Ok(())
     }
+}
+
+/// When cloudcore runs a mesh module, it is the port for streams that leave the edge
+/// (endpoints in the cloud, and cloud workloads calling edge Services): its frames go to
+/// the router as they come.
+async fn serve_cloud_mesh(ctx: Context, hub: Arc<Hub>) {
+    if ctx.members(MESH_GROUP).is_empty() {
+        return;
+    }
+    let lane = match ctx.lane::<Carriage>(MESH_LANE) {
+        Ok(lane) => lane,
+        Err(e) => {
+            log::error!("no lane to the cloud mesh: {e}");
+            return;
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    hub.attach_cloud(lane.clone());
+    if lane.send(Carriage::Up(tx)).is_err() {
+        return;
+    }
+    let port = crate::hub::cloud_port();
+    while let Some(frame) = rx.recv().await {
+        hub.stream_inbound(&port, frame);
+    }
+    hub.detach_cloud("the cloud mesh stopped");
 }

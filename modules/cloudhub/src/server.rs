@@ -199,7 +199,7 @@ where
     log::info!("node {node_id} connected");
     hub.publish_link(&node_id, true).await;
     let why = session::run(&hub, &attached, &mut ws).await;
-    if hub.detach(&attached) {
+    if hub.detach(&attached, &why) {
         log::info!("node {node_id} disconnected: {why}");
         hub.publish_link(&node_id, false).await;
     } else {

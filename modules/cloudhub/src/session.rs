@@ -14,6 +14,9 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use crate::hub::{Attached, Hub};
 
+/// Bytes of stream frames written per pass before objects get their turn again.
+const STREAM_BUDGET: usize = 512 * 1024;
+
 /// Time a close handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -27,6 +30,7 @@ where
     let keepalive = config.keepalive_timeout();
     let write_timeout = Duration::from_millis(config.write_timeout_ms);
     let codec = FrameCodec::new(config.max_frame_len);
+    let port = attached.port();
     let mut last_seen = Instant::now();
     loop {
         let batch = node.queue.lock().expect("queue poisoned").take(
@@ -35,9 +39,22 @@ where
             config.ack_timeout(),
             config.max_resends,
         );
-        if !batch.is_empty() {
+        // Stream frames take turns with objects: a budget per pass, so neither starves.
+        let mut streams = Vec::new();
+        let mut budget = STREAM_BUDGET;
+        {
+            let mut outbox = attached.outbox.lock().expect("outbox poisoned");
+            while budget > 0
+                && let Some(frame) = outbox.pop()
+            {
+                budget = budget.saturating_sub(frame.len());
+                streams.push(WsMessage::Binary(frame));
+            }
+        }
+        let more_streams = budget == 0;
+        if !batch.is_empty() || !streams.is_empty() {
             let write = async {
-                for frame in batch {
+                for frame in batch.into_iter().chain(streams) {
                     ws.feed(frame).await?;
                 }
                 ws.flush().await
@@ -54,7 +71,10 @@ where
         }
         let silent_until = last_seen + keepalive;
         let due = node.queue.lock().expect("queue poisoned").next_due();
-        let wake_at = due.map_or(silent_until, |d| d.min(silent_until));
+        let mut wake_at = due.map_or(silent_until, |d| d.min(silent_until));
+        if more_streams {
+            wake_at = Instant::now();
+        }
         let notified = node.wake.notified();
         tokio::select! {
             _ = attached.cancel.cancelled() => {
@@ -72,6 +92,10 @@ where
                     None => return "the node closed the connection".into(),
                     Some(Ok(WsMessage::Text(text))) => Message::from_json(text.as_bytes())
                         .map_err(|e| format!("malformed message: {e}")),
+                    Some(Ok(WsMessage::Binary(bytes))) if proto::stream::is_stream_frame(&bytes) => {
+                        hub.stream_inbound(&port, bytes);
+                        continue;
+                    }
                     Some(Ok(WsMessage::Binary(bytes))) => codec
                         .decode_frame(bytes)
                         .map_err(|e| format!("malformed binary frame: {e}")),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use beehive::Context;
 use futures_util::{SinkExt, StreamExt};
+use proto::stream::{Carriage, MESH_LANE, Outbox, ResetCode, StreamCodec, StreamFrame, StreamId};
 use proto::{FrameCodec, Message, Route, connection, group, operation};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -131,16 +132,46 @@ pub fn keepalive() -> Message {
     )
 }
 
-async fn run<S>(
+/// Runs one link with the mesh told of it: up with a sender for its stream frames, down
+/// (after every frame the link brought) with the reason, so no stream outlives its link.
+async fn run<S>(ctx: &Context, config: &EdgeHubConfig, ws: WebSocketStream<S>, up: &Uplink) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Only a process that runs a mesh module gets stream frames; without one, opens from
+    // the cloud are refused at once.
+    let mesh = if ctx.members(MESH_GROUP).is_empty() {
+        None
+    } else {
+        ctx.lane::<Carriage>(MESH_LANE).ok()
+    };
+    let (streams_tx, streams_rx) = mpsc::unbounded_channel();
+    let mesh = mesh.filter(|lane| lane.send(Carriage::Up(streams_tx)).is_ok());
+    let ended = serve(ctx, config, ws, up, mesh.as_ref(), streams_rx).await;
+    if let Some(lane) = mesh {
+        let why = match &ended {
+            Ended::Shutdown => "edgecore is shutting down".to_owned(),
+            Ended::Lost(why) | Ended::DialFailed(why) => why.clone(),
+        };
+        let _ = lane.send(Carriage::Down(why));
+    }
+    ended
+}
+
+async fn serve<S>(
     ctx: &Context,
     config: &EdgeHubConfig,
     mut ws: WebSocketStream<S>,
     up: &Uplink,
+    mesh: Option<&mpsc::UnboundedSender<Carriage>>,
+    mut streams_rx: mpsc::UnboundedReceiver<Bytes>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (tx, mut rx) = mpsc::channel(config.outbound_buffer);
+    let mut outbox = Outbox::new();
+    let mut streams_open = mesh.is_some();
     *up.lock().expect("uplink poisoned") = Some(tx);
     log::info!(
         "cloud link up: {} as node {}",
@@ -165,6 +196,20 @@ where
                 Some(msg) => vec![encode(&codec, &msg)],
                 None => return Ended::Lost("upstream channel closed".into()),
             },
+            frame = streams_rx.recv(), if streams_open => match frame {
+                Some(frame) => {
+                    outbox.push(frame);
+                    while let Ok(frame) = streams_rx.try_recv() {
+                        outbox.push(frame);
+                    }
+                    stream_turn(&mut outbox)
+                }
+                None => {
+                    streams_open = false;
+                    continue;
+                }
+            },
+            _ = std::future::ready(()), if !outbox.is_empty() => stream_turn(&mut outbox),
             _ = ticks.tick() => {
                 if last_heard.elapsed() > heartbeat * 2 {
                     return Ended::Lost(format!("nothing heard from the cloud for {:?}", heartbeat * 2));
@@ -187,6 +232,14 @@ where
                         Ok(msg) => route_down(ctx, msg).await,
                         Err(e) => log::warn!("dropping a malformed message from the cloud: {e}"),
                     },
+                    Some(Ok(WsMessage::Binary(bytes))) if proto::stream::is_stream_frame(&bytes) => {
+                        match mesh {
+                            Some(lane) => {
+                                let _ = lane.send(Carriage::Frame(bytes));
+                            }
+                            None => refuse_stream(&bytes, &mut outbox),
+                        }
+                    }
                     Some(Ok(WsMessage::Binary(bytes))) => match codec.decode_frame(bytes) {
                         Ok(msg) => route_down(ctx, msg).await,
                         Err(e) => log::warn!("dropping a malformed binary frame from the cloud: {e}"),
@@ -210,6 +263,41 @@ where
             Ok(Err(e)) => return Ended::Lost(format!("write failed: {e}")),
             Err(_) => return Ended::Lost(format!("a write blocked for {write_timeout:?}")),
         }
+    }
+}
+
+/// Bytes of stream frames written per turn, so metadata and keepalives get theirs.
+const STREAM_BUDGET: usize = 512 * 1024;
+
+/// Takes the next turn's stream frames from `outbox`, one stream after another.
+fn stream_turn(outbox: &mut Outbox) -> Vec<Result<WsMessage, proto::Error>> {
+    let mut frames = Vec::new();
+    let mut budget = STREAM_BUDGET;
+    while budget > 0
+        && let Some(frame) = outbox.pop()
+    {
+        budget = budget.saturating_sub(frame.len());
+        frames.push(Ok(WsMessage::Binary(frame)));
+    }
+    frames
+}
+
+/// Without a mesh on this node an open from the cloud is reset at once (anything else of
+/// a stream that cannot exist is dropped).
+fn refuse_stream(frame: &Bytes, outbox: &mut Outbox) {
+    let Some((id, 1)) = proto::stream::peek(frame) else {
+        return;
+    };
+    let Some(id) = StreamId::new(id) else {
+        return;
+    };
+    let reset = StreamFrame::Reset {
+        id,
+        code: ResetCode::Refused,
+        reason: "this node runs no mesh".into(),
+    };
+    if let Ok(frame) = StreamCodec::default().encode_to_bytes(&reset) {
+        outbox.push(frame);
     }
 }
 
