@@ -8,6 +8,9 @@ use std::sync::Arc;
 use beehive::{Core, CoreConfig, ShutdownReport};
 use cloudhub::{CloudHub, CloudHubConfig, Hub};
 use edgecontroller::{EdgeController, EdgeControllerConfig};
+use edgemesh_proxy::metrics::Metrics;
+use edgemesh_proxy::tunnel::Tunnel;
+use edgemesh_proxy::{EdgeMesh, EdgeMeshConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,13 +35,41 @@ pub struct CloudCoreConfig {
 }
 
 /// cloudcore's modules.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct CloudModules {
     /// The WebSocket server edge nodes dial.
     pub cloud_hub: CloudHubConfig,
     /// The source of Services, Endpoints and Pods, and what each node gets of them.
     pub edge_controller: EdgeControllerConfig,
+    /// The cloud's mesh: dials cloud endpoints for edges, and serves cloud workloads an
+    /// explicit proxy to edge Services.
+    pub edge_mesh: EdgeMeshConfig,
+}
+
+impl Default for CloudModules {
+    fn default() -> Self {
+        CloudModules {
+            cloud_hub: CloudHubConfig::default(),
+            edge_controller: EdgeControllerConfig::default(),
+            edge_mesh: cloud_mesh_defaults(),
+        }
+    }
+}
+
+/// The mesh's settings in the cloud: no interception, no DNS, the proxy off.
+pub fn cloud_mesh_defaults() -> EdgeMeshConfig {
+    EdgeMeshConfig {
+        listen: "127.0.0.1:0".into(),
+        iptables: false,
+        workers: 1,
+        proxy_listen: String::new(),
+        tunnel: edgemesh_proxy::config::TunnelConfig {
+            max_streams: 100_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 impl Default for CloudCoreConfig {
@@ -62,6 +93,10 @@ impl CloudCoreConfig {
             "modules.cloudHub",
             self.modules.cloud_hub.problems(),
         ));
+        problems.extend(section(
+            "modules.edgeMesh",
+            self.modules.edge_mesh.problems(),
+        ));
         problems
     }
 
@@ -83,6 +118,14 @@ pub struct CloudCore {
     hub: Arc<Hub>,
     hub_addr: SocketAddr,
     health: Option<TcpListener>,
+    mesh: Option<CloudMesh>,
+}
+
+/// What cloudcore keeps of its mesh.
+struct CloudMesh {
+    metrics: Arc<Metrics>,
+    proxy: Option<SocketAddr>,
+    tunnel: Option<Arc<Tunnel>>,
 }
 
 async fn bind(what: &str, address: &str) -> Result<TcpListener> {
@@ -115,6 +158,21 @@ impl CloudCore {
                 .map_err(|e| Error::Io(format!("edgecontroller: {e}")))?;
             core.register(Box::new(module))?;
         }
+        let mesh_cfg = &config.modules.edge_mesh;
+        let mesh = if mesh_cfg.enable {
+            let module = EdgeMesh::bind(mesh_cfg.clone(), "")
+                .map_err(|e| Error::Io(e.to_string()))?
+                .fed_by_bus();
+            let mesh = CloudMesh {
+                metrics: module.metrics(),
+                proxy: module.addresses().proxy,
+                tunnel: module.tunnel(),
+            };
+            core.register(Box::new(module))?;
+            Some(mesh)
+        } else {
+            None
+        };
         let health = match config.health.enable {
             true => Some(bind("health", &config.health.address).await?),
             false => None,
@@ -124,6 +182,7 @@ impl CloudCore {
             hub,
             hub_addr,
             health,
+            mesh,
         })
     }
 
@@ -137,6 +196,11 @@ impl CloudCore {
         self.health.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Where the cloud's explicit proxy listens, if it is on.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.mesh.as_ref().and_then(|m| m.proxy)
+    }
+
     /// cloudhub's shared state, for stats.
     pub fn hub(&self) -> Arc<Hub> {
         self.hub.clone()
@@ -147,8 +211,10 @@ impl CloudCore {
         let stop_health = CancellationToken::new();
         if let Some(listener) = self.health {
             let hub = self.hub.clone();
+            let tunnel = self.mesh.as_ref().and_then(|m| m.tunnel.clone());
             let probe: Probe = Arc::new(move || {
                 let stats = hub.stats();
+                let cloud_streams = tunnel.as_ref().map_or(0, |t| t.open_streams());
                 Box::pin(async move {
                     vec![Check {
                         name: "cloudhub",
@@ -156,13 +222,25 @@ impl CloudCore {
                         required: true,
                         live: false,
                         detail: format!(
-                            "listening; {} nodes connected, {} objects queued, {} awaiting ACK",
-                            stats.connected, stats.pending, stats.inflight
+                            "listening; {} nodes connected, {} objects queued, {} awaiting ACK; \
+                             {} streams relayed ({} opened, {} reset, {} bytes), {} ending in the cloud",
+                            stats.connected,
+                            stats.pending,
+                            stats.inflight,
+                            stats.streams.open,
+                            stats.streams.opened,
+                            stats.streams.reset,
+                            stats.streams.bytes,
+                            cloud_streams
                         ),
                     }]
                 })
             });
-            tokio::spawn(health::serve(listener, probe, None, stop_health.clone()));
+            let metrics = self.mesh.as_ref().map(|m| {
+                let metrics = m.metrics.clone();
+                Arc::new(move || metrics.encode()) as health::MetricsText
+            });
+            tokio::spawn(health::serve(listener, probe, metrics, stop_health.clone()));
         }
         let report = self.core.run_until(stop).await;
         stop_health.cancel();

@@ -38,6 +38,11 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         let edge_mesh = EdgeMeshConfig {
             socket_path: "/var/lib/edgemesh/metamanager.sock".into(),
+            // No edgehub beside it: no cloud link to tunnel through.
+            tunnel: edgemesh_proxy::config::TunnelConfig {
+                enable: false,
+                ..Default::default()
+            },
             ..Default::default()
         };
         ProxyConfig {

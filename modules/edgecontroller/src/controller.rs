@@ -23,6 +23,8 @@ pub const MODULE: &str = "edgecontroller";
 pub const GROUP: &str = "edgecontroller";
 /// Where messages for nodes go.
 const HUB: &str = "cloudhub";
+/// Group of the mesh that may run in cloudcore.
+const MESH_GROUP: &str = "mesh";
 /// Internal: a node's holdings report did not arrive in time (content: the wait's token).
 const RESYNC_TIMEOUT: &str = "resync_timeout";
 
@@ -208,6 +210,7 @@ impl Controller {
                 } else {
                     operation::INSERT
                 };
+                self.to_cloud_mesh(op, new).await;
                 for node in self.audience() {
                     self.send(&node, op, new).await;
                 }
@@ -218,10 +221,32 @@ impl Controller {
                 }
             }
             Delta::Delete(old) => {
+                self.to_cloud_mesh(operation::DELETE, old).await;
                 for node in self.audience() {
                     self.send(&node, operation::DELETE, old).await;
                 }
             }
+        }
+    }
+
+    /// Hands a Service or Endpoints change to the mesh running in cloudcore, if any: it
+    /// dials cloud endpoints for edges and serves cloud workloads' calls to edge Services.
+    async fn to_cloud_mesh(&self, op: &str, obj: &Object) {
+        if self.ctx.members(MESH_GROUP).is_empty() {
+            return;
+        }
+        let Some(path) = obj.edge_path() else {
+            return;
+        };
+        let content = if op == operation::DELETE {
+            json!({"metadata": {"name": obj.name, "namespace": obj.namespace}})
+        } else {
+            (*obj.value).clone()
+        };
+        let msg = Message::new(Route::new(MODULE, group::RESOURCE, op, path), content)
+            .with_resource_version(&obj.rv);
+        if let Err(e) = self.ctx.send_to_group(MESH_GROUP, msg).await {
+            log::warn!("cannot hand {op} to the cloud mesh: {e}");
         }
     }
 

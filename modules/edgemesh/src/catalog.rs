@@ -34,6 +34,8 @@ pub struct Target {
     /// Relay as bytes without looking: the port's `appProtocol` names something other than
     /// HTTP (say `tcp`, `mysql`), so detection would only add a wait.
     pub opaque: bool,
+    /// Which endpoints this node may use (`internalTrafficPolicy`, `trafficDistribution`).
+    pub topology: crate::objects::Topology,
     /// This node's limit for the Service (`edgemesh.io/qps`), shared by every port.
     pub limiter: Option<Arc<Limiter>>,
     /// When endpoints are ejected (`edgemesh.io/circuit-breaker`).
@@ -105,6 +107,13 @@ impl Catalog {
         Some(SocketAddr::new(named.ip, number))
     }
 
+    /// The Service port `port` of Service `name` in `namespace`.
+    pub fn target(&self, namespace: &str, name: &str, port: u16) -> Option<&Arc<Target>> {
+        let named = self.by_name.get(&(namespace.to_owned(), name.to_owned()))?;
+        named.ports.iter().find(|(p, _)| *p == port)?;
+        self.by_vip.get(&SocketAddr::new(named.ip, port))
+    }
+
     /// Every ClusterIP:port, sorted (for iptables).
     pub fn vips(&self) -> Vec<SocketAddr> {
         let mut vips: Vec<SocketAddr> = self.by_vip.keys().copied().collect();
@@ -165,6 +174,7 @@ impl Catalog {
                     balancer: Balancer::new(strategy),
                     hash_key: annotations.hash_key.clone(),
                     opaque: port.opaque,
+                    topology: svc.topology,
                     limiter: limiter.clone(),
                     breaker,
                     stats: stats.clone(),

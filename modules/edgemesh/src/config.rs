@@ -68,6 +68,32 @@ pub struct EdgeMeshConfig {
     /// listeners close, and what is still open at the deadline is cut; 0 cuts at once.
     /// Beehive's `gracePeriodMs` must be longer.
     pub drain_timeout_ms: u64,
+    /// Streams over the cloud link to endpoints on other nodes and in the cloud.
+    pub tunnel: TunnelConfig,
+}
+
+/// Settings of the tunnel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct TunnelConfig {
+    /// Reach endpoints elsewhere through the cloud link (and accept streams for this
+    /// node's endpoints); off, only this node's endpoints are used.
+    pub enable: bool,
+    /// Bytes a stream's sender may have in flight before its reader takes them (its
+    /// credit); what any hop buffers per stream is at most this.
+    pub window_bytes: u32,
+    /// Streams open at once through this node's link, both ways.
+    pub max_streams: usize,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            enable: true,
+            window_bytes: proto::stream::DEFAULT_WINDOW,
+            max_streams: 4096,
+        }
+    }
 }
 
 /// Settings of the Service DNS server.
@@ -121,6 +147,7 @@ impl Default for EdgeMeshConfig {
             cluster_domain: "cluster.local".into(),
             dns: DnsConfig::default(),
             drain_timeout_ms: 10_000,
+            tunnel: TunnelConfig::default(),
         }
     }
 }
@@ -189,6 +216,12 @@ impl EdgeMeshConfig {
         }
         if !is_dns_name(&self.cluster_domain) {
             bad("clusterDomain", "must be a DNS name, such as cluster.local");
+        }
+        if !(16 * 1024..=proto::stream::MAX_WINDOW).contains(&self.tunnel.window_bytes) {
+            bad("tunnel.windowBytes", "must be between 16384 and 2147483647");
+        }
+        if !(1..=1_000_000).contains(&self.tunnel.max_streams) {
+            bad("tunnel.maxStreams", "must be between 1 and 1000000");
         }
         let dns = &self.dns;
         if !dns.listen.is_empty() && dns.listen.parse::<std::net::SocketAddr>().is_err() {

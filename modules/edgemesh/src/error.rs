@@ -1,5 +1,7 @@
 //! The crate's error type.
 
+use proto::stream::ResetCode;
+
 /// Everything the proxy can fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,10 +35,10 @@ pub enum Error {
         /// How long until a request would be accepted.
         retry_after: std::time::Duration,
     },
-    /// The chosen endpoint is on another node or in the cloud; the tunnel that reaches it
-    /// is not built yet.
+    /// The Service's endpoints are all on other nodes or in the cloud, and this node has
+    /// no tunnel (or the Service allows only this node's endpoints).
     #[error(
-        "service {service}: endpoint {endpoint} is on node {node}, and the tunnel to other nodes is not available yet"
+        "service {service}: endpoint {endpoint} is on node {node}, which this node cannot reach"
     )]
     Remote {
         /// `<ns>/<name>`.
@@ -45,6 +47,21 @@ pub enum Error {
         endpoint: std::net::SocketAddr,
         /// Where it runs.
         node: String,
+    },
+    /// A tunnel stream to the endpoint was refused or broke before it was connected.
+    #[error("service {service}: {endpoint} via {via}: {reason}")]
+    Tunnel {
+        /// `<ns>/<name>`.
+        service: String,
+        /// `ip:port`.
+        endpoint: std::net::SocketAddr,
+        /// The node the stream went to (or "the cloud").
+        via: String,
+        /// The far side's reset code, when it refused; `None` when the link was down or
+        /// nothing came back in time.
+        code: Option<proto::stream::ResetCode>,
+        /// Why.
+        reason: String,
     },
     /// Dialling the endpoint failed or timed out.
     #[error("service {service}: connecting to {endpoint}: {reason}")]
@@ -137,6 +154,19 @@ impl Error {
             Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Upstream { .. } => {
                 Side::Upstream
             }
+            // The far node's policy refused (its QPS limit, or a catalog that does not
+            // have the endpoint yet): not the endpoint's fault.
+            Error::Tunnel {
+                code:
+                    Some(
+                        ResetCode::Limited
+                        | ResetCode::Forbidden
+                        | ResetCode::UnknownService
+                        | ResetCode::TooManyStreams,
+                    ),
+                ..
+            } => Side::Policy,
+            Error::Tunnel { .. } => Side::Upstream,
             Error::UnknownService(_)
             | Error::UnknownName(_)
             | Error::NoEndpoint(_)

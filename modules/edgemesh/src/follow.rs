@@ -18,19 +18,19 @@ use crate::catalog::{Catalog, Defaults, Kept};
 use crate::objects::{Endpoints, Service};
 
 /// One watched kind, held parsed.
-struct Side<T> {
-    objects: BTreeMap<String, T>,
+pub(crate) struct Side<T> {
+    pub(crate) objects: BTreeMap<String, T>,
     /// Objects of a list in progress (a restarted watch): made the map at its end, in one
     /// bulk build. Inserting sorted keys one by one leaves every B-tree node half empty
     /// (the map of 1,000 Services would take twice the room).
     listing: Option<Vec<(String, T)>>,
-    synced: bool,
+    pub(crate) synced: bool,
     /// The parts of an object the catalog reads; `None` for one it would skip.
     parse: fn(&Value) -> Option<T>,
 }
 
 impl<T> Side<T> {
-    fn new(parse: fn(&Value) -> Option<T>) -> Self {
+    pub(crate) fn new(parse: fn(&Value) -> Option<T>) -> Self {
         Side {
             objects: BTreeMap::new(),
             listing: None,
@@ -40,7 +40,7 @@ impl<T> Side<T> {
     }
 
     /// Applies one event; true when the current view changed.
-    fn apply(&mut self, event: WatchEvent) -> bool {
+    pub(crate) fn apply(&mut self, event: WatchEvent) -> bool {
         match event {
             WatchEvent::Init => {
                 self.listing = Some(Vec::new());

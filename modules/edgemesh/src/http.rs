@@ -21,7 +21,7 @@ use crate::metrics::Reason;
 use crate::prefixed::Prefixed;
 use crate::refusal::{Body, refusal};
 use crate::shared::{Shared, ip_key};
-use crate::upstream::{ClientBody, Fault, Lease};
+use crate::upstream::{ClientBody, Conn, Fault, Lease};
 
 /// Sends an HTTP/1 request over a connection from the shared pool (or a new one) and
 /// gives the connection back once the response has ended, unless the endpoint wants it
@@ -34,19 +34,25 @@ async fn send_h1(
     shared: &Arc<Shared>,
     upgrade: bool,
     fault: &Fault,
+    first: (Conn, bool),
 ) -> Result<Response<Incoming>, Error> {
     let upstream = |reason: String| lease.upstream_error(reason);
     let mut fresh_only = upgrade;
+    let mut first = Some(first);
     loop {
-        let kept = if fresh_only {
-            None
-        } else {
-            shared.upstream.kept(lease)
-        };
-        let reused = kept.is_some();
-        let conn = match kept {
-            Some(conn) => conn,
-            None => shared.upstream.connect(lease).await?,
+        let (conn, reused) = match first.take() {
+            Some(first) => first,
+            None => {
+                let kept = if fresh_only {
+                    None
+                } else {
+                    shared.upstream.kept(lease)
+                };
+                match kept {
+                    Some(conn) => (conn, true),
+                    None => (shared.upstream.connect(lease).await?, false),
+                }
+            }
         };
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
             .await
@@ -239,7 +245,43 @@ async fn send(
         shared.upstream.send_h2(req, &lease, &fault).await
     } else {
         origin_form(&mut req);
-        send_h1(req, &lease, shared, upgrade, &fault).await
+        let kept = if upgrade {
+            None
+        } else {
+            shared.upstream.kept(&lease)
+        };
+        let first = match kept {
+            Some(conn) => (conn, true),
+            None => match shared.upstream.connect(&lease).await {
+                Ok(conn) => (conn, false),
+                Err(e) => {
+                    lease.report(Err(&e));
+                    // Nothing of the request left: once more, to another endpoint if any.
+                    let next = shared
+                        .upstream
+                        .may_retry(target, &e)
+                        .then(|| {
+                            shared
+                                .upstream
+                                .lease_except(target, key.as_deref(), Some(lease.addr()))
+                                .ok()
+                        })
+                        .flatten();
+                    let Some(next) = next else {
+                        return Err(e);
+                    };
+                    lease = next;
+                    match shared.upstream.connect(&lease).await {
+                        Ok(conn) => (conn, false),
+                        Err(e) => {
+                            lease.report(Err(&e));
+                            return Err(e);
+                        }
+                    }
+                }
+            },
+        };
+        send_h1(req, &lease, shared, upgrade, &fault, first).await
     };
     let mut resp = match sent {
         Ok(resp) => {

@@ -10,7 +10,8 @@
 //!   Random, LeastRequest (power of two choices), ConsistentHash (client IP, or a header
 //!   named by `edgemesh.io/hash-key`).
 //! - **Forwarding**: endpoints on this node (or with no node recorded) are dialled
-//!   directly; endpoints elsewhere are a typed error until the tunnel exists.
+//!   directly; endpoints on other nodes and in the cloud are reached through tunnel
+//!   streams over the cloud link ([`tunnel`]), following the Service's topology fields.
 //!
 //! - **Policies**: server-side QPS limits per Service (`edgemesh.io/qps`, GCRA) and
 //!   circuit breaking per endpoint (`edgemesh.io/circuit-breaker`), both kept across
@@ -23,6 +24,7 @@
 //!   relayed as bytes with half-close passed on.
 
 pub mod breaker;
+pub mod bus_feed;
 pub mod catalog;
 pub mod config;
 pub mod dns;
@@ -47,6 +49,7 @@ pub mod relay;
 pub mod shared;
 pub mod sniff;
 pub mod spread;
+pub mod tunnel;
 pub mod upstream;
 
 pub use catalog::Catalog;

@@ -52,8 +52,10 @@ reasons! {
     timeout,
     /// The endpoint failed mid-request or answered 5xx.
     upstream,
-    /// The endpoint is on another node and the tunnel is not built.
+    /// The endpoint is on a node this one cannot reach (no tunnel, or topology).
     remote,
+    /// A tunnel stream to the endpoint's node was refused or broke before it connected.
+    tunnel,
     /// The client's request was malformed, ambiguous or too large (answered 4xx).
     bad_request,
     /// The client stalled in the middle of a request head (answered 408).
@@ -77,6 +79,11 @@ impl Reason {
             Error::ConnectTimeout { .. } => Reason::timeout,
             Error::Upstream { .. } => Reason::upstream,
             Error::Remote { .. } => Reason::remote,
+            Error::Tunnel {
+                code: Some(proto::stream::ResetCode::Limited),
+                ..
+            } => Reason::qps_limited,
+            Error::Tunnel { .. } => Reason::tunnel,
             Error::BadRequest(_)
             | Error::HeadTooLarge { .. }
             | Error::NotImplemented(_)
@@ -447,10 +454,20 @@ struct Entry {
     pinned: bool,
 }
 
+/// A tunnel stream opened towards this node, by who opened it and what came of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TunnelOpen {
+    /// The opening node as the hub stamped it (empty: the cloud).
+    source: String,
+    /// `accepted`, or the reset code it was refused with.
+    outcome: &'static str,
+}
+
 /// Every metric of one edgemesh.
 pub struct Metrics {
     registry: Registry,
     families: Arc<Families>,
+    tunnel: Family<TunnelOpen, Counter>,
     dns: Family<DnsAnswer, Counter>,
     dns_malformed: Counter,
     services: Mutex<HashMap<Arc<str>, Entry>>,
@@ -474,6 +491,12 @@ impl Default for Metrics {
         };
         let dns = Family::<DnsAnswer, Counter>::default();
         let dns_malformed = Counter::default();
+        let tunnel = Family::<TunnelOpen, Counter>::default();
+        registry.register(
+            "tunnel_streams_in",
+            "Tunnel streams opened towards this node, by source node and outcome",
+            tunnel.clone(),
+        );
         registry.register(
             "requests",
             "HTTP requests and TCP connections, by Service and path",
@@ -512,6 +535,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             families: Arc::new(families),
+            tunnel,
             dns,
             dns_malformed,
             services: Mutex::default(),
@@ -566,6 +590,16 @@ impl Metrics {
             }
             kept
         });
+    }
+
+    /// Counts a stream opened towards this node by `source`, with its `outcome`.
+    pub fn tunnel_stream(&self, source: &str, outcome: &'static str) {
+        self.tunnel
+            .get_or_create(&TunnelOpen {
+                source: source.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Counts a DNS answer.

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus_feed::BusFeed;
 use crate::catalog::{Catalog, Defaults, Kept};
 use crate::config::EdgeMeshConfig;
 use crate::dns::{self, Dns};
@@ -24,7 +25,9 @@ use crate::names::Names;
 use crate::proxy;
 use crate::shared::{Limits, Shared};
 use crate::spread::Spread;
+use crate::tunnel::{Acceptor, Tunnel};
 use crate::upstream::{H2, Pool, Upstream};
+use proto::stream::{Carriage, MESH_LANE};
 
 /// Module name on the bus.
 pub const MODULE: &str = "edgemesh";
@@ -44,6 +47,10 @@ pub struct EdgeMesh {
     kept: Arc<Kept>,
     liveness: Arc<Liveness>,
     drain: Drain,
+    tunnel: Option<Arc<Tunnel>>,
+    /// Metadata comes as bus messages from edgecontroller (in cloudcore), not over
+    /// metamanager's socket.
+    bus_fed: bool,
 }
 
 /// Whether the worker threads run, for liveness checks.
@@ -132,7 +139,6 @@ impl EdgeMesh {
             addr => Some(bind_dns(addr).map_err(|e| listen_err("dns", addr, e))?),
         };
         Ok(EdgeMesh {
-            config,
             node: node.to_owned(),
             listener,
             proxy,
@@ -142,7 +148,25 @@ impl EdgeMesh {
             kept: Arc::default(),
             liveness: Arc::default(),
             drain: Drain::new(),
+            tunnel: config
+                .tunnel
+                .enable
+                .then(|| Tunnel::new(config.tunnel.window_bytes, config.tunnel.max_streams)),
+            config,
+            bus_fed: false,
         })
+    }
+
+    /// Takes Services and Endpoints from bus messages (edgecontroller's, in cloudcore)
+    /// instead of metamanager's socket: the cloud's own mesh.
+    pub fn fed_by_bus(mut self) -> Self {
+        self.bus_fed = true;
+        self
+    }
+
+    /// The tunnel, if on (for stats and tests).
+    pub fn tunnel(&self) -> Option<Arc<Tunnel>> {
+        self.tunnel.clone()
     }
 
     /// Where it listens.
@@ -190,22 +214,27 @@ struct Parts {
     catalog: Arc<ArcSwap<Catalog>>,
     kept: Arc<Kept>,
     drain: Drain,
+    tunnel: Option<Arc<Tunnel>>,
 }
 
 impl Parts {
     fn shared(&self) -> Shared {
         let config = &self.config;
+        let mut upstream = Upstream::new(
+            &self.node,
+            Duration::from_millis(config.connect_timeout_ms),
+            Pool::new(
+                config.max_idle_per_endpoint,
+                Duration::from_millis(config.upstream_idle_timeout_ms),
+            ),
+            H2::new(Duration::from_millis(config.upstream_idle_timeout_ms)),
+        );
+        if let Some(tunnel) = &self.tunnel {
+            upstream = upstream.with_tunnel(tunnel.clone());
+        }
         Shared {
             catalog: self.catalog.clone(),
-            upstream: Upstream::new(
-                &self.node,
-                Duration::from_millis(config.connect_timeout_ms),
-                Pool::new(
-                    config.max_idle_per_endpoint,
-                    Duration::from_millis(config.upstream_idle_timeout_ms),
-                ),
-                H2::new(Duration::from_millis(config.upstream_idle_timeout_ms)),
-            ),
+            upstream,
             limits: Limits {
                 max_head: config.max_head_bytes,
                 head_timeout: Duration::from_millis(config.head_timeout_ms),
@@ -272,6 +301,8 @@ impl Module for EdgeMesh {
             kept,
             liveness,
             drain,
+            tunnel,
+            bus_fed,
         } = *self;
         let this = Parts {
             config,
@@ -279,7 +310,25 @@ impl Module for EdgeMesh {
             catalog,
             kept,
             drain: drain.clone(),
+            tunnel,
         };
+        let tunnelling = this.tunnel.clone().and_then(|tunnel| {
+            let lane = match ctx.take_lane::<Carriage>(MESH_LANE) {
+                Ok(lane) => lane,
+                Err(e) => {
+                    log::error!("tunnel off: {e}");
+                    return None;
+                }
+            };
+            let acceptor = Acceptor {
+                catalog: this.catalog.clone(),
+                node: this.node.clone(),
+                connect_timeout: Duration::from_millis(this.config.connect_timeout_ms),
+                idle_timeout: Duration::from_millis(this.config.idle_timeout_ms),
+                metrics: this.kept.metrics.clone(),
+            };
+            Some(tokio::spawn(tunnel.run(lane, acceptor)))
+        });
         let stop = CancellationToken::new();
         // The worker threads outlive this future unless told: if it is dropped (its task
         // aborted, its runtime shut down) they must stop too, or a runtime waiting for
@@ -339,14 +388,16 @@ impl Module for EdgeMesh {
             qps: NonZeroU32::new(this.config.qps),
             breaker: this.config.circuit_breaker,
         };
-        let following = tokio::spawn(follow(
-            this.config.socket_path.clone(),
-            this.catalog.clone(),
-            defaults,
-            this.kept.clone(),
-            generation.clone(),
-            stop.clone(),
-        ));
+        let following = (!bus_fed).then(|| {
+            tokio::spawn(follow(
+                this.config.socket_path.clone(),
+                this.catalog.clone(),
+                defaults,
+                this.kept.clone(),
+                generation.clone(),
+                stop.clone(),
+            ))
+        });
         // One thread per core, each with a single-threaded runtime and a listening socket
         // of its own on the same address (SO_REUSEPORT): a connection, its upstream
         // connections and their tasks stay on one thread, with no wake-ups across cores
@@ -426,9 +477,23 @@ impl Module for EdgeMesh {
                 rules_stop.clone(),
             ))
         });
-        // Tunnel traffic will arrive here; until then the inbox only hears link events.
-        while let Ok(msg) = ctx.receive(MODULE).await {
-            log::debug!("edgemesh: {} {}", msg.operation(), msg.resource());
+        // Stream frames have a lane of their own; the inbox hears link events and, in the
+        // cloud, edgecontroller's Services and Endpoints.
+        let mut feed = bus_fed.then(BusFeed::default);
+        let mut batch = Vec::with_capacity(256);
+        while ctx.receive_many(MODULE, &mut batch, 256).await.is_ok() {
+            let mut changed = false;
+            for msg in batch.drain(..) {
+                match feed.as_mut() {
+                    Some(feed) => changed |= feed.apply(msg),
+                    None => log::debug!("edgemesh: {} {}", msg.operation(), msg.resource()),
+                }
+            }
+            if changed && let Some(feed) = &feed {
+                this.catalog
+                    .store(Arc::new(feed.catalog(&defaults, &this.kept)));
+                generation.send_modify(|g| *g += 1);
+            }
         }
         // The drain's deadline counts from here, as beehive's grace period does.
         let timeout = Duration::from_millis(this.config.drain_timeout_ms);
@@ -457,7 +522,13 @@ impl Module for EdgeMesh {
             }
         }
         stop.cancel();
-        let _ = tokio::join!(following, serving);
+        if let Some(following) = following {
+            let _ = following.await;
+        }
+        if let Some(tunnelling) = tunnelling {
+            tunnelling.abort();
+        }
+        let _ = serving.await;
         Ok(())
     }
 }

@@ -24,6 +24,34 @@ pub struct Service {
     pub annotations: Option<Box<Annotations>>,
     /// Its TCP ports (other protocols are not proxied).
     pub ports: Vec<ServicePort>,
+    /// Which endpoints a node may send to, from Kubernetes' own fields.
+    pub topology: Topology,
+}
+
+/// Which endpoints a node sends a Service's traffic to, from `spec.internalTrafficPolicy`
+/// and `spec.trafficDistribution`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// Every ready endpoint, here or elsewhere (the default).
+    #[default]
+    All,
+    /// `internalTrafficPolicy: Local`: only this node's endpoints; none here means none.
+    Local,
+    /// `trafficDistribution: PreferClose`: this node's endpoints while any is usable,
+    /// the others otherwise.
+    PreferClose,
+}
+
+impl Topology {
+    fn of(spec: &Value) -> Topology {
+        if spec["internalTrafficPolicy"].as_str() == Some("Local") {
+            Topology::Local
+        } else if spec["trafficDistribution"].as_str() == Some("PreferClose") {
+            Topology::PreferClose
+        } else {
+            Topology::All
+        }
+    }
 }
 
 /// The annotations edgemesh reads, as written.
@@ -106,6 +134,7 @@ impl Service {
             breaker: annotation(BREAKER_ANNOTATION),
         };
         Some(Service {
+            topology: Topology::of(&svc["spec"]),
             annotations: (annotations != NO_ANNOTATIONS).then(|| Box::new(annotations)),
             namespace,
             name,

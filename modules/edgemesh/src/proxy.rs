@@ -18,7 +18,7 @@ use crate::http;
 use crate::lb::Strategy;
 use crate::metrics::{Active, Reason};
 use crate::prefixed::Prefixed;
-use crate::relay::relay;
+use crate::relay::{relay, relay_io};
 use crate::shared::{Shared, ip_key};
 use crate::sniff::{Protocol, classify, sniff};
 use crate::spread::{Seat, accept};
@@ -182,20 +182,13 @@ async fn relay_to(
     shared: &Shared,
 ) -> Result<()> {
     let key = (target.balancer.strategy() == Strategy::ConsistentHash).then(|| ip_key(peer));
-    let mut lease = shared.upstream.lease(target, key.as_deref())?;
-    let server = match shared.upstream.connect(&lease).await {
-        Ok(server) => {
-            lease.report(Ok(()));
-            server
-        }
-        Err(e) => {
-            lease.report(Err(&e));
-            return Err(e);
-        }
-    };
-    let Conn::Tcp(mut server) = server;
+    let (mut lease, mut server) = shared.upstream.dial(target, key.as_deref()).await?;
+    lease.report(Ok(()));
     server.write_all(&first).await?;
-    let (up, down) = relay(client, server, shared.idle_timeout).await?;
+    let (up, down) = match server {
+        Conn::Tcp(server) => relay(client, server, shared.idle_timeout).await?,
+        Conn::Tunnel(stream) => relay_io(client, stream, shared.idle_timeout).await?,
+    };
     let up = up + first.len() as u64;
     target.stats.bytes_sent.inc_by(up);
     target.stats.bytes_received.inc_by(down);

@@ -38,7 +38,11 @@ pub fn refusal(error: &Error) -> Response<Body> {
 /// The status a failure is answered with.
 pub fn refusal_status(error: &Error) -> StatusCode {
     match error {
-        Error::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::Limited { .. }
+        | Error::Tunnel {
+            code: Some(proto::stream::ResetCode::Limited),
+            ..
+        } => StatusCode::TOO_MANY_REQUESTS,
         Error::Connect { .. } | Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
         Error::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::Protocol(_) | Error::BadRequest(_) | Error::ClientAborted(_) => {
@@ -60,6 +64,11 @@ fn retry_after(error: &Error) -> Option<u64> {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             Some(secs.max(1))
         }
+        // The far node's limiter does not say when; a second is its refill at the least.
+        Error::Tunnel {
+            code: Some(proto::stream::ResetCode::Limited),
+            ..
+        } => Some(1),
         _ => None,
     }
 }

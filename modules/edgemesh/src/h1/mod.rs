@@ -619,6 +619,7 @@ async fn exchange(
     client.buf.drain(..body_now);
 
     let mut fresh_only = false;
+    let mut redialled = false;
     let mut continued = false;
     let (up, response) = loop {
         let kept = if fresh_only {
@@ -633,6 +634,16 @@ async fn exchange(
                 Ok(conn) => conn,
                 Err(e) => {
                     lease.report(Err(&e));
+                    // Nothing reached the endpoint: once more, to another one if any.
+                    if !redialled
+                        && upstream.may_retry(target, &e)
+                        && let Ok(next) =
+                            upstream.lease_except(target, key.as_deref(), Some(lease.addr()))
+                    {
+                        redialled = true;
+                        lease = next;
+                        continue;
+                    }
                     return Err(e);
                 }
             },

@@ -1,6 +1,5 @@
-//! The connection the seam hands out: today a TCP socket to an endpoint this node dials;
-//! the tunnel adds a stream over the cloud link as another kind, so the forwarders never
-//! name a socket type.
+//! The connection the seam hands out: a TCP socket to an endpoint this node dials, or a
+//! stream over the cloud link to one elsewhere; the forwarders never name which.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,11 +7,15 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::tunnel::TunnelStream;
+
 /// A connection to an endpoint.
 #[derive(Debug)]
 pub enum Conn {
     /// A TCP connection dialled from this node.
     Tcp(TcpStream),
+    /// A stream through the cloud link to an endpoint on another node or in the cloud.
+    Tunnel(TunnelStream),
 }
 
 impl Conn {
@@ -28,6 +31,7 @@ impl Conn {
                     Ok(_) => false,
                 }
             }
+            Conn::Tunnel(stream) => stream.reusable(),
         }
     }
 }
@@ -40,6 +44,7 @@ impl AsyncRead for Conn {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tunnel(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -52,6 +57,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tunnel(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -62,24 +68,28 @@ impl AsyncWrite for Conn {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tunnel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Conn::Tcp(s) => s.is_write_vectored(),
+            Conn::Tunnel(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tunnel(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

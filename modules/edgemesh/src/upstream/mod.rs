@@ -30,6 +30,10 @@ use crate::breaker::Verdict;
 use crate::catalog::Target;
 use crate::error::{Error, Result, Side};
 use crate::lb::{Backend, InFlight};
+use crate::objects::Topology;
+use crate::tunnel::{OpenError, OpenRequest, Tunnel};
+use proto::stream::ProtocolHint;
+use std::sync::Arc;
 
 /// A worker's way to its endpoints.
 #[derive(Debug)]
@@ -38,6 +42,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     pool: Pool,
     h2: H2,
+    /// Streams to endpoints on other nodes and in the cloud; `None`: local endpoints only.
+    tunnel: Option<Arc<Tunnel>>,
 }
 
 impl Upstream {
@@ -49,7 +55,14 @@ impl Upstream {
             connect_timeout,
             pool,
             h2,
+            tunnel: None,
         }
+    }
+
+    /// Reaches endpoints elsewhere through `tunnel`.
+    pub fn with_tunnel(mut self, tunnel: Arc<Tunnel>) -> Self {
+        self.tunnel = Some(tunnel);
+        self
     }
 
     /// Its kept HTTP/1 connections.
@@ -73,28 +86,60 @@ impl Upstream {
         self.h2.send(req, lease, self, fault).await
     }
 
-    /// Whether this node can dial `backend` itself: it runs here, or no node is recorded.
-    /// Endpoints elsewhere need the tunnel.
-    pub fn reachable(&self, backend: &Backend) -> bool {
+    /// Whether `backend` runs here: on this node, or with no node recorded (dialled
+    /// directly). Endpoints elsewhere go through the tunnel.
+    pub fn is_local(&self, backend: &Backend) -> bool {
         backend.node.as_deref().is_none_or(|n| n == self.node)
     }
 
+    /// Whether this node can reach `backend` at all.
+    pub fn reachable(&self, backend: &Backend) -> bool {
+        self.tunnel.is_some() || self.is_local(backend)
+    }
+
     /// Chooses an endpoint of `target` for one request or connection (`key`: the
-    /// ConsistentHash key), admits it against the Service's QPS limit on this node, and
-    /// counts it in flight until the lease is dropped.
+    /// ConsistentHash key), following the Service's topology, admits it against the
+    /// Service's QPS limit when the endpoint is this node's (a remote endpoint's own node
+    /// applies the limit it shares with its local clients), and counts it in flight until
+    /// the lease is dropped.
     pub fn lease<'t>(&self, target: &'t Target, key: Option<&[u8]>) -> Result<Lease<'t>> {
-        let pick = choose(
-            target,
-            key,
-            |b| self.reachable(b),
-            |b| Error::Remote {
-                service: target.service.clone(),
-                endpoint: b.addr,
-                node: b.node.clone().unwrap_or_default(),
-            },
-        )?;
-        // The limit is the server side's: the endpoints chosen here are this node's own.
-        if let Some(limiter) = &target.limiter
+        self.lease_except(target, key, None)
+    }
+
+    /// [`Upstream::lease`] leaving out endpoint `except` (a retry after it failed).
+    pub fn lease_except<'t>(
+        &self,
+        target: &'t Target,
+        key: Option<&[u8]>,
+        except: Option<SocketAddr>,
+    ) -> Result<Lease<'t>> {
+        let allowed = |b: &Backend| Some(b.addr) != except;
+        let unreachable = |b: &'t Backend| Error::Remote {
+            service: target.service.clone(),
+            endpoint: b.addr,
+            node: b.node.clone().unwrap_or_default(),
+        };
+        let pick = match target.topology {
+            Topology::All => choose(
+                target,
+                key,
+                |b| allowed(b) && self.reachable(b),
+                unreachable,
+            ),
+            Topology::Local => choose(target, key, |b| allowed(b) && self.is_local(b), unreachable),
+            Topology::PreferClose => {
+                choose(target, key, |b| allowed(b) && self.is_local(b), unreachable).or_else(|_| {
+                    choose(
+                        target,
+                        key,
+                        |b| allowed(b) && self.reachable(b),
+                        unreachable,
+                    )
+                })
+            }
+        }?;
+        if self.is_local(pick.backend)
+            && let Some(limiter) = &target.limiter
             && let Err(retry_after) = limiter.check()
         {
             // The pick is dropped unreported: a probe slot it held is given back.
@@ -112,6 +157,49 @@ impl Upstream {
         })
     }
 
+    /// Whether a failed first try may go once more to another endpoint: nothing of the
+    /// request reached the endpoint (`e` is a connect or open failure), and another one
+    /// exists.
+    pub fn may_retry(&self, target: &Target, e: &Error) -> bool {
+        matches!(
+            e,
+            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Tunnel { .. }
+        ) && e.side() == Side::Upstream
+            && target.backends.len() > 1
+    }
+
+    /// A lease and a new connection for it; when the connect (or tunnel open) fails and
+    /// another endpoint exists, once more with another. Failures are reported to the
+    /// breaker here; the caller reports the outcome of what follows.
+    pub async fn dial<'t>(
+        &self,
+        target: &'t Target,
+        key: Option<&[u8]>,
+    ) -> Result<(Lease<'t>, Conn)> {
+        let mut lease = self.lease(target, key)?;
+        let first = match self.connect(&lease).await {
+            Ok(conn) => return Ok((lease, conn)),
+            Err(e) => e,
+        };
+        lease.report(Err(&first));
+        if !self.may_retry(target, &first) {
+            return Err(first);
+        }
+        let failed = lease.addr();
+        drop(lease);
+        let Ok(mut lease) = self.lease_except(target, key, Some(failed)) else {
+            return Err(first);
+        };
+        log::debug!("{first}; trying {} instead", lease.addr());
+        match self.connect(&lease).await {
+            Ok(conn) => Ok((lease, conn)),
+            Err(e) => {
+                lease.report(Err(&e));
+                Err(e)
+            }
+        }
+    }
+
     /// A kept connection to the lease's endpoint, if one is idle and still usable.
     pub fn kept(&self, lease: &Lease<'_>) -> Option<Conn> {
         self.pool.take(lease.backend.addr)
@@ -126,6 +214,11 @@ impl Upstream {
     /// timeout) but not yet reported: the caller reports the lease's outcome once.
     pub async fn connect(&self, lease: &Lease<'_>) -> Result<Conn> {
         let (target, backend) = (lease.target, lease.backend);
+        if !self.is_local(backend)
+            && let Some(tunnel) = &self.tunnel
+        {
+            return self.open(tunnel, lease).await;
+        }
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(backend.addr))
             .await
             .map_err(|_| Error::ConnectTimeout {
@@ -140,6 +233,43 @@ impl Upstream {
             })?;
         let _ = stream.set_nodelay(true);
         Ok(Conn::Tcp(stream))
+    }
+}
+
+impl Upstream {
+    /// A tunnel stream to the lease's endpoint, through its node (or the cloud).
+    async fn open(&self, tunnel: &Arc<Tunnel>, lease: &Lease<'_>) -> Result<Conn> {
+        let (target, backend) = (lease.target, lease.backend);
+        let node = backend.node.as_deref().unwrap_or_default();
+        let request = OpenRequest {
+            node,
+            service: &target.service,
+            port: target.port,
+            endpoint: backend.addr,
+            protocol: if target.opaque {
+                ProtocolHint::Tcp
+            } else {
+                ProtocolHint::Http1
+            },
+        };
+        let via = if node.is_empty() {
+            "the cloud".to_owned()
+        } else {
+            format!("node {node}")
+        };
+        match tunnel.open(&request, self.connect_timeout).await {
+            Ok(stream) => Ok(Conn::Tunnel(stream)),
+            Err(e) => Err(Error::Tunnel {
+                service: target.service.clone(),
+                endpoint: backend.addr,
+                via,
+                code: match &e {
+                    OpenError::Reset(code, _) => Some(*code),
+                    _ => None,
+                },
+                reason: e.to_string(),
+            }),
+        }
     }
 }
 
@@ -201,7 +331,6 @@ pub(crate) mod tests {
     use crate::breaker::BreakerPolicy;
     use crate::lb::{Balancer, Strategy};
     use crate::metrics::Metrics;
-    use std::sync::Arc;
 
     /// Awaits `cond` with a deadline (no fixed sleeps in tests).
     pub async fn until(mut cond: impl FnMut() -> bool) {
@@ -230,6 +359,7 @@ pub(crate) mod tests {
             balancer: Balancer::new(Strategy::RoundRobin),
             hash_key: None,
             opaque: false,
+            topology: Topology::All,
             limiter: None,
             breaker,
             stats: Metrics::default().service("default/web"),

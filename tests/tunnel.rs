@@ -1,0 +1,205 @@
+//! The tunnel with three real processes on loopback: a cloudcore and edgecores edge-a and
+//! edge-b, Services from a manifest folder, real HTTP and TCP backends. Edge-a reaches a
+//! Service on edge-b and one in the cloud through its explicit proxy; a cloud client
+//! reaches a Service on edge-a through cloudcore's proxy; a Service with endpoints on both
+//! edges answers every request; a killed edge-b turns into prompt 503s.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::backend;
+use common::mesh::{run, tcp_echo, tunnel};
+use common::three::{Proc, cloud_yaml, edge_yaml, endpoints, service, write_manifests};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CLOUDCORE: &str = env!("CARGO_BIN_EXE_cloudcore");
+const EDGECORE: &str = env!("CARGO_BIN_EXE_edgecore");
+
+async fn curl(proxy: SocketAddr, url: &str) -> (String, String) {
+    let proxy = format!("http://{proxy}");
+    let out = run(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            "-x",
+            &proxy,
+            url,
+        ],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (body.to_owned(), code.to_owned())
+}
+
+/// Waits until `url` through `proxy` answers 200 with `expect` in the body.
+async fn until_answers(proxy: SocketAddr, url: &str, expect: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (body, code) = curl(proxy, url).await;
+        if code == "200" && body.contains(expect) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} via {proxy}: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    cloud: Proc,
+    a: Proc,
+    b: Proc,
+    cloud_proxy: SocketAddr,
+    a_proxy: SocketAddr,
+}
+
+async fn cluster(objects: &[Value]) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    write_manifests(&manifests, objects);
+    let cloud_cfg = dir.path().join("cloud.yaml");
+    std::fs::write(&cloud_cfg, cloud_yaml("127.0.0.1:0", &manifests, "")).unwrap();
+    let cloud = Proc::start(CLOUDCORE, &cloud_cfg, dir.path().join("cloud.log"));
+    let hub = cloud.logged_addr("cloudhub listening on ").await;
+    let cloud_proxy = cloud.logged_addr("SOCKS5) on ").await;
+    let mut edges = Vec::new();
+    for node in ["edge-a", "edge-b"] {
+        let cfg = dir.path().join(format!("{node}.yaml"));
+        std::fs::write(&cfg, edge_yaml(node, &hub.to_string(), dir.path(), "")).unwrap();
+        edges.push(Proc::start(
+            EDGECORE,
+            &cfg,
+            dir.path().join(format!("{node}.log")),
+        ));
+    }
+    let b = edges.pop().unwrap();
+    let a = edges.pop().unwrap();
+    let a_proxy = a.logged_addr("SOCKS5) on ").await;
+    Cluster {
+        _dir: dir,
+        cloud,
+        a,
+        b,
+        cloud_proxy,
+        a_proxy,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_reach_each_other_and_the_cloud_only_through_the_link() {
+    let web_a = backend::spawn("127.0.0.1", "web-on-a").await;
+    let web_b = backend::spawn("127.0.0.1", "web-on-b").await;
+    let web_cloud = backend::spawn("127.0.0.1", "web-in-cloud").await;
+    let echo_b = tcp_echo().await;
+    let mut echo_svc = service("echo", "10.96.7.5", 7, json!({}));
+    echo_svc["spec"]["ports"][0]["appProtocol"] = json!("tcp");
+    let objects = vec![
+        service("onb", "10.96.7.1", 80, json!({})),
+        endpoints("onb", &[(web_b, Some("edge-b"))]),
+        service("incloud", "10.96.7.2", 80, json!({})),
+        endpoints("incloud", &[(web_cloud, Some("master-1"))]),
+        service("mixed", "10.96.7.3", 80, json!({})),
+        endpoints("mixed", &[(web_a, Some("edge-a")), (web_b, Some("edge-b"))]),
+        service("ona", "10.96.7.4", 80, json!({})),
+        endpoints("ona", &[(web_a, Some("edge-a"))]),
+        echo_svc,
+        endpoints("echo", &[(echo_b, Some("edge-b"))]),
+        service(
+            "local-only",
+            "10.96.7.6",
+            80,
+            json!({"internalTrafficPolicy": "Local"}),
+        ),
+        endpoints("local-only", &[(web_b, Some("edge-b"))]),
+        service(
+            "prefer-close",
+            "10.96.7.7",
+            80,
+            json!({"trafficDistribution": "PreferClose"}),
+        ),
+        endpoints(
+            "prefer-close",
+            &[(web_a, Some("edge-a")), (web_b, Some("edge-b"))],
+        ),
+    ];
+    let c = cluster(&objects).await;
+
+    // Edge-a to a pod on edge-b and to one in the cloud, by name.
+    until_answers(c.a_proxy, "http://onb/x", "web-on-b").await;
+    until_answers(c.a_proxy, "http://incloud/y", "web-in-cloud").await;
+    // A cloud workload to a pod on edge-a, through cloudcore's proxy.
+    until_answers(c.cloud_proxy, "http://ona/z", "web-on-a").await;
+
+    // One local and one remote endpoint: every request answered, both used.
+    let (mut on_a, mut on_b) = (0, 0);
+    for _ in 0..20 {
+        let (body, code) = curl(c.a_proxy, "http://mixed/").await;
+        assert_eq!(code, "200", "{body}");
+        on_a += body.contains("web-on-a") as u32;
+        on_b += body.contains("web-on-b") as u32;
+    }
+    assert_eq!(on_a + on_b, 20);
+    assert!(on_a > 0 && on_b > 0, "both endpoints used: {on_a} {on_b}");
+
+    // Topology: Local never leaves the node; PreferClose stays while a local one serves.
+    let (body, code) = curl(c.a_proxy, "http://local-only/").await;
+    assert_eq!(code, "503", "{body}");
+    for _ in 0..6 {
+        let (body, code) = curl(c.a_proxy, "http://prefer-close/").await;
+        assert_eq!(
+            (code.as_str(), body.contains("web-on-a")),
+            ("200", true),
+            "{body}"
+        );
+    }
+
+    // Opaque TCP through CONNECT, both ways, bytes intact.
+    let (mut stream, head) = tunnel(c.a_proxy, "echo:7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = stream.split();
+    let (_, echoed) = tokio::join!(
+        async {
+            w.write_all(&payload).await.unwrap();
+            w.shutdown().await.unwrap();
+        },
+        async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        }
+    );
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "bytes changed on the way");
+
+    // Edge-b killed: its streams are reset, and its Service answers 503 (not a hang:
+    // curl gives up after 5 s and would report 000).
+    drop(c.b);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (body, code) = curl(c.a_proxy, "http://onb/").await;
+        if code == "503" {
+            assert!(body.contains("edge-b"), "the reason names the node: {body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {code} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The Service with a local endpoint left goes on answering.
+    for _ in 0..6 {
+        let (body, code) = curl(c.a_proxy, "http://mixed/").await;
+        assert_eq!(code, "200", "{body}");
+    }
+    let _ = (&c.cloud, &c.a);
+}
