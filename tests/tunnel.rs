@@ -164,6 +164,49 @@ async fn edges_reach_each_other_and_the_cloud_only_through_the_link() {
         );
     }
 
+    // h2c (prior knowledge, inside CONNECT) and a WebSocket-style upgrade, to edge-b.
+    let proxy = format!("http://{}", c.a_proxy);
+    let out = run(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "5",
+            "--http2-prior-knowledge",
+            "-p",
+            "-x",
+            &proxy,
+            "http://onb/h2",
+        ],
+    )
+    .await;
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("web-on-b") && body.contains("HTTP/2"),
+        "{body}"
+    );
+    let (mut ws, head) = tunnel(c.a_proxy, "onb:80").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: onb\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(ws.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    ws.write_all(b"ping through the tunnel").await.unwrap();
+    let mut echoed = [0u8; 23];
+    ws.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping through the tunnel");
+    drop(ws);
+
     // Opaque TCP through CONNECT, both ways, bytes intact.
     let (mut stream, head) = tunnel(c.a_proxy, "echo:7").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -202,4 +245,166 @@ async fn edges_reach_each_other_and_the_cloud_only_through_the_link() {
         assert_eq!(code, "200", "{body}");
     }
     let _ = (&c.cloud, &c.a);
+}
+
+/// Reads `/proc/<pid>/status` VmRSS in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A server that sends `len` bytes to every connection, then closes it.
+async fn source(len: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![b'z'; 64 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if stream.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_stalls_only_its_own_stream_and_memory_stays_bounded() {
+    const EACH: usize = 2 * 1024 * 1024;
+    let src = source(EACH).await;
+    let mut svc = service("bulk", "10.96.8.1", 9000, json!({}));
+    svc["spec"]["ports"][0]["appProtocol"] = json!("tcp");
+    let objects = vec![svc, endpoints("bulk", &[(src, Some("edge-b"))])];
+    let c = cluster(&objects).await;
+    // Ready when one transfer goes through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (mut s, head) = tunnel(c.a_proxy, "bulk:9000").await;
+        if head.starts_with("HTTP/1.1 200") {
+            let mut got = Vec::new();
+            if s.read_to_end(&mut got).await.is_ok() && got.len() == EACH {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "bulk never answered: {head}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pids = [
+        c.cloud.process.0.id(),
+        c.a.process.0.id(),
+        c.b.process.0.id(),
+    ];
+    let before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+
+    // One stream whose reader never reads, held open while 99 others run to the end.
+    let (stalled, head) = tunnel(c.a_proxy, "bulk:9000").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut readers = Vec::new();
+    for _ in 0..99 {
+        let proxy = c.a_proxy;
+        readers.push(tokio::spawn(async move {
+            let (mut s, head) = tunnel(proxy, "bulk:9000").await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got.len()
+        }));
+    }
+    for r in readers {
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(60), r)
+                .await
+                .expect("a reader was held up")
+                .unwrap(),
+            EACH
+        );
+    }
+    let after: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+    eprintln!("RSS KiB before {before:?} after {after:?} (cloudcore, edge-a, edge-b)");
+    // 100 streams × 2 MiB went through; a hop that buffered whole streams would hold
+    // 200 MiB. Credit bounds each stream to 256 KiB per hop.
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            a.saturating_sub(*b) < 64 * 1024,
+            "RSS grew from {b} KiB to {a} KiB"
+        );
+    }
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_open_is_refused_and_counted() {
+    use futures_util::{SinkExt, StreamExt};
+    use proto::stream::{Open, ProtocolHint, ResetCode, StreamCodec, StreamFrame, StreamId};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    let web_b = backend::spawn("127.0.0.1", "web-on-b").await;
+    let secret = backend::spawn("127.0.0.1", "not-a-service").await;
+    let objects = vec![
+        service("onb", "10.96.9.1", 80, json!({})),
+        endpoints("onb", &[(web_b, Some("edge-b"))]),
+    ];
+    let c = cluster(&objects).await;
+    until_answers(c.a_proxy, "http://onb/", "web-on-b").await;
+    let hub = c.cloud.logged_addr("cloudhub listening on ").await;
+    let mut ws = common::raw_node(hub, Some("intruder"), Some("p")).await;
+    let codec = StreamCodec::default();
+    let open = |id: u32, endpoint: SocketAddr, source: &str| {
+        codec
+            .encode_to_bytes(&StreamFrame::Open {
+                id: StreamId::new(id).unwrap(),
+                open: Box::new(Open {
+                    dest_node: "edge-b".into(),
+                    source_node: source.into(),
+                    namespace: "default".into(),
+                    name: "onb".into(),
+                    port: 80,
+                    endpoint,
+                    protocol: ProtocolHint::Tcp,
+                    initial_window: 65536,
+                }),
+            })
+            .unwrap()
+    };
+    // An address that is no endpoint of the Service, claiming to be edge-a.
+    ws.send(Ws::Binary(open(1, secret, "edge-a")))
+        .await
+        .unwrap();
+    let reset = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer to the open")
+        {
+            Some(Ok(Ws::Binary(b))) if proto::stream::is_stream_frame(&b) => {
+                break codec.decode_frame(b).unwrap();
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("link ended: {other:?}"),
+        }
+    };
+    match reset {
+        StreamFrame::Reset { code, reason, .. } => {
+            assert_eq!(code, ResetCode::Forbidden, "{reason}");
+            assert!(reason.contains("not an endpoint"), "{reason}");
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    // Edge-b logged and counted it under the hub's stamp, not the claimed source.
+    let log = c.b.text();
+    assert!(
+        log.contains("from node intruder") && log.contains("refused"),
+        "{log}"
+    );
+    let _ = &c.a;
 }
