@@ -1,7 +1,8 @@
-//! `edgemesh demo`: a cloudcore and an edgecore on loopback, without root, serving demo
+//! `edgemesh demo`: a cloudcore and two edgecores on loopback, without root, serving demo
 //! Services from a manifest folder written to a temporary directory; a few requests by
-//! Service name through the explicit proxy, a table of where each went, then the commands
-//! to try until Ctrl-C.
+//! Service name through edge-1's explicit proxy (and one from the cloud's), a table of
+//! where each went (this node, the other edge through the cloud, the cloud), then the
+//! commands to try until Ctrl-C.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,8 +25,10 @@ use crate::edgecore::{EdgeCore, EdgeCoreConfig};
 use crate::error::{Error, Result};
 use crate::health::HealthConfig;
 
-/// The demo edge node's name.
+/// The demo edge node whose proxy the requests use.
 const NODE: &str = "edge-1";
+/// The other edge node: reached only through the cloud.
+const OTHER: &str = "edge-2";
 /// Where the explicit proxy listens when the port is free (else any port).
 const PROXY: &str = "127.0.0.1:40008";
 /// How long the demo waits for the edge to receive the Services.
@@ -76,13 +79,16 @@ async fn tcp_echo(name: &'static str) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-fn endpoints_yaml(name: &str, port_name: &str, addrs: &[SocketAddr]) -> String {
+/// Endpoints `name` with one subset per address, each on its node (`None`: a cloud
+/// address with no node).
+fn endpoints_yaml(name: &str, port_name: &str, addrs: &[(SocketAddr, Option<&str>)]) -> String {
     let mut yaml = format!(
         "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: default}}\nsubsets:\n"
     );
-    for a in addrs {
+    for (a, node) in addrs {
+        let node = node.map_or(String::new(), |n| format!(", nodeName: {n}"));
         yaml.push_str(&format!(
-            "- addresses: [{{ip: \"{}\", nodeName: {NODE}}}]\n  ports: [{{name: {port_name}, port: {}}}]\n",
+            "- addresses: [{{ip: \"{}\"{node}}}]\n  ports: [{{name: {port_name}, port: {}}}]\n",
             a.ip(),
             a.port()
         ));
@@ -90,26 +96,51 @@ fn endpoints_yaml(name: &str, port_name: &str, addrs: &[SocketAddr]) -> String {
     yaml
 }
 
-/// The demo manifests: `web` on two endpoints (round robin), `echo` (opaque TCP),
-/// `limited` (1 request per second), `empty` (no endpoint).
-fn manifests(web: &[SocketAddr], echo: SocketAddr, limited: SocketAddr) -> String {
+/// The demo's backends.
+struct Backends {
+    /// `web` on edge-1, on edge-2 and in the cloud.
+    web: [SocketAddr; 3],
+    /// `echo` on edge-2.
+    echo: SocketAddr,
+    /// `limited` on edge-1.
+    limited: SocketAddr,
+    /// `sensor` on edge-1, for cloud workloads.
+    sensor: SocketAddr,
+}
+
+/// The demo manifests: `web` on three endpoints, one per place (round robin), `echo`
+/// (opaque TCP, on the other edge), `limited` (1 request per second), `sensor` (on
+/// edge-1, called from the cloud), `empty` (no endpoint).
+fn manifests(b: &Backends) -> String {
     [
         "# The demo's Services. Edit this file while the demo runs: edgecontroller\n\
-         # notices within half a second and the edge follows.\n\
+         # notices within half a second and the edges follow.\n\
          apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n  \
          annotations: {edgemesh.io/lb-strategy: RoundRobin}\n\
          spec:\n  clusterIP: 10.96.0.10\n  ports: [{name: http, port: 80}]\n"
             .to_owned(),
-        endpoints_yaml("web", "http", web),
+        endpoints_yaml(
+            "web",
+            "http",
+            &[
+                (b.web[0], Some(NODE)),
+                (b.web[1], Some(OTHER)),
+                (b.web[2], None),
+            ],
+        ),
         "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: default}\n\
          spec:\n  clusterIP: 10.96.0.11\n  ports: [{name: tcp, port: 7, appProtocol: tcp}]\n"
             .to_owned(),
-        endpoints_yaml("echo", "tcp", &[echo]),
+        endpoints_yaml("echo", "tcp", &[(b.echo, Some(OTHER))]),
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: limited\n  namespace: default\n  \
          annotations: {edgemesh.io/qps: \"1\"}\n\
          spec:\n  clusterIP: 10.96.0.12\n  ports: [{name: http, port: 80}]\n"
             .to_owned(),
-        endpoints_yaml("limited", "http", &[limited]),
+        endpoints_yaml("limited", "http", &[(b.limited, Some(NODE))]),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sensor, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.14\n  ports: [{name: http, port: 80}]\n"
+            .to_owned(),
+        endpoints_yaml("sensor", "http", &[(b.sensor, Some(NODE))]),
         "apiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\n\
          spec:\n  clusterIP: 10.96.0.13\n  ports: [{name: http, port: 80}]\n"
             .to_owned(),
@@ -121,6 +152,8 @@ fn manifests(web: &[SocketAddr], echo: SocketAddr, limited: SocketAddr) -> Strin
 struct Row {
     request: String,
     via: &'static str,
+    /// Where the answer came from, relative to the asking node.
+    path: &'static str,
     answered_by: String,
     status: String,
     latency: Duration,
@@ -210,10 +243,21 @@ async fn timed(
     let (status, body) = call
         .await
         .unwrap_or_else(|e| ("failed".into(), e.to_string()));
+    let answered_by = body.lines().next().unwrap_or_default().to_owned();
+    let path = if answered_by.contains(&format!("on {NODE}")) {
+        "this node"
+    } else if answered_by.contains(&format!("on {OTHER}")) {
+        "edge-2 via the cloud"
+    } else if answered_by.contains("in the cloud") {
+        "the cloud"
+    } else {
+        "-"
+    };
     Row {
         request: request.into(),
         via,
-        answered_by: body.lines().next().unwrap_or_default().to_owned(),
+        path,
+        answered_by,
         status,
         latency: started.elapsed(),
     }
@@ -227,16 +271,17 @@ fn print_table(rows: &[Row]) {
         .unwrap_or(0)
         .max(7);
     println!(
-        "{:<w_req$}  {:<13}  {:<9}  {:>9}  answered by",
-        "request", "via", "status", "latency"
+        "{:<w_req$}  {:<13}  {:<9}  {:>9}  {:<20}  answered by",
+        "request", "via", "status", "latency", "path"
     );
     for r in rows {
         println!(
-            "{:<w_req$}  {:<13}  {:<9}  {:>7.2}ms  {}",
+            "{:<w_req$}  {:<13}  {:<9}  {:>7.2}ms  {:<20}  {}",
             r.request,
             r.via,
             r.status,
             r.latency.as_secs_f64() * 1e3,
+            r.path,
             r.answered_by
         );
     }
@@ -249,30 +294,35 @@ fn temp_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn configs(dir: &Path, proxy: &str) -> (CloudCoreConfig, EdgeCoreConfig) {
+fn configs(dir: &Path, proxy: &str) -> (CloudCoreConfig, EdgeCoreConfig, EdgeCoreConfig) {
     let mut cloud = CloudCoreConfig {
         health: HealthConfig::on("127.0.0.1:0"),
         ..CloudCoreConfig::default()
     };
     cloud.modules.cloud_hub.address = "127.0.0.1:0".into();
+    cloud.modules.edge_mesh.proxy_listen = "127.0.0.1:0".into();
     let controller = &mut cloud.modules.edge_controller;
     controller.source = SourceKind::Manifests;
     controller.manifests.dir = dir.join("manifests");
-    let mut edge = EdgeCoreConfig {
-        health: HealthConfig::on("127.0.0.1:0"),
-        ..EdgeCoreConfig::default()
+    let edge = |node: &str, proxy: &str| {
+        let mut edge = EdgeCoreConfig {
+            health: HealthConfig::on("127.0.0.1:0"),
+            ..EdgeCoreConfig::default()
+        };
+        edge.modules.edge_hub.node_id = node.into();
+        edge.modules.edge_hub.reconnect_initial_ms = 100;
+        let meta = &mut edge.modules.meta_manager;
+        meta.db_path = dir.join(format!("{node}.db"));
+        meta.socket_path = dir.join(format!("{node}.sock"));
+        let mesh = &mut edge.modules.edge_mesh;
+        mesh.iptables = false;
+        mesh.listen = "127.0.0.1:0".into();
+        mesh.proxy_listen = proxy.into();
+        mesh.dns.listen = "127.0.0.1:0".into();
+        mesh.workers = 1;
+        edge
     };
-    edge.modules.edge_hub.node_id = NODE.into();
-    edge.modules.edge_hub.reconnect_initial_ms = 100;
-    let meta = &mut edge.modules.meta_manager;
-    meta.db_path = dir.join("edge.db");
-    meta.socket_path = dir.join("metamanager.sock");
-    let mesh = &mut edge.modules.edge_mesh;
-    mesh.iptables = false;
-    mesh.listen = "127.0.0.1:0".into();
-    mesh.proxy_listen = proxy.into();
-    mesh.dns.listen = "127.0.0.1:0".into();
-    (cloud, edge)
+    (cloud, edge(NODE, proxy), edge(OTHER, "127.0.0.1:0"))
 }
 
 /// Runs the demo until `stop` resolves.
@@ -284,11 +334,20 @@ pub async fn run(stop: impl Future<Output = ()>) -> Result<()> {
 }
 
 async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
-    let web = [http_echo("web-1").await?, http_echo("web-2").await?];
-    let echo = tcp_echo("echo-1").await?;
-    let limited = http_echo("limited-1").await?;
+    // Every backend runs on this machine; the manifests say which node each belongs to,
+    // and the edges reach what is not theirs only through the cloud link.
+    let backends = Backends {
+        web: [
+            http_echo("web-1 on edge-1").await?,
+            http_echo("web-2 on edge-2").await?,
+            http_echo("web-3 in the cloud").await?,
+        ],
+        echo: tcp_echo("echo-1 on edge-2").await?,
+        limited: http_echo("limited-1 on edge-1").await?,
+        sensor: http_echo("sensor-1 on edge-1").await?,
+    };
     let manifest = dir.join("manifests").join("demo.yaml");
-    std::fs::write(&manifest, manifests(&web, echo, limited))?;
+    std::fs::write(&manifest, manifests(&backends))?;
 
     // The fixed proxy port makes the printed commands stable; any port will do if it is
     // taken.
@@ -296,7 +355,7 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
         Ok(_) => PROXY,
         Err(_) => "127.0.0.1:0",
     };
-    let (mut cloud_config, mut edge_config) = configs(dir, proxy_addr);
+    let (mut cloud_config, mut edge_config, mut other_config) = configs(dir, proxy_addr);
     cloud_config
         .modules
         .edge_controller
@@ -304,8 +363,13 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
         .poll_interval_ms = 500;
     let cloud = CloudCore::build(&cloud_config).await?;
     let hub_addr = cloud.hub_addr();
+    let cloud_proxy = cloud
+        .proxy_addr()
+        .expect("the cloud's proxy is on in the demo");
     edge_config.modules.edge_hub.server = hub_addr.to_string();
+    other_config.modules.edge_hub.server = hub_addr.to_string();
     let edge = EdgeCore::build(&edge_config).await?;
+    let other = EdgeCore::build(&other_config).await?;
     let addresses = edge.mesh_addresses().expect("edgemesh is on in the demo");
     let proxy = addresses
         .proxy
@@ -320,6 +384,10 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
     let edge_task = tokio::spawn(edge.run_until(async {
         let _ = edge_stopped.await;
     }));
+    let (stop_other, other_stopped) = oneshot::channel::<()>();
+    let other_task = tokio::spawn(other.run_until(async {
+        let _ = other_stopped.await;
+    }));
 
     println!(
         "cloudcore: cloudhub on {hub_addr}, manifests in {}",
@@ -329,27 +397,37 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
         "edgecore {NODE}: explicit proxy on {proxy}, DNS on {}",
         addresses.dns.map_or("-".into(), |a| a.to_string())
     );
-    println!("waiting for the Services to reach the edge...");
+    println!("edgecore {OTHER}: reached from {NODE} only through the cloud link");
+    println!("cloudcore's explicit proxy (cloud workloads to edge Services): {cloud_proxy}");
+    println!("waiting for the Services to reach the edges...");
     let deadline = Instant::now() + SYNC_WAIT;
     loop {
+        // Ready when edge-2 answers through the tunnel and the cloud knows the sensor.
         let ready = via_http_proxy(proxy, "http://empty/")
             .await
-            .is_ok_and(|(_, body)| body.contains("no ready endpoint"));
+            .is_ok_and(|(_, body)| body.contains("no ready endpoint"))
+            && via_connect(proxy, "echo:7", "ready?\n")
+                .await
+                .is_ok_and(|(status, body)| status == "connected" && body.contains("echo-1"))
+            && via_http_proxy(cloud_proxy, "http://sensor/")
+                .await
+                .is_ok_and(|(status, _)| status == "200");
         if ready {
             break;
         }
         if Instant::now() > deadline {
             let _ = stop_edge.send(());
+            let _ = stop_other.send(());
             let _ = stop_cloud.send(());
             return Err(Error::Io(format!(
-                "the Services did not reach the edge within {SYNC_WAIT:?}"
+                "the Services did not reach the edges within {SYNC_WAIT:?}"
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let mut rows = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         rows.push(
             timed(
                 "GET http://web/",
@@ -387,6 +465,14 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
     }
     rows.push(
         timed(
+            "GET http://sensor/",
+            "cloud proxy",
+            via_http_proxy(cloud_proxy, "http://sensor/"),
+        )
+        .await,
+    );
+    rows.push(
+        timed(
             "GET http://empty/",
             "http proxy",
             via_http_proxy(proxy, "http://empty/"),
@@ -416,6 +502,7 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
             dns.port()
         );
     }
+    println!("  curl -x http://{cloud_proxy} http://sensor/      # from the cloud to edge-1");
     println!("  curl http://{edge_health}/metrics");
     println!("  curl http://{edge_health}/readyz");
     println!(
@@ -427,7 +514,8 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
     stop.await;
     println!("stopping...");
     let _ = stop_edge.send(());
-    let _ = edge_task.await;
+    let _ = stop_other.send(());
+    let _ = tokio::join!(edge_task, other_task);
     let _ = stop_cloud.send(());
     let _ = cloud_task.await;
     println!("stopped");

@@ -142,6 +142,11 @@ impl EdgeCore {
             if mesh_cfg.socket_path.as_os_str().is_empty() {
                 mesh_cfg.socket_path = meta.socket_path.clone();
             }
+            // Without edgehub there is no cloud link to carry streams: endpoints elsewhere
+            // answer 503, and those without a node are dialled from here.
+            if !hub.enable {
+                mesh_cfg.tunnel.enable = false;
+            }
             let module =
                 EdgeMesh::bind(mesh_cfg, &hub.node_id).map_err(|e| Error::Io(e.to_string()))?;
             let mesh = Mesh {

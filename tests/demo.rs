@@ -50,9 +50,17 @@ async fn demo_prints_where_requests_went_serves_curl_and_stops_on_ctrl_c() {
     };
 
     let web = rows("GET http://web/");
-    assert_eq!(web.len(), 4, "{text}");
+    assert_eq!(web.len(), 6, "{text}");
     assert!(web.iter().all(|r| status(r) == "200"), "{text}");
-    assert!(web.iter().any(|r| r.contains("web-1")) && web.iter().any(|r| r.contains("web-2")));
+    // Round robin over this node, the other edge (through the cloud) and the cloud.
+    for path in ["this node", "edge-2 via the cloud", "the cloud"] {
+        assert!(web.iter().any(|r| r.contains(path)), "{path}: {text}");
+    }
+    let sensor = rows("GET http://sensor/");
+    assert!(
+        status(sensor[0]) == "200" && sensor[0].contains("sensor-1 on edge-1"),
+        "{text}"
+    );
     let socks = rows("GET http://web.default.svc.cluster.local/");
     assert!(
         status(socks[0]) == "200" && socks[0].contains("web-"),
@@ -60,7 +68,9 @@ async fn demo_prints_where_requests_went_serves_curl_and_stops_on_ctrl_c() {
     );
     let echo = rows("tcp echo:7");
     assert!(
-        echo[0].contains("connected") && echo[0].contains("echo-1") && echo[0].contains("hello"),
+        echo[0].contains("connected")
+            && echo[0].contains("echo-1 on edge-2")
+            && echo[0].contains("hello"),
         "{text}"
     );
     let limited: Vec<String> = rows("GET http://limited/")

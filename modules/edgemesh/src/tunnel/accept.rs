@@ -30,11 +30,11 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    /// Whether an endpoint recorded on `node` is one this end dials: its own node's (or
-    /// one with no node). In the cloud, any endpoint the hub routed here: the hub sends
-    /// the cloud only endpoints that are not on an edge node.
+    /// Whether an endpoint recorded on `node` is one this end dials: on an edge, its own
+    /// node's only. In the cloud, any endpoint the hub routed here: the hub sends the
+    /// cloud only endpoints that are not on an edge node.
     fn dials(&self, node: Option<&str>) -> bool {
-        self.node.is_empty() || node.is_none_or(|n| n == self.node)
+        self.node.is_empty() || node == Some(self.node.as_str())
     }
 
     /// Takes a stream the far side opened: refused at once when not allowed, else dialled

@@ -86,10 +86,15 @@ impl Upstream {
         self.h2.send(req, lease, self, fault).await
     }
 
-    /// Whether `backend` runs here: on this node, or with no node recorded (dialled
-    /// directly). Endpoints elsewhere go through the tunnel.
+    /// Whether this node dials `backend` itself: it runs on this node. An endpoint with no
+    /// node recorded is not a pod of any edge node (an address outside the cluster, or a
+    /// cloud pod), so with a tunnel it is the cloud's to dial; without one (and in the
+    /// cloud itself) it is dialled from here. Endpoints elsewhere go through the tunnel.
     pub fn is_local(&self, backend: &Backend) -> bool {
-        backend.node.as_deref().is_none_or(|n| n == self.node)
+        match backend.node.as_deref() {
+            Some(node) => node == self.node,
+            None => self.tunnel.is_none() || self.node.is_empty(),
+        }
     }
 
     /// Whether this node can reach `backend` at all.
