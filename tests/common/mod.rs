@@ -8,6 +8,7 @@ pub mod kube_double;
 pub mod mesh;
 pub mod netns;
 pub mod raw_backend;
+pub mod topology;
 
 use std::collections::HashMap;
 use std::future::Future;
