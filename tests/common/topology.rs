@@ -225,13 +225,13 @@ impl Topology {
             cloud,
             "addr",
             "add",
-            "10.203.0.1/32",
+            &format!("{CLOUD_IP}/32"),
             "dev",
             "lo",
         ]);
-        // Said outright rather than left to the default: a new namespace copies the host's
-        // setting on some kernels (net.core.devconf_inherit_init_net), and a host running
-        // containers forwards.
+        // Said outright rather than left to the default: a new namespace can copy the host's
+        // IPv4 settings (net.core.devconf_inherit_init_net), and a host running containers
+        // forwards.
         let forward = format!("net.ipv4.ip_forward={}", u8::from(forwarding));
         run(&["ip", "netns", "exec", cloud, "sysctl", "-qw", &forward]);
         for (edge, cloud_if, subnet) in [(&topo.edge_a, "to-a", 1), (&topo.edge_b, "to-b", 2)] {
