@@ -9,6 +9,7 @@ pub mod mesh;
 pub mod netns;
 pub mod raw_backend;
 pub mod three;
+pub mod topology;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -19,7 +19,8 @@ pub struct Netns {
     pub ip: String,
 }
 
-fn run(args: &[&str]) -> Output {
+/// Runs a command, failing the test with its stderr when it fails.
+pub fn run(args: &[&str]) -> Output {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -44,31 +45,23 @@ pub fn is_root() -> bool {
 impl Netns {
     /// A new namespace with a veth link to the host and a default route through it.
     pub fn create() -> Netns {
-        // One number per namespace, taken once: reading the counter again let two tests
-        // running at once get the same name.
-        let seq = NEXT.fetch_add(1, Ordering::SeqCst);
+        let (seq, tag) = unique_tag();
         let n = (std::process::id() + seq) % 250 + 1;
-        // The whole pid and a separator: `{pid % 10000}{n}` let two runs share a name.
-        let tag = format!("{}x{seq}", std::process::id());
         let name = format!("em-{tag}");
         let host_if = format!("emh{tag}");
         let ns_if = format!("emn{tag}");
         let host_ip = format!("10.201.{n}.1");
         let ip = format!("10.201.{n}.2");
         // One left by a run that was killed before its cleanup is removed first.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
-        run(&["ip", "netns", "add", &name]);
+        // Made before the namespace, so that a failure from here on still removes it.
         let ns = Netns {
             name: name.clone(),
             host_if: host_if.clone(),
             host_ip: host_ip.clone(),
             ip: ip.clone(),
         };
-        // A lookup inside the namespace would hang on the host's unreachable resolver.
-        let etc = format!("/etc/netns/{name}");
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(format!("{etc}/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+        add_namespace(&name);
         run(&[
             "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
         ]);
@@ -89,48 +82,87 @@ impl Netns {
         };
         exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &ns_if]);
         exec(&["ip", "link", "set", &ns_if, "up"]);
-        exec(&["ip", "link", "set", "lo", "up"]);
         exec(&["ip", "route", "add", "default", "via", &host_ip]);
         ns
     }
 
     /// A command that runs inside the namespace.
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
+        command_in(&self.name, program)
     }
 
     /// Runs a command inside the namespace and returns its output.
     pub fn output(&self, args: &[&str]) -> Output {
-        self.command(args[0])
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        output_in(&self.name, args)
     }
 
     /// Starts a long-running process inside the namespace.
     pub fn spawn(&self, args: &[&str], log: &std::path::Path) -> Child {
-        let log = std::fs::File::create(log).unwrap();
-        self.command(args[0])
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        spawn_in(&self.name, args, log)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        remove_namespace(&self.name);
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
             .output();
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }
+}
+
+/// A tag no other namespace of this or another live test process has: the pid, a
+/// separator and this process's next counter value (`{pid % 10000}{n}` let two runs share
+/// a name), with the counter value itself. One number per namespace, taken once: reading
+/// the counter again let two tests running at once get the same name.
+pub fn unique_tag() -> (u32, String) {
+    let seq = NEXT.fetch_add(1, Ordering::SeqCst);
+    (seq, format!("{}x{seq}", std::process::id()))
+}
+
+/// Creates the namespace `name` with its loopback up and a resolv.conf of its own,
+/// removing one of that name left by a run killed before its cleanup first.
+pub fn add_namespace(name: &str) {
+    remove_namespace(name);
+    run(&["ip", "netns", "add", name]);
+    // A lookup inside the namespace would hang on the host's unreachable resolver.
+    let etc = format!("/etc/netns/{name}");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(format!("{etc}/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+    run(&["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]);
+}
+
+/// Removes the namespace `name` (and with it every link end inside it) and its /etc/netns
+/// files; quiet when there is none.
+pub fn remove_namespace(name: &str) {
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
+    let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
+}
+
+/// A command that runs inside the namespace `name`.
+pub fn command_in(name: &str, program: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", name, program]);
+    cmd
+}
+
+/// Runs a command inside the namespace `name` and returns its output.
+pub fn output_in(name: &str, args: &[&str]) -> Output {
+    command_in(name, args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Starts a long-running process inside the namespace `name`, its output going to `log`.
+pub fn spawn_in(name: &str, args: &[&str], log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    command_in(name, args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }

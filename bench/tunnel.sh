@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# The tunnel benchmark (issue 15): three hosts in network namespaces, a cloud and two edges,
+# each edge joined to the cloud by one veth and to nothing else (root needed). A pod on edge-b
+# (nginx serving a small body and a 4 MiB file, and an iperf3 server) is reached by a client
+# on edge-a three ways, side by side in one run:
+#   direct         the cloud forwards (ip_forward=1) and the client dials the pod's IP: what a
+#                  flat network gives, the floor for any relay;
+#   haproxy chain  the cloud does not forward; one HAProxy `mode tcp` on edge-a, one in the
+#                  cloud and one on edge-b, chained to the pod: what a plain TCP relay costs;
+#   edgemesh       edgecore on each edge and cloudcore in the cloud, the pod published as
+#                  Services, the client's connection intercepted on edge-a and carried over the
+#                  cloud link. Runs only with TUNNEL=1 (see edgemesh_up below).
+# Workloads, per target: a 4 MiB transfer (curl, a new connection each, median and p99 of many),
+# keep-alive req/s with a small body (wrk -c32 -t2) and its p99, bulk TCP (iperf3, Gbit/s);
+# with BW set (e.g. BW=100mbit) the 4 MiB transfer again with a tbf qdisc of that rate on both
+# ends of each edge<->cloud veth (this kernel has no netem), as on real edge uplinks.
+# Each round runs every target once, the order reversed every other round, so that a shift in
+# the shared machine's load hits all targets alike. Prints one table with ratios.
+# Usage: bench/tunnel.sh [seconds per run, default 10] [ROUNDS, default 3]
+# BW=RATE adds the shaped transfer (tc rate syntax: 100mbit). TUNNEL=1 adds edgemesh, with
+# CLOUDCORE_BIN and EDGECORE_BIN (default: this tree's release builds) and the configs in
+# TUNNEL_CONFIG (default bench/tunnel/): cloudcore.yaml, edgecore-a.yaml, edgecore-b.yaml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+ROUNDS=${2:-3}
+BW=${BW:-}
+TUNNEL=${TUNNEL:-}
+[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, tc)" >&2; exit 1; }
+
+need=()
+for entry in wrk:wrk haproxy:haproxy nginx:nginx-light iperf3:iperf3 ip:iproute2 tc:iproute2 curl:curl python3:python3; do
+    command -v "${entry%%:*}" >/dev/null 2>&1 || need+=("${entry##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The same addresses as tests/common/topology.rs: edge-a's link 10.203.1.0/24, edge-b's
+# 10.203.2.0/24, the cloud .1 on each and 10.203.0.1 on its loopback. Nothing here touches
+# the host's own interfaces, so these cannot clash with anything outside the namespaces.
+C=emtc$$ A=emta$$ B=emtb$$
+CLOUD_IP=10.203.0.1
+CLOUD_A=10.203.1.1 EDGE_A=10.203.1.2
+CLOUD_B=10.203.2.1 EDGE_B=10.203.2.2
+POD_IP=$EDGE_B
+WORK=$(mktemp -d)
+PIDS=()
+EM_PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}" "${EM_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    for ns in "$C" "$A" "$B"; do
+        ip netns del "$ns" 2>/dev/null || true
+        rm -rf "/etc/netns/$ns"
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+XC() { ip netns exec "$C" "$@"; }
+XA() { ip netns exec "$A" "$@"; }
+for ns in "$C" "$A" "$B"; do
+    ip netns add "$ns"
+    # A lookup inside a namespace would hang on the host's unreachable resolver.
+    mkdir -p "/etc/netns/$ns" && echo "nameserver 127.0.0.1" > "/etc/netns/$ns/resolv.conf"
+    ip -n "$ns" link set lo up
+    # Every transfer is a new connection: let a client reuse its TIME_WAIT ports.
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1
+done
+ip -n "$C" addr add "$CLOUD_IP/32" dev lo
+# Both ends made inside their namespaces: no interface ever exists on the host.
+ip link add to-cloud netns "$A" type veth peer name to-a netns "$C"
+ip link add to-cloud netns "$B" type veth peer name to-b netns "$C"
+ip -n "$C" addr add "$CLOUD_A/24" dev to-a && ip -n "$C" link set to-a up
+ip -n "$C" addr add "$CLOUD_B/24" dev to-b && ip -n "$C" link set to-b up
+ip -n "$A" addr add "$EDGE_A/24" dev to-cloud && ip -n "$A" link set to-cloud up
+ip -n "$B" addr add "$EDGE_B/24" dev to-cloud && ip -n "$B" link set to-cloud up
+ip -n "$A" route add default via "$CLOUD_A"
+ip -n "$B" route add default via "$CLOUD_B"
+# Said outright: a new namespace may copy the host's setting, and a host with containers forwards.
+forwarding() { XC sysctl -qw "net.ipv4.ip_forward=$1"; }
+forwarding 0
+
+# tbf on both ends of both links, or none.
+shape() {
+    local ns dev ns_dev
+    for ns_dev in "$A:to-cloud" "$C:to-a" "$C:to-b" "$B:to-cloud"; do
+        ns=${ns_dev%%:*} dev=${ns_dev#*:}
+        if [ "$1" = on ]; then
+            tc -n "$ns" qdisc replace dev "$dev" root tbf rate "$BW" burst 32kbit latency 50ms
+        else
+            tc -n "$ns" qdisc del dev "$dev" root 2>/dev/null || true
+        fi
+    done
+}
+
+# The pod on edge-b: nginx with a small body and a 4 MiB file, and iperf3.
+mkdir -p "$WORK/www"
+head -c 4194304 /dev/urandom > "$WORK/www/4m"
+cat > "$WORK/nginx.conf" <<CONF
+user root;
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    server {
+        listen $POD_IP:8080;
+        location = /small { return 200 "hello from nginx\n"; }
+        location = /4m { root $WORK/www; }
+    }
+}
+CONF
+ip netns exec "$B" nginx -c "$WORK/nginx.conf" -g "daemon off;" & PIDS+=($!)
+ip netns exec "$B" iperf3 -s -B "$POD_IP" -p 5201 >/dev/null 2>&1 & PIDS+=($!)
+
+# The chain: each HAProxy relays its port 9080 (HTTP) and 9201 (iperf3) to the next hop.
+haproxy_at() { # namespace, bind address, next hop address, next hop http port, next hop bulk port
+    cat > "$WORK/haproxy-$1.cfg" <<CONF
+global
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend web
+    bind $2:9080
+    default_backend web
+backend web
+    server next $3:$4
+frontend bulk
+    bind $2:9201
+    default_backend bulk
+backend bulk
+    server next $3:$5
+CONF
+    ip netns exec "$1" haproxy -f "$WORK/haproxy-$1.cfg" -db >"$WORK/haproxy-$1.log" 2>&1 & PIDS+=($!)
+}
+haproxy_at "$B" "$EDGE_B" "$POD_IP" 8080 5201
+haproxy_at "$C" "$CLOUD_A" "$EDGE_B" 9080 9201
+haproxy_at "$A" "$EDGE_A" "$CLOUD_A" 9080 9201
+
+wait_tcp() { # namespace, address, port
+    for _ in $(seq 100); do
+        ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing accepts $2:$3 from $1" >&2; exit 1
+}
+wait_tcp "$B" "$POD_IP" 8080
+wait_tcp "$B" "$POD_IP" 5201
+wait_tcp "$B" "$EDGE_B" 9080
+wait_tcp "$C" "$CLOUD_A" 9080
+wait_tcp "$A" "$EDGE_A" 9080
+# The premise: without forwarding in the cloud, edge-a cannot reach the pod on edge-b.
+if XA timeout 2 bash -c "exec 3<>/dev/tcp/$POD_IP/8080" 2>/dev/null; then
+    echo "edge-a reaches $POD_IP with forwarding off: the topology is wrong" >&2; exit 1
+fi
+
+# edgemesh: cloudcore in the cloud, edgecore on each edge, from the three config files in
+# TUNNEL_CONFIG. They are templates: ${WORK}, ${CLOUD_IP}, ${CLOUD_A}, ${CLOUD_B}, ${EDGE_A},
+# ${EDGE_B}, ${POD_IP}, ${WEB_VIP} and ${BULK_VIP} are replaced before use (files, sockets and
+# databases go under ${WORK}). The configs publish the pod on node edge-b as two Services,
+# WEB_VIP:80 -> pod:8080 and BULK_VIP:5201 -> pod:5201 (appProtocol: tcp), and edge-a's
+# edgecore intercepts those ClusterIPs; the client on edge-a dials them. The processes run only
+# for edgemesh's own runs, so the other targets are measured without them beside.
+WEB_VIP=10.96.110.10
+BULK_VIP=10.96.110.11
+TUNNEL_CONFIG=${TUNNEL_CONFIG:-bench/tunnel}
+if [ "$TUNNEL" = 1 ]; then
+    if [ -z "${CLOUDCORE_BIN:-}" ] || [ -z "${EDGECORE_BIN:-}" ]; then
+        cargo build --release --locked --bin cloudcore --bin edgecore >/dev/null 2>&1 ||
+            cargo build --release --locked --bin cloudcore --bin edgecore
+    fi
+    CLOUDCORE_BIN=${CLOUDCORE_BIN:-./target/release/cloudcore}
+    EDGECORE_BIN=${EDGECORE_BIN:-./target/release/edgecore}
+    for f in cloudcore edgecore-a edgecore-b; do
+        [ -f "$TUNNEL_CONFIG/$f.yaml" ] || { echo "TUNNEL=1 needs $TUNNEL_CONFIG/$f.yaml" >&2; exit 1; }
+        WORK=$WORK CLOUD_IP=$CLOUD_IP CLOUD_A=$CLOUD_A CLOUD_B=$CLOUD_B EDGE_A=$EDGE_A EDGE_B=$EDGE_B \
+            POD_IP=$POD_IP WEB_VIP=$WEB_VIP BULK_VIP=$BULK_VIP python3 -c \
+            'import os,string,sys; sys.stdout.write(string.Template(open(sys.argv[1]).read()).substitute(os.environ))' \
+            "$TUNNEL_CONFIG/$f.yaml" > "$WORK/$f.yaml"
+    done
+else
+    echo "edgemesh tunnel: not wired yet (TUNNEL=1 runs it; see edgemesh_up in $0)"
+fi
+edgemesh_up() {
+    [ ${#EM_PIDS[@]} -gt 0 ] && return 0
+    # `ip netns exec` itself, not XC: a function in the background is a subshell, and $! would
+    # be the subshell's pid rather than the process's.
+    RUST_LOG=warn ip netns exec "$C" "$CLOUDCORE_BIN" --config "$WORK/cloudcore.yaml" 2>>"$WORK/cloudcore.log" & EM_PIDS+=($!)
+    RUST_LOG=warn ip netns exec "$A" "$EDGECORE_BIN" --config "$WORK/edgecore-a.yaml" 2>>"$WORK/edgecore-a.log" & EM_PIDS+=($!)
+    RUST_LOG=warn ip netns exec "$B" "$EDGECORE_BIN" --config "$WORK/edgecore-b.yaml" 2>>"$WORK/edgecore-b.log" & EM_PIDS+=($!)
+    # Ready when both Services answer from edge-a through the tunnel (30 s at most).
+    local deadline=$((SECONDS + 30))
+    while [ $SECONDS -lt $deadline ]; do
+        XA curl -sf -o /dev/null --max-time 1 "http://$WEB_VIP/small" && break
+        sleep 0.1
+    done
+    XA curl -sf -o /dev/null --max-time 2 "http://$WEB_VIP/small" ||
+        { echo "edgemesh: $WEB_VIP/small not answered from edge-a in 30 s; the logs end:" >&2; tail -n 5 "$WORK"/*core*.log >&2; exit 1; }
+    wait_tcp "$A" "$BULK_VIP" 5201
+}
+edgemesh_down() {
+    [ ${#EM_PIDS[@]} -eq 0 ] && return 0
+    kill "${EM_PIDS[@]}" 2>/dev/null || true
+    wait "${EM_PIDS[@]}" 2>/dev/null || true
+    EM_PIDS=()
+}
+
+# Where each target is reached from edge-a: the HTTP base URL and the iperf3 host:port.
+declare -A WEB BULK
+WEB[direct]="http://$POD_IP:8080" BULK[direct]="$POD_IP:5201"
+WEB[chain]="http://$EDGE_A:9080" BULK[chain]="$EDGE_A:9201"
+WEB[edgemesh]="http://$WEB_VIP" BULK[edgemesh]="$BULK_VIP:5201"
+TARGETS=(direct chain)
+[ "$TUNNEL" = 1 ] && TARGETS+=(edgemesh)
+
+# Puts the namespaces in the state `target` runs in.
+enter() {
+    if [ "$1" = direct ]; then forwarding 1; else forwarding 0; fi
+    if [ "$1" = edgemesh ]; then edgemesh_up; else edgemesh_down; fi
+}
+
+RESULTS=$WORK/results
+# 4 MiB transfers, a new connection each, for SECS seconds and at least 20: one line per
+# transfer in RESULTS ("target metric ms"). curl reads the URLs from a config file, so that one
+# process runs a batch and its start-up is not in the times (time_total starts at its connect).
+transfers() { # target, metric name
+    local url="${WEB[$1]}/4m" start=$SECONDS n=0 out
+    : > "$WORK/curl.cfg"
+    for _ in $(seq 20); do printf 'url = "%s"\noutput = "/dev/null"\n' "$url" >> "$WORK/curl.cfg"; done
+    XA curl -sf -o /dev/null "$url" # the first connection of the run is not measured
+    while [ $n -lt 20 ] || [ $((SECONDS - start)) -lt "$SECS" ]; do
+        out=$(XA curl -sf -H 'Connection: close' -w '%{size_download} %{time_total}\n' -K "$WORK/curl.cfg")
+        echo "$out" | awk -v t="$1" -v m="$2" '
+            $1 != 4194304 { print "short transfer: " $0 > "/dev/stderr"; exit 1 }
+            { print t, m, $2 * 1000 }' >> "$RESULTS"
+        n=$((n + 20))
+    done
+}
+# Keep-alive req/s and p99 (ms) with a small body.
+keepalive() {
+    local out rps p99 errors
+    XA wrk -t2 -c32 -d1s "${WEB[$1]}/small" >/dev/null # connections made and buffers grown first
+    out=$(XA wrk -t2 -c32 -d"${SECS}s" --latency "${WEB[$1]}/small")
+    rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+    p99=$(echo "$out" | awk '$1=="99%"{print $2}')
+    errors=$(echo "$out" | awk '/Non-2xx|Socket errors/{print}' | tr '\n' ' ')
+    [ -n "$errors" ] && echo "  $1: $errors"
+    echo "$1 rps $rps" >> "$RESULTS"
+    echo "$1 rps_p99 $(python3 -c "import sys,re;m=re.match(r'([0-9.]+)(us|ms|s)',sys.argv[1]);x=float(m.group(1));print({'us':x/1000,'ms':x,'s':x*1000}[m.group(2)])" "$p99")" >> "$RESULTS"
+}
+bulk() {
+    local gbps
+    gbps=$(XA iperf3 -c "${BULK[$1]%:*}" -p "${BULK[$1]#*:}" -t "$SECS" -J |
+        python3 -c "import json,sys;print(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e9)")
+    echo "$1 gbps $gbps" >> "$RESULTS"
+}
+# Every target once per round, the order reversed every other round.
+in_rounds() { # what to run per target
+    local order
+    for round in $(seq "$ROUNDS"); do
+        order=("${TARGETS[@]}")
+        if (( round % 2 == 0 )); then
+            order=()
+            for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do order+=("${TARGETS[i]}"); done
+        fi
+        for target in "${order[@]}"; do
+            enter "$target"
+            "$@" "$target"
+        done
+    done
+    edgemesh_down
+}
+unlimited() { transfers "$1" xfer; keepalive "$1"; bulk "$1"; }
+shaped() { transfers "$1" xfer_bw; }
+
+echo "machine: $(nproc) cores (shared), $(uname -r); ${SECS}s per run, $ROUNDS rounds; wrk -t2 -c32; nginx 1 worker; haproxy defaults (mode tcp)"
+: > "$RESULTS"
+in_rounds unlimited
+if [ -n "$BW" ]; then
+    shape on
+    in_rounds shaped
+    shape off
+else
+    echo "BW unset: no shaped transfer (BW=100mbit adds it)"
+fi
+
+python3 - "$RESULTS" "$BW" "${TARGETS[*]}" <<'PY'
+import sys
+from collections import defaultdict
+from statistics import median
+path, bw, targets = sys.argv[1], sys.argv[2], sys.argv[3].split()
+values = defaultdict(list)
+for line in open(path):
+    t, m, v = line.split()
+    values[(t, m)].append(float(v))
+def p99(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+rows = [("4 MiB transfer, median ms", "xfer", median, "lower"),
+        ("4 MiB transfer, p99 ms", "xfer", p99, "lower"),
+        ("keep-alive req/s (wrk -c32, small body)", "rps", median, "higher"),
+        ("keep-alive p99 ms", "rps_p99", median, "lower"),
+        ("bulk TCP Gbit/s (iperf3)", "gbps", median, "higher")]
+if bw:
+    rows += [(f"4 MiB transfer at {bw}, median ms", "xfer_bw", median, "lower"),
+             (f"4 MiB transfer at {bw}, p99 ms", "xfer_bw", p99, "lower")]
+names = {"direct": "direct", "chain": "haproxy chain", "edgemesh": "edgemesh"}
+cols = ["direct", "chain", "edgemesh"]
+head = ["workload"] + [names[c] for c in cols] + ["chain / direct", "edgemesh / direct", "edgemesh / chain"]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * len(head))
+def fmt(x):
+    return "-" if x is None else (f"{x:,.0f}" if x >= 1000 else f"{x:.2f}" if x >= 10 else f"{x:.3f}")
+for label, metric, agg, better in rows:
+    v = {c: agg(values[(c, metric)]) if values[(c, metric)] else None for c in cols}
+    ratio = lambda a, b: "-" if v[a] is None or v[b] is None else f"{v[a] / v[b]:.2f}x"
+    print("| " + " | ".join([label] + [fmt(v[c]) for c in cols]
+                            + [ratio("chain", "direct"), ratio("edgemesh", "direct"), ratio("edgemesh", "chain")]) + " |")
+counts = {c: len(values[(c, "xfer")]) for c in targets}
+print()
+print("transfers per target: " + ", ".join(f"{names[c]} {n}" for c, n in counts.items())
+      + (", at " + bw + ": " + ", ".join(f"{names[c]} {len(values[(c, 'xfer_bw')])}" for c in targets) if bw else "")
+      + "; req/s, p99 and Gbit/s are medians over rounds; ratios are row over column (for times lower is better)")
+PY
