@@ -19,7 +19,8 @@
 # Usage: bench/tunnel.sh [seconds per run, default 10] [ROUNDS, default 3]
 # BW=RATE adds the shaped transfer (tc rate syntax: 100mbit). TUNNEL=1 adds edgemesh, with
 # CLOUDCORE_BIN and EDGECORE_BIN (default: this tree's release builds) and the configs in
-# TUNNEL_CONFIG (default bench/tunnel/): cloudcore.yaml, edgecore-a.yaml, edgecore-b.yaml.
+# TUNNEL_CONFIG (default bench/tunnel/): cloudcore.yaml, edgecore-a.yaml, edgecore-b.yaml and
+# manifests.yaml (the Services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -186,6 +187,10 @@ if [ "$TUNNEL" = 1 ]; then
             'import os,string,sys; sys.stdout.write(string.Template(open(sys.argv[1]).read()).substitute(os.environ))' \
             "$TUNNEL_CONFIG/$f.yaml" > "$WORK/$f.yaml"
     done
+    mkdir -p "$WORK/manifests"
+    WEB_VIP=$WEB_VIP BULK_VIP=$BULK_VIP POD_IP=$POD_IP python3 -c \
+        'import os,string,sys; sys.stdout.write(string.Template(open(sys.argv[1]).read()).substitute(os.environ))' \
+        "$TUNNEL_CONFIG/manifests.yaml" > "$WORK/manifests/bench.yaml"
 else
     echo "edgemesh tunnel: not wired yet (TUNNEL=1 runs it; see edgemesh_up in $0)"
 fi

@@ -133,3 +133,17 @@ pub fn edge_yaml(node: &str, server: &str, dir: &Path, mesh: &str) -> String {
         d = dir.display()
     )
 }
+
+/// [`endpoints`] from (ip, port, node) triples, for addresses that are not local sockets.
+pub fn endpoints_at(name: &str, addrs: &[(&str, u16, Option<&str>)]) -> Value {
+    let parsed: Vec<(SocketAddr, Option<&str>)> = addrs
+        .iter()
+        .map(|(ip, port, node)| (format!("{ip}:{port}").parse().unwrap(), *node))
+        .collect();
+    let mut eps = endpoints(name, &parsed);
+    // Port names follow the Service's ("main" in the namespace tests).
+    for subset in eps["subsets"].as_array_mut().unwrap() {
+        subset["ports"][0]["name"] = json!("main");
+    }
+    eps
+}

@@ -1,0 +1,256 @@
+//! The tunnel on three hosts, as an operator would set it up: network namespaces `cloud`,
+//! `edge-a` and `edge-b`, each edge routed only to the cloud (proven first). cloudcore runs
+//! in the cloud; an edgecore on each edge, edge-a with real iptables interception. Apps on
+//! edge-a call ClusterIPs with curl and redis-cli and are answered by pods on edge-b and in
+//! the cloud, whose only way there is the cloud link. Needs root, as CI has.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Process;
+use common::netns::is_root;
+use common::three::{endpoints_at, write_manifests};
+use common::topology::{CLOUD_IP, Host, Topology};
+use serde_json::{Value, json};
+
+fn service(name: &str, ip: &str, port: u16, app_protocol: Option<&str>) -> Value {
+    let mut port_spec = json!({"name": "main", "port": port, "protocol": "TCP"});
+    if let Some(p) = app_protocol {
+        port_spec["appProtocol"] = json!(p);
+    }
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": ip, "ports": [port_spec]}})
+}
+
+/// Serves `dir` over HTTP from inside `host` on `ip:port` (python3's http.server).
+fn pod(host: &Host, ip: &str, port: u16, dir: &Path, who: &str, log: &Path) -> Process {
+    let root = dir.join(who);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("who"), format!("{who}\n")).unwrap();
+    Process(host.spawn(
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            ip,
+            "--directory",
+            root.to_str().unwrap(),
+        ],
+        log,
+    ))
+}
+
+/// Runs `args` in `host` until its stdout contains `expect` (30 s at most).
+fn until(host: &Host, args: &[&str], expect: &str, logs: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = host.output(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(expect) {
+            return text;
+        }
+        if Instant::now() > deadline {
+            let tail: String = ["cloud.log", "edge-a.log", "edge-b.log"]
+                .iter()
+                .map(|f| {
+                    let t = std::fs::read_to_string(logs.join(f)).unwrap_or_default();
+                    let start = t.len().saturating_sub(1500);
+                    format!("--- {f}\n{}", &t[start..])
+                })
+                .collect();
+            panic!("{args:?} never gave {expect:?}: {text}\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn curl(host: &Host, url: &str) -> String {
+    let out = host.output(&["curl", "-s", "--max-time", "5", url]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn edge_a_reaches_pods_on_edge_b_and_in_the_cloud_through_the_cloud_link() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces and iptables");
+        return;
+    }
+    let topo = Topology::create();
+    topo.prove_isolated();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a_ip, b_ip) = (topo.edge_a.ip.clone(), topo.edge_b.ip.clone());
+
+    let _pods = [
+        pod(
+            &topo.edge_b,
+            &b_ip,
+            8080,
+            d,
+            "pod-on-edge-b",
+            &d.join("pb.log"),
+        ),
+        pod(
+            &topo.cloud,
+            CLOUD_IP,
+            8081,
+            d,
+            "pod-in-cloud",
+            &d.join("pc.log"),
+        ),
+        pod(
+            &topo.edge_a,
+            &a_ip,
+            8082,
+            d,
+            "pod-on-edge-a",
+            &d.join("pa.log"),
+        ),
+    ];
+    let _redis = Process(topo.edge_b.spawn(
+        &[
+            "redis-server",
+            "--bind",
+            &b_ip,
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+        &d.join("redis.log"),
+    ));
+
+    let manifests = d.join("manifests");
+    write_manifests(
+        &manifests,
+        &[
+            service("onb", "10.96.20.1", 80, None),
+            endpoints_at("onb", &[(&b_ip, 8080, Some("edge-b"))]),
+            service("incloud", "10.96.20.2", 80, None),
+            endpoints_at("incloud", &[(CLOUD_IP, 8081, Some("cloud-1"))]),
+            service("mixed", "10.96.20.3", 80, None),
+            endpoints_at(
+                "mixed",
+                &[(&a_ip, 8082, Some("edge-a")), (&b_ip, 8080, Some("edge-b"))],
+            ),
+            service("redis", "10.96.20.4", 6379, None),
+            endpoints_at("redis", &[(&b_ip, 6379, Some("edge-b"))]),
+        ],
+    );
+    let cloud_cfg = d.join("cloud.yaml");
+    std::fs::write(
+        &cloud_cfg,
+        format!(
+            "health: {{address: \"127.0.0.1:10550\"}}\n\
+             modules:\n  cloudHub: {{address: \"{CLOUD_IP}:10000\"}}\n  \
+             edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}}}\n",
+            manifests.display()
+        ),
+    )
+    .unwrap();
+    let _cloud = Process(topo.cloud.spawn(
+        &[
+            env!("CARGO_BIN_EXE_cloudcore"),
+            "--config",
+            cloud_cfg.to_str().unwrap(),
+        ],
+        &d.join("cloud.log"),
+    ));
+    let mut edges = Vec::new();
+    for (node, host, iptables) in [
+        ("edge-a", &topo.edge_a, true),
+        ("edge-b", &topo.edge_b, false),
+    ] {
+        let cfg = d.join(format!("{node}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "health: {{address: \"127.0.0.1:10350\"}}\n\
+                 modules:\n  \
+                 edgeHub: {{server: \"{CLOUD_IP}:10000\", nodeId: {node}, reconnectInitialMs: 100}}\n  \
+                 metaManager: {{dbPath: \"{d}/{node}.db\", socketPath: \"{d}/{node}.sock\"}}\n  \
+                 edgeMesh: {{iptables: {iptables}, iptablesSyncMs: 200, proxyListen: \"\"}}\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        edges.push(Process(host.spawn(
+            &[
+                env!("CARGO_BIN_EXE_edgecore"),
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+            &d.join(format!("{node}.log")),
+        )));
+    }
+
+    let a = &topo.edge_a;
+    // A ClusterIP on edge-a, answered by the pod on edge-b and by the pod in the cloud.
+    until(
+        a,
+        &["curl", "-s", "--max-time", "2", "http://10.96.20.1/who"],
+        "pod-on-edge-b",
+        d,
+    );
+    until(
+        a,
+        &["curl", "-s", "--max-time", "2", "http://10.96.20.2/who"],
+        "pod-in-cloud",
+        d,
+    );
+    // One endpoint here, one on edge-b: every request answered, both used.
+    let (mut here, mut there) = (0, 0);
+    for _ in 0..16 {
+        let body = curl(a, "http://10.96.20.3/who");
+        here += body.contains("pod-on-edge-a") as u32;
+        there += body.contains("pod-on-edge-b") as u32;
+    }
+    assert_eq!(here + there, 16, "every request answered");
+    assert!(
+        here > 0 && there > 0,
+        "both used: {here} here, {there} on edge-b"
+    );
+    // redis-cli through the tunnel to a real redis-server on edge-b.
+    until(
+        a,
+        &["redis-cli", "-h", "10.96.20.4", "-p", "6379", "PING"],
+        "PONG",
+        d,
+    );
+    let set = a.output(&[
+        "redis-cli",
+        "-h",
+        "10.96.20.4",
+        "-p",
+        "6379",
+        "SET",
+        "greeting",
+        "through the cloud",
+    ]);
+    assert!(String::from_utf8_lossy(&set.stdout).contains("OK"));
+    let got = a.output(&[
+        "redis-cli",
+        "-h",
+        "10.96.20.4",
+        "-p",
+        "6379",
+        "GET",
+        "greeting",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "through the cloud"
+    );
+    // Still no direct way from edge-a to edge-b: everything above went through the cloud.
+    topo.prove_isolated();
+    drop(edges);
+}
