@@ -244,7 +244,13 @@ async fn timed(
         .await
         .unwrap_or_else(|e| ("failed".into(), e.to_string()));
     let answered_by = body.lines().next().unwrap_or_default().to_owned();
-    let path = if answered_by.contains(&format!("on {NODE}")) {
+    let path = if via == "cloud proxy" {
+        if answered_by.contains(" on edge-") {
+            "the cloud to an edge"
+        } else {
+            "-"
+        }
+    } else if answered_by.contains(&format!("on {NODE}")) {
         "this node"
     } else if answered_by.contains(&format!("on {OTHER}")) {
         "edge-2 via the cloud"
