@@ -30,7 +30,7 @@ pub const PROJECT_ID_HEADER: &str = "project_id";
 
 /// Bytes a connection's read buffer starts with. Small, so ten thousand idle nodes cost
 /// little; it grows for larger messages.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 32 * 1024;
 
 /// Accepts connections on `listener` until `stop` is cancelled; each one is served by its
 /// own task.

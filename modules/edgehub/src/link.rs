@@ -109,7 +109,7 @@ where
         .headers_mut()
         .insert("project_id", header(&config.project_id)?);
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(128 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(config.max_frame_len))
         .max_frame_size(Some(config.max_frame_len));
