@@ -270,6 +270,8 @@ async fn send(
                     let Some(next) = next else {
                         return Err(e);
                     };
+                    log::debug!("{e}; trying {} instead", next.addr());
+                    target.stats.error(crate::metrics::Reason::retried);
                     lease = next;
                     match shared.upstream.connect(&lease).await {
                         Ok(conn) => (conn, false),

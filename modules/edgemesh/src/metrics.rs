@@ -62,6 +62,9 @@ reasons! {
     client_timeout,
     /// The client went away mid-request.
     client_aborted,
+    /// Dialling the chosen endpoint failed and the request or connection went to another
+    /// (it was served; the failed endpoint's breaker counted it).
+    retried,
 }
 
 /// How many reasons there are.

@@ -18,10 +18,11 @@ use crate::http;
 use crate::lb::Strategy;
 use crate::metrics::{Active, Reason};
 use crate::prefixed::Prefixed;
-use crate::relay::{relay, relay_io};
+use crate::relay::relay;
 use crate::shared::{Shared, ip_key};
 use crate::sniff::{Protocol, classify, sniff};
 use crate::spread::{Seat, accept};
+use crate::tunnel::pipe::pipe;
 use crate::upstream::Conn;
 
 /// Serves intercepted connections until `stop`, as worker `seat` (see [`Seat::serve`]):
@@ -187,7 +188,7 @@ async fn relay_to(
     server.write_all(&first).await?;
     let (up, down) = match server {
         Conn::Tcp(server) => relay(client, server, shared.idle_timeout).await?,
-        Conn::Tunnel(stream) => relay_io(client, stream, shared.idle_timeout).await?,
+        Conn::Tunnel(stream) => pipe(client, stream, shared.idle_timeout).await?,
     };
     let up = up + first.len() as u64;
     target.stats.bytes_sent.inc_by(up);

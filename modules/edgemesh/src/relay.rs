@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -32,49 +32,6 @@ pub async fn relay(client: TcpStream, server: TcpStream, idle: Duration) -> std:
             std::io::ErrorKind::TimedOut,
             format!("idle for {idle:?}"),
         )),
-    }
-}
-
-/// [`relay`] for any pair of byte streams (a tunnel stream on one side): the same
-/// half-close and idle rules, with a buffer per direction while the pair lives.
-pub async fn relay_io<A, B>(a: A, b: B, idle: Duration) -> std::io::Result<Moved>
-where
-    A: AsyncRead + AsyncWrite,
-    B: AsyncRead + AsyncWrite,
-{
-    let watch = Watch::new(idle);
-    let (ar, aw) = tokio::io::split(a);
-    let (br, bw) = tokio::io::split(b);
-    let both = async {
-        let (up, down) = tokio::join!(copy(ar, bw, &watch), copy(br, aw, &watch));
-        Ok((up?, down?))
-    };
-    tokio::select! {
-        moved = both => moved,
-        _ = watch.expired() => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("idle for {idle:?}"),
-        )),
-    }
-}
-
-async fn copy<R: AsyncRead, W: AsyncWrite>(
-    from: ReadHalf<R>,
-    mut to: WriteHalf<W>,
-    watch: &Watch,
-) -> std::io::Result<u64> {
-    let mut from = from;
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            let _ = to.shutdown().await;
-            return Ok(total);
-        }
-        to.write_all(&buf[..n]).await?;
-        total += n as u64;
-        watch.touch();
     }
 }
 

@@ -640,6 +640,8 @@ async fn exchange(
                         && let Ok(next) =
                             upstream.lease_except(target, key.as_deref(), Some(lease.addr()))
                     {
+                        log::debug!("{e}; trying {} instead", next.addr());
+                        target.stats.error(crate::metrics::Reason::retried);
                         redialled = true;
                         lease = next;
                         continue;

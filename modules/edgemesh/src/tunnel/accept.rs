@@ -10,9 +10,9 @@ use proto::stream::{Open, ResetCode, StreamId};
 use tokio::net::TcpStream;
 
 use super::Tunnel;
+use super::pipe::pipe;
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
-use crate::relay::relay_io;
 
 /// Where this end stands, and what it may dial.
 #[derive(Debug)]
@@ -125,7 +125,7 @@ impl Acceptor {
                 "tunnel: {source} → {service} ({endpoint}) stream {}",
                 id.get()
             );
-            match relay_io(conn, stream, this.idle_timeout).await {
+            match pipe(conn, stream, this.idle_timeout).await {
                 Ok((to_endpoint, from_endpoint)) => {
                     stats.bytes_received.inc_by(from_endpoint);
                     stats.bytes_sent.inc_by(to_endpoint);

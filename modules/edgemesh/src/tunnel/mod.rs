@@ -7,10 +7,12 @@
 //!   frames to them. It never waits on a stream's reader: Data within credit is queued on
 //!   the stream, and a stream that overruns its window is reset.
 //! - [`stream`]: [`TunnelStream`], a stream as a byte stream.
+//! - [`pipe`]: relays a socket and a stream with no buffer in between.
 //! - [`accept`]: the acceptor: a stream opened towards this node is checked against the
 //!   catalog (no open relay), limited by the Service's QPS, dialled and piped.
 
 pub mod accept;
+pub mod pipe;
 pub mod stream;
 
 use std::collections::HashMap;

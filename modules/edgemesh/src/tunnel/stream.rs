@@ -177,6 +177,89 @@ impl TunnelStream {
     }
 }
 
+impl TunnelStream {
+    /// Waits for send credit and takes up to a frame's worth: the caller then sends that
+    /// many bytes or fewer with [`TunnelStream::send_data`] and gives back the rest with
+    /// [`TunnelStream::give_back`].
+    pub(crate) async fn credit(&self) -> io::Result<usize> {
+        let max = StreamCodec::default().max_data_len();
+        std::future::poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if let Some((code, reason)) = &state.reset {
+                return Poll::Ready(Err(reset_error(*code, reason)));
+            }
+            match state.send.reserve(max) {
+                0 => {
+                    state.write_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                n => Poll::Ready(Ok(n)),
+            }
+        })
+        .await
+    }
+
+    /// Returns credit taken and not used.
+    pub(crate) fn give_back(&self, n: usize) {
+        if n > 0 {
+            let _ = self.shared.lock().send.grant(n as u32);
+        }
+    }
+
+    /// Sends `frame`: [`HEADER_LEN`] bytes of room, then the payload, read in place.
+    pub(crate) fn send_data(&self, mut frame: BytesMut) -> io::Result<()> {
+        StreamCodec::default()
+            .seal_data(self.id, &mut frame)
+            .map_err(io::Error::other)?;
+        self.link
+            .send(frame.freeze())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the cloud link is down"))
+    }
+
+    /// The next chunk the far end sent, whole, without copying; `None` at its Fin. Its
+    /// credit goes back with [`TunnelStream::consumed`] once the bytes are passed on, so
+    /// nothing is held beyond the window.
+    pub(crate) async fn chunk(&self) -> io::Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if let Some((code, reason)) = &state.reset {
+                return Poll::Ready(Err(reset_error(*code, reason)));
+            }
+            if let Some(chunk) = state.chunks.pop_front() {
+                return Poll::Ready(Ok(Some(chunk)));
+            }
+            if state.fin_in {
+                return Poll::Ready(Ok(None));
+            }
+            state.read_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// `n` bytes taken with [`TunnelStream::chunk`] were passed on: credit for the far end.
+    pub(crate) fn consumed(&self, n: usize) {
+        let increment = self.shared.lock().recv.consumed(n);
+        if let Some(increment) = increment {
+            let _ = self.send(&StreamFrame::Window {
+                id: self.id,
+                increment,
+            });
+        }
+    }
+
+    /// Half-closes: this end sends no more.
+    pub(crate) fn finish(&self) -> io::Result<()> {
+        let mut state = self.shared.lock();
+        if state.fin_out || state.reset.is_some() {
+            return Ok(());
+        }
+        state.fin_out = true;
+        drop(state);
+        self.send(&StreamFrame::Fin { id: self.id })
+    }
+}
+
 impl Drop for TunnelStream {
     fn drop(&mut self) {
         self.abort(ResetCode::Cancelled, "closed");
@@ -269,13 +352,6 @@ impl AsyncWrite for TunnelStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut state = this.shared.lock();
-        if state.fin_out || state.reset.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        state.fin_out = true;
-        drop(state);
-        Poll::Ready(this.send(&StreamFrame::Fin { id: this.id }))
+        Poll::Ready(self.get_mut().finish())
     }
 }

@@ -196,6 +196,7 @@ impl Upstream {
             return Err(first);
         };
         log::debug!("{first}; trying {} instead", lease.addr());
+        target.stats.error(crate::metrics::Reason::retried);
         match self.connect(&lease).await {
             Ok(conn) => Ok((lease, conn)),
             Err(e) => {

@@ -1,0 +1,78 @@
+//! Relays between a TCP connection and a tunnel stream with no buffer in between: bytes
+//! from the socket are read straight into the frame that carries them (room kept for its
+//! header), and frames from the far end are written to the socket as they came. A generic
+//! copy would pass every byte through one more buffer each way.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use proto::stream::HEADER_LEN;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::TunnelStream;
+use crate::idle::Watch;
+use crate::relay::Moved;
+
+/// Relays until both directions have ended, or until nothing has moved for `idle`; returns
+/// the bytes moved (socket → stream, stream → socket). Dropping the stream at the end
+/// resets it if it did not end cleanly.
+pub async fn pipe(tcp: TcpStream, stream: TunnelStream, idle: Duration) -> io::Result<Moved> {
+    let watch = Watch::new(idle);
+    let (read, write) = tcp.into_split();
+    let both = async {
+        let (up, down) = tokio::join!(up(read, &stream, &watch), down(&stream, write, &watch));
+        Ok((up?, down?))
+    };
+    let moved = tokio::select! {
+        moved = both => moved,
+        _ = watch.expired() => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("idle for {idle:?}"),
+        )),
+    };
+    drop(stream);
+    moved
+}
+
+/// Socket to stream: within credit, a frame per read.
+async fn up(mut from: OwnedReadHalf, to: &TunnelStream, watch: &Watch) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        // Nothing is held while the socket is quiet.
+        from.readable().await?;
+        let credit = to.credit().await?;
+        let mut frame = BytesMut::with_capacity(HEADER_LEN + credit);
+        frame.put_bytes(0, HEADER_LEN);
+        let n = match from.read_buf(&mut (&mut frame).limit(credit)).await {
+            Ok(n) => n,
+            Err(e) => {
+                to.give_back(credit);
+                return Err(e);
+            }
+        };
+        to.give_back(credit - n);
+        if n == 0 {
+            to.finish()?;
+            return Ok(total);
+        }
+        to.send_data(frame)?;
+        total += n as u64;
+        watch.touch();
+    }
+}
+
+/// Stream to socket: each chunk as it came, its credit returned once written.
+async fn down(from: &TunnelStream, mut to: OwnedWriteHalf, watch: &Watch) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(chunk) = from.chunk().await? {
+        to.write_all(&chunk).await?;
+        from.consumed(chunk.len());
+        total += chunk.len() as u64;
+        watch.touch();
+    }
+    let _ = to.shutdown().await;
+    Ok(total)
+}
