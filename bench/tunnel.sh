@@ -172,6 +172,7 @@ fi
 # for edgemesh's own runs, so the other targets are measured without them beside.
 WEB_VIP=10.96.110.10
 BULK_VIP=10.96.110.11
+IDLE_VIP=10.96.110.12
 TUNNEL_CONFIG=${TUNNEL_CONFIG:-bench/tunnel}
 if [ "$TUNNEL" = 1 ]; then
     if [ -z "${CLOUDCORE_BIN:-}" ] || [ -z "${EDGECORE_BIN:-}" ]; then
@@ -183,12 +184,12 @@ if [ "$TUNNEL" = 1 ]; then
     for f in cloudcore edgecore-a edgecore-b; do
         [ -f "$TUNNEL_CONFIG/$f.yaml" ] || { echo "TUNNEL=1 needs $TUNNEL_CONFIG/$f.yaml" >&2; exit 1; }
         WORK=$WORK CLOUD_IP=$CLOUD_IP CLOUD_A=$CLOUD_A CLOUD_B=$CLOUD_B EDGE_A=$EDGE_A EDGE_B=$EDGE_B \
-            POD_IP=$POD_IP WEB_VIP=$WEB_VIP BULK_VIP=$BULK_VIP python3 -c \
+            POD_IP=$POD_IP WEB_VIP=$WEB_VIP BULK_VIP=$BULK_VIP IDLE_VIP=$IDLE_VIP python3 -c \
             'import os,string,sys; sys.stdout.write(string.Template(open(sys.argv[1]).read()).substitute(os.environ))' \
             "$TUNNEL_CONFIG/$f.yaml" > "$WORK/$f.yaml"
     done
     mkdir -p "$WORK/manifests"
-    WEB_VIP=$WEB_VIP BULK_VIP=$BULK_VIP POD_IP=$POD_IP python3 -c \
+    WEB_VIP=$WEB_VIP BULK_VIP=$BULK_VIP IDLE_VIP=$IDLE_VIP POD_IP=$POD_IP python3 -c \
         'import os,string,sys; sys.stdout.write(string.Template(open(sys.argv[1]).read()).substitute(os.environ))' \
         "$TUNNEL_CONFIG/manifests.yaml" > "$WORK/manifests/bench.yaml"
 else
@@ -261,11 +262,53 @@ keepalive() {
     echo "$1 rps $rps" >> "$RESULTS"
     echo "$1 rps_p99 $(python3 -c "import sys,re;m=re.match(r'([0-9.]+)(us|ms|s)',sys.argv[1]);x=float(m.group(1));print({'us':x/1000,'ms':x,'s':x*1000}[m.group(2)])" "$p99")" >> "$RESULTS"
 }
+# CPU seconds (user + system) a process has used so far.
+cpu_secs() {
+    awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
+}
 bulk() {
-    local gbps
-    gbps=$(XA iperf3 -c "${BULK[$1]%:*}" -p "${BULK[$1]#*:}" -t "$SECS" -J |
-        python3 -c "import json,sys;print(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e9)")
-    echo "$1 gbps $gbps" >> "$RESULTS"
+    local out before after
+    [ "$1" = edgemesh ] && before=$(cpu_secs "${EM_PIDS[0]}")
+    out=$(XA iperf3 -c "${BULK[$1]%:*}" -p "${BULK[$1]#*:}" -t "$SECS" -J |
+        python3 -c "import json,sys;e=json.load(sys.stdin)['end']['sum_received'];print(e['bits_per_second']/1e9, e['bytes'])")
+    echo "$1 gbps ${out% *}" >> "$RESULTS"
+    if [ "$1" = edgemesh ]; then
+        # cloudcore's CPU per GiB it relayed (both directions of the link count as one GiB).
+        after=$(cpu_secs "${EM_PIDS[0]}")
+        echo "edgemesh cloud_cpu_per_gib $(python3 -c "import sys;print((float(sys.argv[2])-float(sys.argv[1]))/(int(sys.argv[3])/2**30))" "$before" "$after" "${out#* }")" >> "$RESULTS"
+    fi
+}
+
+# RSS (KiB) of each edgemesh process: cloudcore, edgecore on edge-a, edgecore on edge-b.
+rss_all() {
+    for pid in "${EM_PIDS[@]}"; do awk '/^VmRSS/{printf "%s ", $2}' "/proc/$pid/status"; done
+}
+# 1,000 idle streams: clients on edge-a hold 1,000 connections to IDLE_VIP (opaque TCP, each
+# a stream through the cloud) to a server on edge-b that accepts and keeps them.
+idle_streams() {
+    local before after
+    enter edgemesh
+    ip netns exec "$B" python3 -c '
+import os, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 7777)); s.listen(2048); held = []
+while True:
+    c, _ = s.accept(); held.append(c)
+    open(sys.argv[2] + ".t", "w").write(str(len(held))); os.replace(sys.argv[2] + ".t", sys.argv[2])
+' "$POD_IP" "$WORK/held" & PIDS+=($!)
+    wait_tcp "$B" "$POD_IP" 7777
+    before=$(rss_all)
+    ip netns exec "$A" python3 -c '
+import socket, sys, time
+held = [socket.create_connection((sys.argv[1], 7777)) for _ in range(1000)]
+time.sleep(3600)
+' "$IDLE_VIP" & local client=$!
+    local deadline=$((SECONDS + 60))
+    while [ "$(cat "$WORK/held" 2>/dev/null || echo 0)" -lt 1000 ] && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    after=$(rss_all)
+    echo "1,000 idle streams: held $(cat "$WORK/held" 2>/dev/null || echo 0) at edge-b; RSS KiB (cloudcore, edge-a, edge-b) before: $before; holding them: $after"
+    kill "$client" 2>/dev/null || true
+    edgemesh_down
 }
 # Every target once per round, the order reversed every other round.
 in_rounds() { # what to run per target
@@ -296,6 +339,8 @@ if [ -n "$BW" ]; then
 else
     echo "BW unset: no shaped transfer (BW=100mbit adds it)"
 fi
+
+[ "$TUNNEL" = 1 ] && idle_streams > "$WORK/idle.txt"
 
 python3 - "$RESULTS" "$BW" "${TARGETS[*]}" <<'PY'
 import sys
@@ -334,4 +379,8 @@ print()
 print("transfers per target: " + ", ".join(f"{names[c]} {n}" for c, n in counts.items())
       + (", at " + bw + ": " + ", ".join(f"{names[c]} {len(values[(c, 'xfer_bw')])}" for c in targets) if bw else "")
       + "; req/s, p99 and Gbit/s are medians over rounds; ratios are row over column (for times lower is better)")
+cpu = values[("edgemesh", "cloud_cpu_per_gib")]
+if cpu:
+    print(f"cloudcore CPU seconds per GiB relayed (iperf3 runs, median): {median(cpu):.2f}")
 PY
+[ -f "$WORK/idle.txt" ] && cat "$WORK/idle.txt"
