@@ -96,6 +96,14 @@ pub async fn serve(
     metrics: Option<MetricsText>,
     stop: CancellationToken,
 ) {
+    if let Ok(addr) = listener.local_addr() {
+        let what = if metrics.is_some() {
+            "/healthz, /readyz and /metrics"
+        } else {
+            "/healthz and /readyz"
+        };
+        log::info!("{what} on http://{addr}");
+    }
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,

@@ -111,6 +111,8 @@ async fn edges_reach_each_other_and_the_cloud_only_through_the_link() {
         endpoints("incloud", &[(web_cloud, Some("master-1"))]),
         service("mixed", "10.96.7.3", 80, json!({})),
         endpoints("mixed", &[(web_a, Some("edge-a")), (web_b, Some("edge-b"))]),
+        service("nonode", "10.96.7.8", 80, json!({})),
+        endpoints("nonode", &[(web_cloud, None)]),
         service("ona", "10.96.7.4", 80, json!({})),
         endpoints("ona", &[(web_a, Some("edge-a"))]),
         echo_svc,
@@ -138,6 +140,8 @@ async fn edges_reach_each_other_and_the_cloud_only_through_the_link() {
     // Edge-a to a pod on edge-b and to one in the cloud, by name.
     until_answers(c.a_proxy, "http://onb/x", "web-on-b").await;
     until_answers(c.a_proxy, "http://incloud/y", "web-in-cloud").await;
+    // An endpoint with no node is the cloud's to dial.
+    until_answers(c.a_proxy, "http://nonode/", "web-in-cloud").await;
     // A cloud workload to a pod on edge-a, through cloudcore's proxy.
     until_answers(c.cloud_proxy, "http://ona/z", "web-on-a").await;
 
@@ -151,6 +155,17 @@ async fn edges_reach_each_other_and_the_cloud_only_through_the_link() {
     }
     assert_eq!(on_a + on_b, 20);
     assert!(on_a > 0 && on_b > 0, "both endpoints used: {on_a} {on_b}");
+
+    // Metrics say where each chosen endpoint ran.
+    let health = c.a.logged_addr("/metrics on http://").await;
+    let (_, metrics) = common::mesh::get(health, "/metrics").await.unwrap();
+    for (svc, via) in [("mixed", "local"), ("mixed", "edge"), ("nonode", "cloud")] {
+        let series = format!(r#"edgemesh_upstreams_total{{service="default/{svc}",via="{via}"}}"#);
+        assert!(
+            common::mesh::sample(&metrics, &series).is_some_and(|v| v > 0.0),
+            "{series} in {metrics}"
+        );
+    }
 
     // Topology: Local never leaves the node; PreferClose stays while a local one serves.
     let (body, code) = curl(c.a_proxy, "http://local-only/").await;

@@ -109,6 +109,18 @@ pub enum Path {
     tcp,
 }
 
+/// Where a chosen endpoint runs, seen from this node.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Via {
+    /// On this node: dialled directly.
+    local,
+    /// On another node: a stream through the cloud link to that node.
+    edge,
+    /// Outside the edge (no node recorded): a stream to the cloud, which dials it.
+    cloud,
+}
+
 /// Which way bytes went.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -134,6 +146,12 @@ struct ServiceReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceOnly {
     service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceVia {
+    service: String,
+    via: Via,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,6 +190,7 @@ struct Families {
     latency: Family<ServiceOnly, Histogram, fn() -> Histogram>,
     active: Family<ServiceOnly, Gauge>,
     bytes: Family<ServiceDirection, Counter>,
+    upstreams: Family<ServiceVia, Counter>,
 }
 
 /// Where one Service's series are made, on their first use.
@@ -210,6 +229,9 @@ impl Origin {
                 CounterSeries::Bytes(direction) => f
                     .bytes
                     .get_or_create_owned(&ServiceDirection { service, direction }),
+                CounterSeries::Upstreams(via) => f
+                    .upstreams
+                    .get_or_create_owned(&ServiceVia { service, via }),
             },
             Counter::default,
         )
@@ -239,6 +261,12 @@ impl Origin {
                 direction,
             });
         }
+        for via in [Via::local, Via::edge, Via::cloud] {
+            f.upstreams.remove(&ServiceVia {
+                service: service(),
+                via,
+            });
+        }
         let only = ServiceOnly { service: service() };
         f.latency.remove(&only);
         f.active.remove(&only);
@@ -251,6 +279,7 @@ enum CounterSeries {
     Requests(Path),
     Errors(Reason),
     Bytes(Direction),
+    Upstreams(Via),
 }
 
 /// A counter whose series is made on its first use.
@@ -372,6 +401,8 @@ pub struct ServiceStats {
     pub bytes_sent: LazyCounter,
     /// Bytes relayed endpoint → client.
     pub bytes_received: LazyCounter,
+    /// Endpoints chosen, by where they run: local, edge, cloud.
+    pub via: [LazyCounter; 3],
     /// By reason; the array itself is made on the first error, as most Services never
     /// see one.
     errors: OnceLock<Box<[OnceLock<Counter>; REASONS]>>,
@@ -405,6 +436,7 @@ impl ServiceStats {
             },
             bytes_sent: counter(CounterSeries::Bytes(Direction::sent)),
             bytes_received: counter(CounterSeries::Bytes(Direction::received)),
+            via: [Via::local, Via::edge, Via::cloud].map(|v| counter(CounterSeries::Upstreams(v))),
             errors: OnceLock::new(),
             origin,
         }
@@ -491,6 +523,7 @@ impl Default for Metrics {
             latency: Family::new_with_constructor(latency_histogram),
             active: Family::default(),
             bytes: Family::default(),
+            upstreams: Family::default(),
         };
         let dns = Family::<DnsAnswer, Counter>::default();
         let dns_malformed = Counter::default();
@@ -519,6 +552,11 @@ impl Default for Metrics {
             "active_connections",
             "Client connections open now, by Service",
             families.active.clone(),
+        );
+        registry.register(
+            "upstreams",
+            "Endpoints chosen for requests and connections, by Service and where they run (local; edge: another node, through the cloud link; cloud)",
+            families.upstreams.clone(),
         );
         registry.register(
             "bytes",

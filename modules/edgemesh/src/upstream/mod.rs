@@ -30,6 +30,7 @@ use crate::breaker::Verdict;
 use crate::catalog::Target;
 use crate::error::{Error, Result, Side};
 use crate::lb::{Backend, InFlight};
+use crate::metrics::Via;
 use crate::objects::Topology;
 use crate::tunnel::{OpenError, OpenRequest, Tunnel};
 use proto::stream::ProtocolHint;
@@ -154,6 +155,14 @@ impl Upstream {
                 retry_after,
             });
         }
+        let via = if self.is_local(pick.backend) {
+            Via::local
+        } else if pick.backend.node.is_some() {
+            Via::edge
+        } else {
+            Via::cloud
+        };
+        target.stats.via[via as usize].inc();
         Ok(Lease {
             target,
             backend: pick.backend,
