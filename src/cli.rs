@@ -38,7 +38,7 @@ pub fn raise_fd_limit() {
 
 /// Runs a core binary: prints the default config, or loads the config and runs `run` on a
 /// multi-threaded runtime. Bad config exits with 64.
-pub fn main_for<C>(
+pub fn main_for<C: AsRef<beehive::CoreConfig>>(
     default_yaml: &str,
     load: impl FnOnce(&std::path::Path) -> Result<C>,
     run: impl AsyncFnOnce(C) -> Result<()>,
@@ -53,6 +53,7 @@ pub fn main_for<C>(
     let result = load(&path).and_then(|config| {
         raise_fd_limit();
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.as_ref().threads())
             .enable_all()
             .build()
             .map_err(|e| Error::Io(format!("cannot start the runtime: {e}")))?

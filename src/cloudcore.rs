@@ -82,6 +82,12 @@ impl Default for CloudCoreConfig {
     }
 }
 
+impl AsRef<beehive::CoreConfig> for CloudCoreConfig {
+    fn as_ref(&self) -> &beehive::CoreConfig {
+        &self.beehive
+    }
+}
+
 impl CloudCoreConfig {
     /// Every problem, one per section.
     pub fn problems(&self) -> Vec<String> {

@@ -59,6 +59,12 @@ impl Default for EdgeCoreConfig {
     }
 }
 
+impl AsRef<beehive::CoreConfig> for EdgeCoreConfig {
+    fn as_ref(&self) -> &beehive::CoreConfig {
+        &self.beehive
+    }
+}
+
 impl EdgeCoreConfig {
     /// Every problem, one per section.
     pub fn problems(&self) -> Vec<String> {

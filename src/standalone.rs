@@ -54,6 +54,12 @@ impl Default for ProxyConfig {
     }
 }
 
+impl AsRef<beehive::CoreConfig> for ProxyConfig {
+    fn as_ref(&self) -> &beehive::CoreConfig {
+        &self.beehive
+    }
+}
+
 impl ProxyConfig {
     /// Every problem, one per field.
     pub fn problems(&self) -> Vec<String> {

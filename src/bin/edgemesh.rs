@@ -53,6 +53,7 @@ fn proxy(config: Option<PathBuf>, defaultconfig: bool) -> ExitCode {
     let path = config.expect("clap requires --config");
     let result = ProxyConfig::load(&path).and_then(|config| {
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.beehive.threads())
             .enable_all()
             .build()
             .map_err(|e| edgemesh::Error::Io(format!("cannot start the runtime: {e}")))?
