@@ -170,6 +170,7 @@ async fn edges_reach_each_other_and_the_cloud_only_through_the_link() {
     // Topology: Local never leaves the node; PreferClose stays while a local one serves.
     let (body, code) = curl(c.a_proxy, "http://local-only/").await;
     assert_eq!(code, "503", "{body}");
+    assert!(body.contains("internalTrafficPolicy is Local"), "{body}");
     for _ in 0..6 {
         let (body, code) = curl(c.a_proxy, "http://prefer-close/").await;
         assert_eq!(

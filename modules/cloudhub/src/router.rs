@@ -324,6 +324,10 @@ impl Router {
         };
         let (peer, peer_id) = (leg.peer.clone(), leg.peer_id);
         self.forward(&peer, peer_id, frame);
+        // What was still queued towards the end that gave up is for nobody now.
+        if let Some(port) = self.ports.get(from) {
+            port.tx.discard(id);
+        }
         self.remove(from, id);
     }
 

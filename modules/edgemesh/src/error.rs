@@ -48,6 +48,9 @@ pub enum Error {
         /// Where it runs.
         node: String,
     },
+    /// The Service's `internalTrafficPolicy` is `Local` and no endpoint runs on this node.
+    #[error("service {0}: internalTrafficPolicy is Local and no ready endpoint runs on this node")]
+    NotLocal(String),
     /// A tunnel stream to the endpoint was refused or broke before it was connected.
     #[error("service {service}: {endpoint} via {via}: {reason}")]
     Tunnel {
@@ -172,7 +175,8 @@ impl Error {
             | Error::NoEndpoint(_)
             | Error::BreakerOpen(_)
             | Error::Limited { .. }
-            | Error::Remote { .. } => Side::Policy,
+            | Error::Remote { .. }
+            | Error::NotLocal(_) => Side::Policy,
             Error::InvalidConfig { .. } | Error::Iptables(_) | Error::Io(_) => Side::Local,
         }
     }

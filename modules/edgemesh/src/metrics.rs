@@ -75,7 +75,7 @@ impl Reason {
     pub fn of(error: &Error) -> Option<Reason> {
         Some(match error {
             Error::UnknownService(_) | Error::UnknownName(_) => Reason::unknown_service,
-            Error::NoEndpoint(_) => Reason::no_endpoint,
+            Error::NoEndpoint(_) | Error::NotLocal(_) => Reason::no_endpoint,
             Error::BreakerOpen(_) => Reason::breaker_open,
             Error::Limited { .. } => Reason::qps_limited,
             Error::Connect { .. } => Reason::connect_failed,

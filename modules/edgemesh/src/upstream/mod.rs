@@ -132,7 +132,12 @@ impl Upstream {
                 |b| allowed(b) && self.reachable(b),
                 unreachable,
             ),
-            Topology::Local => choose(target, key, |b| allowed(b) && self.is_local(b), unreachable),
+            Topology::Local => choose(
+                target,
+                key,
+                |b| allowed(b) && self.is_local(b),
+                |_| Error::NotLocal(target.service.clone()),
+            ),
             Topology::PreferClose => {
                 choose(target, key, |b| allowed(b) && self.is_local(b), unreachable).or_else(|_| {
                     choose(
