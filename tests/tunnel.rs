@@ -242,9 +242,20 @@ async fn edges_reach_each_other_and_the_cloud_only_through_the_link() {
     assert_eq!(echoed.len(), payload.len());
     assert!(echoed == payload, "bytes changed on the way");
 
+    // A stream open to edge-b when it dies ends for its client (no hang).
+    let (mut live, head) = tunnel(c.a_proxy, "echo:7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    live.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    live.read_exact(&mut one).await.unwrap();
+
     // Edge-b killed: its streams are reset, and its Service answers 503 (not a hang:
     // curl gives up after 5 s and would report 000).
     drop(c.b);
+    let ended = tokio::time::timeout(Duration::from_secs(10), live.read(&mut one))
+        .await
+        .expect("the stream to the dead node ended, not hung");
+    assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let (body, code) = curl(c.a_proxy, "http://onb/").await;
@@ -421,6 +432,14 @@ async fn a_forged_open_is_refused_and_counted() {
     assert!(
         log.contains("from node intruder") && log.contains("refused"),
         "{log}"
+    );
+    let health = c.b.logged_addr("/metrics on http://").await;
+    let (_, metrics) = common::mesh::get(health, "/metrics").await.unwrap();
+    let series = r#"edgemesh_tunnel_streams_in_total{source="intruder",outcome="forbidden"}"#;
+    assert_eq!(
+        common::mesh::sample(&metrics, series),
+        Some(1.0),
+        "{series} in {metrics}"
     );
     let _ = &c.a;
 }
