@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod cutter;
 pub mod kube_double;
 pub mod mesh;
 pub mod netns;
