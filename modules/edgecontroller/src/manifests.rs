@@ -1,8 +1,10 @@
 //! The manifest-folder source: ordinary multi-document Kubernetes YAML (Service, Endpoints,
 //! Pod, Node; other kinds are ignored), re-read when a file changes.
 //!
-//! The folder is polled (every file's size and modification time), which works on every
-//! filesystem and with the symlink swaps of a mounted ConfigMap. Each document is parsed on
+//! The folder is watched (inotify, through the `notify` crate), so a change is read within
+//! milliseconds; it is also polled (every file's size and modification time), which works on
+//! every filesystem, with the symlink swaps of a mounted ConfigMap, and when a watch cannot
+//! be set up (inotify limits) or misses an event. Each document is parsed on
 //! its own: a bad one is reported with its file and position and skipped, and the last good
 //! version of that document stays in force, as does everything else.
 
@@ -244,6 +246,9 @@ impl Source for ManifestSource {
             interval,
         } = *self;
         let mut unreadable = false;
+        // One pending wake-up is enough: a scan reads everything that changed.
+        let (wake, mut woken) = mpsc::channel::<()>(1);
+        let _watcher = watch(folder.dir.clone(), wake);
         loop {
             // Reading files blocks: keep it off the runtime's workers.
             let scanned = tokio::task::spawn_blocking(move || {
@@ -281,7 +286,32 @@ impl Source for ManifestSource {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
+                _ = woken.recv() => {}
             }
+        }
+    }
+}
+
+/// Watches `dir` (recursively) and wakes the scan loop on any change; `None` when the
+/// watch cannot be set up, and the poll alone then notices changes.
+fn watch(dir: PathBuf, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // Full means a wake-up is already pending.
+            let _ = wake.try_send(());
+        }
+    })
+    .map_err(|e| log::warn!("manifest folder: no change notifications ({e}); polling only"))
+    .ok()?;
+    match watcher.watch(&dir, notify::RecursiveMode::Recursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            log::warn!(
+                "manifest folder {}: cannot watch it ({e}); polling only",
+                dir.display()
+            );
+            None
         }
     }
 }
@@ -289,6 +319,45 @@ impl Source for ManifestSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_is_read_when_notified_not_at_the_next_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        // A poll this slow would take a minute: only the watch can be this quick.
+        let source = Box::new(ManifestSource::new(dir.path(), Duration::from_secs(60)));
+        let (tx, mut rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(source.run(tx, stop.clone()));
+        let services = |event: Option<SourceEvent>| match event {
+            Some(SourceEvent::Replace(Kind::Service, set)) => Some(set.len()),
+            _ => None,
+        };
+        // The first scan (of the empty folder) comes at once.
+        let mut first = None;
+        while first.is_none() {
+            first = services(rx.recv().await);
+        }
+        assert_eq!(first, Some(0));
+        std::fs::write(
+            dir.path().join("web.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
+             spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n",
+        )
+        .unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(n) = services(rx.recv().await)
+                    && n == 1
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        stop.cancel();
+        let _ = running.await;
+        seen.expect("the new Service was read long before the next poll");
+    }
 
     #[test]
     fn documents_split_at_separator_lines_with_their_first_line() {
