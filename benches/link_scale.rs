@@ -17,7 +17,8 @@
 //! bench writes (S Services, each with Endpoints, in 10 files). Every node reports empty
 //! holdings on connect, so it is sent all 2×S objects (the initial sync is timed), and a
 //! change is an edit of one Service in one file: the time runs from the file write to each
-//! node's ACK, so it includes the folder poll (`pollIntervalMs`, 500 by default).
+//! node's ACK, so it includes noticing the change (the folder is watched; its poll,
+//! `pollIntervalMs`, 500 by default, is the fallback).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -455,8 +456,8 @@ async fn drive(nodes: usize, rounds: usize, hold: u64, tls: bool, services: usiz
         let watched = format!("default/service/{}", service_name(changed));
         let t0;
         if services > 0 {
-            // Rounds would otherwise fall in step with the folder poll; a random pause
-            // samples the whole poll interval.
+            // Rounds would otherwise fall in step with the folder poll (the fallback to
+            // the watch); a random pause samples the whole poll interval.
             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..500))).await;
             writeln!(to_cloud, "mark")?;
             line_rx.recv().await.context("marked")?;
