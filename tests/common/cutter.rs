@@ -11,6 +11,7 @@ use tokio::sync::watch;
 pub struct Cutter {
     /// Where to connect instead of the target.
     pub addr: SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
     cuts: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -22,9 +23,12 @@ impl Cutter {
         let addr = listener.local_addr().unwrap();
         let (cuts, _) = watch::channel(0u64);
         let watching = cuts.clone();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(target));
+        let current = target.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let mut cut = watching.subscribe();
+                let target = *current.lock().unwrap();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else {
                         return;
@@ -36,7 +40,17 @@ impl Cutter {
                 });
             }
         });
-        Cutter { addr, cuts, task }
+        Cutter {
+            addr,
+            target,
+            cuts,
+            task,
+        }
+    }
+
+    /// Relays new connections to `target` from now on (a restarted server's new port).
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 
     /// Drops every connection open through the relay now.

@@ -127,11 +127,14 @@ impl Controller {
         self.edge_nodes.is_empty() || self.edge_nodes.contains(node)
     }
 
-    /// Whether live changes go to `node` now: connected, served, and not awaiting its
-    /// holdings report (the resync that follows the report covers what changes meanwhile,
-    /// so sending it now would only send it twice).
+    /// Whether live changes go to `node` now: connected and served. Changes go on while its
+    /// holdings report is awaited: cloudhub's queue keeps the latest of each object, so one
+    /// the resync sends again replaces the queued copy rather than doubling it, and a change
+    /// held back would leave an older queued version of that object to reach the node after
+    /// the report (a Service deleted meanwhile would come back as its queued insert, and the
+    /// resync, computed from a report that never had it, would not delete it).
     fn live(&self, node: &str) -> bool {
-        self.connected.contains(node) && self.serves(node) && !self.awaiting.contains_key(node)
+        self.connected.contains(node) && self.serves(node)
     }
 
     /// Nodes that get live changes to Services and Endpoints.
