@@ -9,51 +9,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::backend;
-use common::mesh::{self, MeshEdge, endpoints, sample, service, tcp_echo};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use common::mesh::{
+    self, MeshEdge, assert_rate, endpoints, get_via, proxy_client, sample, service, tcp_echo,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-/// A keep-alive HTTP/1.1 connection to the explicit proxy.
-async fn proxy_client(proxy: SocketAddr) -> SendRequest<Empty<Bytes>> {
-    let stream = TcpStream::connect(proxy).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-/// GETs `url` (absolute) on `client`: status, Retry-After, body.
-async fn get(client: &mut SendRequest<Empty<Bytes>>, url: &str) -> (u16, Option<u64>, String) {
-    client.ready().await.unwrap();
-    let req = hyper::Request::get(url).body(Empty::new()).unwrap();
-    let resp = client.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let retry = resp
-        .headers()
-        .get(hyper::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, retry, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// Accepted over elapsed seconds, less the burst, against the limit: within ±10%.
-fn assert_rate(accepted: usize, burst: usize, limit: f64, elapsed: Duration) {
-    let expected = limit * elapsed.as_secs_f64() + burst as f64;
-    let ratio = accepted as f64 / expected;
-    eprintln!("{accepted} accepted in {elapsed:?}: {ratio:.3} of {expected:.1}");
-    assert!(
-        (0.9..=1.1).contains(&ratio),
-        "{accepted} accepted in {elapsed:?}; expected {expected:.1} at {limit}/s (ratio {ratio:.3})"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qps_limit_is_shared_by_connections_http_gets_429_and_tcp_is_closed() {
@@ -90,7 +52,7 @@ async fn qps_limit_is_shared_by_connections_http_gets_429_and_tcp_is_closed() {
             let (mut ok, mut limited) = (0, 0);
             while started.elapsed() < run {
                 tick.tick().await;
-                match get(&mut client, "http://web/").await {
+                match get_via(&mut client, "http://web/").await {
                     (200, _, _) => ok += 1,
                     (429, Some(retry), body) => {
                         assert!(retry >= 1, "Retry-After {retry}");
@@ -204,14 +166,14 @@ async fn breaker_ejects_a_dead_endpoint_fails_fast_and_restores_after_a_probe() 
     // one fails twice, then is ejected and no longer tried.
     let mut statuses = Vec::new();
     for _ in 0..12 {
-        statuses.push(get(&mut client, "http://flaky/").await.0);
+        statuses.push(get_via(&mut client, "http://flaky/").await.0);
     }
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
 
     // Every endpoint ejected: 503 at once, without dialling.
-    let (status, _, _) = get(&mut client, "http://down/").await;
+    let (status, _, _) = get_via(&mut client, "http://down/").await;
     assert_eq!(status, 502, "the first failure");
-    let (status, _, body) = get(&mut client, "http://down/").await;
+    let (status, _, body) = get_via(&mut client, "http://down/").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("ejected by the circuit breaker"), "{body}");
 
@@ -220,11 +182,14 @@ async fn breaker_ejects_a_dead_endpoint_fails_fast_and_restores_after_a_probe() 
     backend::spawn_at(down, "down").await;
     let proxy = edge.proxy();
     common::eventually("the probe restores the endpoint", || async move {
-        get(&mut proxy_client(proxy).await, "http://down/").await.0 == 200
+        get_via(&mut proxy_client(proxy).await, "http://down/")
+            .await
+            .0
+            == 200
     })
     .await;
     for _ in 0..5 {
-        assert_eq!(get(&mut client, "http://down/").await.0, 200);
+        assert_eq!(get_via(&mut client, "http://down/").await.0, 200);
     }
 
     let metrics = edge.metrics().await;

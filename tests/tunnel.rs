@@ -443,3 +443,54 @@ async fn a_forged_open_is_refused_and_counted() {
     );
     let _ = &c.a;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_services_qps_limit_holds_through_the_tunnel() {
+    use common::mesh::{assert_rate, get_via, proxy_client};
+    let web_b = backend::spawn("127.0.0.1", "web-on-b").await;
+    let mut svc = service("limited", "10.96.9.5", 80, json!({}));
+    svc["metadata"]["annotations"] = json!({"edgemesh.io/qps": "20"});
+    let objects = vec![svc, endpoints("limited", &[(web_b, Some("edge-b"))])];
+    let c = cluster(&objects).await;
+    until_answers(c.a_proxy, "http://limited/", "web-on-b").await;
+
+    // Two keep-alive clients on edge-a, each at 100 requests per second (10× the limit
+    // together) for 3 seconds: edge-b's limiter counts every request.
+    let proxy = c.a_proxy;
+    let started = tokio::time::Instant::now();
+    let run = Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        tasks.push(tokio::spawn(async move {
+            let mut client = proxy_client(proxy).await;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let (mut ok, mut limited) = (0, 0);
+            while started.elapsed() < run {
+                tick.tick().await;
+                match get_via(&mut client, "http://limited/").await {
+                    (200, _, _) => ok += 1,
+                    (429, Some(retry), body) => {
+                        assert!(retry >= 1, "Retry-After {retry}");
+                        assert!(body.contains("limit of 20"), "{body}");
+                        limited += 1;
+                    }
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+            (ok, limited)
+        }));
+    }
+    let (mut accepted, mut limited) = (0, 0);
+    for task in tasks {
+        let (ok, l) = task.await.unwrap();
+        accepted += ok;
+        limited += l;
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        limited > accepted * 5,
+        "{accepted} accepted, {limited} limited"
+    );
+    assert_rate(accepted, 2, 20.0, elapsed);
+    let _ = (&c.cloud, &c.b);
+}

@@ -218,3 +218,49 @@ pub async fn tunnel(proxy: SocketAddr, authority: &str) -> (TcpStream, String) {
     }
     (stream, String::from_utf8_lossy(&head).into_owned())
 }
+
+/// A keep-alive HTTP/1.1 connection to the explicit proxy.
+pub async fn proxy_client(
+    proxy: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// GETs `url` (absolute) on `client`: status, Retry-After, body.
+pub async fn get_via(
+    client: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    url: &str,
+) -> (u16, Option<u64>, String) {
+    client.ready().await.unwrap();
+    let req = hyper::Request::get(url)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = client.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, retry, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Accepted over elapsed seconds, less the burst, against the limit: within ±10%.
+pub fn assert_rate(accepted: usize, burst: usize, limit: f64, elapsed: Duration) {
+    let expected = limit * elapsed.as_secs_f64() + burst as f64;
+    let ratio = accepted as f64 / expected;
+    eprintln!("{accepted} accepted in {elapsed:?}: {ratio:.3} of {expected:.1}");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "{accepted} accepted in {elapsed:?}; expected {expected:.1} at {limit}/s (ratio {ratio:.3})"
+    );
+}

@@ -65,12 +65,14 @@ async fn send_h1(
                 }
             });
         } else {
+            let poolable = shared.upstream.poolable(lease);
             let (keep, shared, addr) = (keep.clone(), shared.clone(), lease.addr());
             tokio::spawn(async move {
                 // Ends once the response is over and the sender is gone.
                 if let Ok(parts) = connection.without_shutdown().await
                     && parts.read_buf.is_empty()
                     && keep.load(Ordering::Relaxed)
+                    && poolable
                 {
                     shared.upstream.pool().put(addr, parts.io.into_inner());
                 }

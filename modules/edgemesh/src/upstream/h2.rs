@@ -90,6 +90,18 @@ impl H2 {
         fault: &Fault,
     ) -> Result<Response<Incoming>> {
         let addr = lease.addr();
+        let blame = |e: hyper::Error| fault.blame(e.to_string(), |r| lease.upstream_error(r));
+        if !upstream.poolable(lease) {
+            // A stream of its own, so the far node counts this request against its limit.
+            let conn = upstream.connect(lease).await?;
+            let (mut sender, conn) = Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(conn))
+                .await
+                .map_err(|e| lease.upstream_error(e.to_string()))?;
+            tokio::spawn(conn);
+            return sender.send_request(req).await.map_err(blame);
+        }
         let kept = {
             let conns = self.conns.lock().expect("h2 conns poisoned");
             conns.get(&addr).and_then(|k| {
@@ -99,7 +111,6 @@ impl H2 {
                 })
             })
         };
-        let blame = |e: hyper::Error| fault.blame(e.to_string(), |r| lease.upstream_error(r));
         let req = match kept {
             Some(mut sender) => match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),

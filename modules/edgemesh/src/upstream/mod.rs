@@ -225,9 +225,19 @@ impl Upstream {
         self.pool.take(lease.backend.addr)
     }
 
-    /// Keeps `conn` to the lease's endpoint for the next request.
+    /// Keeps `conn` to the lease's endpoint for the next request, when it may be kept.
     pub fn keep(&self, lease: &Lease<'_>, conn: Conn) {
-        self.pool.put(lease.backend.addr, conn);
+        if self.poolable(lease) {
+            self.pool.put(lease.backend.addr, conn);
+        }
+    }
+
+    /// Whether a connection of this lease may carry later requests. Not a tunnel stream to a
+    /// Service with a QPS limit: the endpoint's node counts its limit per stream (it relays
+    /// bytes and does not parse them), so each request there goes on a stream of its own
+    /// and is counted, and answered 429 over the limit, as a local client's would be.
+    pub fn poolable(&self, lease: &Lease<'_>) -> bool {
+        lease.target.limiter.is_none() || self.is_local(lease.backend)
     }
 
     /// A new connection to the lease's endpoint. A failure is typed (connect error or
