@@ -321,9 +321,10 @@ impl Hub {
             operation::KEEPALIVE => return,
             operation::RESPONSE | operation::ERROR => {
                 if let Some(parent) = msg.parent_id()
-                    && node.queue.lock().expect("queue poisoned").ack(parent)
+                    && let Some(key) = node.queue.lock().expect("queue poisoned").ack(parent)
                 {
                     self.acked.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("node {} ACKed {key}", node.id);
                     if msg.operation() == operation::ERROR {
                         log::warn!(
                             "node {} refused {}: {}",

@@ -88,17 +88,16 @@ impl NodeQueue {
         self.direct.push_back(frame);
     }
 
-    /// Marks the object whose message had id `parent` as delivered. False when no message in
-    /// flight has that id (an ACK of a superseded version, or a duplicate).
-    pub fn ack(&mut self, parent: &MsgId) -> bool {
-        let Some(key) = self.by_id.remove(parent) else {
-            return false;
-        };
+    /// Marks the object whose message had id `parent` as delivered, and names it. `None`
+    /// when no message in flight has that id (an ACK of a superseded version, or a
+    /// duplicate).
+    pub fn ack(&mut self, parent: &MsgId) -> Option<CompactString> {
+        let key = self.by_id.remove(parent)?;
         self.inflight.remove(&key);
         if self.inflight.is_empty() && self.pending.is_empty() {
             self.shrink();
         }
-        true
+        Some(key)
     }
 
     /// Gives back what a burst (a node's full resync) grew the collections to, so an idle
@@ -245,8 +244,11 @@ mod tests {
         assert_eq!(q.len().pending, 2);
         let now = Instant::now();
         assert_eq!(texts(q.take(now, 10, ACK, 3)), ["a2", "b1"]);
-        assert!(q.ack(&MsgId::from("a2")));
-        assert!(!q.ack(&MsgId::from("a1")), "never sent, so never ACKed");
+        assert!(q.ack(&MsgId::from("a2")).is_some());
+        assert!(
+            q.ack(&MsgId::from("a1")).is_none(),
+            "never sent, so never ACKed"
+        );
         assert_eq!(
             q.len(),
             QueueLen {
@@ -265,7 +267,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(q.take(now, 2, ACK, 3).len(), 2);
         assert!(q.take(now, 2, ACK, 3).is_empty());
-        assert!(q.ack(&MsgId::from("m0")));
+        assert!(q.ack(&MsgId::from("m0")).is_some());
         assert_eq!(texts(q.take(now, 2, ACK, 3)), ["m2"]);
     }
 
@@ -285,7 +287,7 @@ mod tests {
         assert_eq!(q.len().inflight, 1);
         q.reconnect();
         assert_eq!(texts(q.take(t0 + ACK * 101, 10, ACK, 2)), ["a1"]);
-        assert!(q.ack(&MsgId::from("a1")));
+        assert!(q.ack(&MsgId::from("a1")).is_some());
         assert!(q.is_empty());
     }
 
@@ -297,7 +299,7 @@ mod tests {
         q.take(now, 10, ACK, 3);
         q.push("ns/service/a".into(), out("a2"));
         assert_eq!(texts(q.take(now, 10, ACK, 3)), ["a2"]);
-        assert!(!q.ack(&MsgId::from("a1")));
+        assert!(q.ack(&MsgId::from("a1")).is_none());
         q.reconnect();
         assert_eq!(
             texts(q.take(now, 10, ACK, 3)),

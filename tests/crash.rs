@@ -1,0 +1,195 @@
+//! Edge crash safety: edgecore killed with SIGKILL in the middle of a large sync (6,000
+//! objects), and again in the middle of a wave of updates its proxy is watching. After each
+//! kill the store opens, passes SQLite's integrity check, holds every object cloudhub saw
+//! ACKed (an ACK is sent only after the commit), and after restart the resync completes it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::sqlite_rows;
+use common::three::{Proc, cloud_yaml, edge_yaml};
+
+const CLOUDCORE: &str = env!("CARGO_BIN_EXE_cloudcore");
+const EDGECORE: &str = env!("CARGO_BIN_EXE_edgecore");
+const SERVICES: u32 = 3_000;
+
+fn manifest(n: u32, generation: u32) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: s{n}\n  namespace: default\n  \
+         annotations: {{gen: \"{generation}\"}}\nspec:\n  clusterIP: 10.98.{}.{}\n  \
+         ports: [{{name: http, port: 80}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  \
+         name: s{n}\n  namespace: default\nsubsets:\n- addresses: [{{ip: 10.2.0.1}}]\n  \
+         ports: [{{name: http, port: 8080}}]\n",
+        n / 250,
+        n % 250 + 1
+    )
+}
+
+/// Writes every Service at `generation`, ten files.
+fn write_all(dir: &Path, generation: u32) {
+    for file in 0..10 {
+        let text: Vec<String> = (0..SERVICES)
+            .filter(|n| n % 10 == file)
+            .map(|n| manifest(n, generation))
+            .collect();
+        let tmp = dir.join(format!(".f{file}.tmp"));
+        std::fs::write(&tmp, text.join("---\n")).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("f{file}.yaml"))).unwrap();
+    }
+}
+
+/// Rows of the edge's store, and SQLite's own verdict on the file.
+fn store(db: &Path) -> (BTreeSet<String>, String) {
+    let check = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys;print(sqlite3.connect(sys.argv[1]).execute('pragma integrity_check').fetchone()[0])",
+        ])
+        .arg(db)
+        .output()
+        .unwrap();
+    let verdict = String::from_utf8_lossy(&check.stdout).trim().to_owned();
+    let keys = sqlite_rows(db).into_iter().map(|(k, _)| k).collect();
+    (keys, verdict)
+}
+
+/// Keys cloudhub logged as ACKed by `node`, in order (a key once per version ACKed).
+fn acked(cloud: &Proc, node: &str) -> Vec<String> {
+    let marker = format!("node {node} ACKed ");
+    cloud
+        .text()
+        .lines()
+        .filter_map(|l| l.split_once(&marker).map(|(_, k)| k.trim().to_owned()))
+        .collect()
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills the edge, then checks its store against what cloudhub saw ACKed: every object
+/// ACKed is there, and every Service ACKed since the `since`-th ACK at generation `generation`.
+fn kill_and_check(edge: Proc, cloud: &Proc, db: &Path, since: usize, generation: &str) -> usize {
+    drop(edge); // SIGKILL
+    let acked = acked(cloud, "edge-a");
+    let (held, verdict) = store(db);
+    assert_eq!(verdict, "ok", "integrity check");
+    let rows: std::collections::BTreeMap<String, serde_json::Value> =
+        sqlite_rows(db).into_iter().collect();
+    let stale: Vec<&String> = acked[since.min(acked.len())..]
+        .iter()
+        .filter(|k| k.contains("/service/"))
+        .filter(|k| {
+            rows.get(*k)
+                .is_none_or(|v| v["metadata"]["annotations"]["gen"] != generation)
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} Service(s) ACKed at generation {generation} but not stored so, e.g. {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+    let lost: Vec<&String> = acked.iter().filter(|k| !held.contains(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} ACKed object(s) missing after the kill, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!(
+        "killed with {} rows, {} ACKed: every ACKed one present",
+        held.len(),
+        acked.len()
+    );
+    held.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_edge_keeps_every_acked_object_and_resync_completes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    write_all(&manifests, 1);
+    let cfg = dir.path().join("cloud.yaml");
+    std::fs::write(
+        &cfg,
+        cloud_yaml("127.0.0.1:0", &manifests, ", enable: false"),
+    )
+    .unwrap();
+    let log = dir.path().join("cloud.log");
+    let cloud = {
+        // cloudhub names each ACK at debug.
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(CLOUDCORE)
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info,cloudhub::hub=debug")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Proc {
+            process: common::Process(child),
+            log,
+        }
+    };
+    let hub = cloud.logged_addr("cloudhub listening on ").await;
+    let edge_cfg = dir.path().join("edge-a.yaml");
+    std::fs::write(
+        &edge_cfg,
+        edge_yaml("edge-a", &hub.to_string(), dir.path(), ""),
+    )
+    .unwrap();
+    let db = dir.path().join("edge-a.db");
+    let start = |n: u32| {
+        Proc::start(
+            EDGECORE,
+            &edge_cfg,
+            dir.path().join(format!("edge-{n}.log")),
+        )
+    };
+    let all = 2 * SERVICES as usize;
+
+    // Killed mid-sync: once some objects are ACKed, long before all are.
+    let edge = start(1);
+    until("part of the sync ACKed", || {
+        acked(&cloud, "edge-a").len() >= 500
+    })
+    .await;
+    let held = kill_and_check(edge, &cloud, &db, 0, "1");
+    assert!(
+        held < all,
+        "the kill came after the whole sync ({held} rows)"
+    );
+
+    // Restarted: resync completes it.
+    let edge = start(2);
+    until("the whole sync", || store(&db).0.len() == all).await;
+
+    // Killed while a wave of updates fans out to the proxy's watch.
+    write_all(&manifests, 2);
+    let before = acked(&cloud, "edge-a").len();
+    until("part of the updates ACKed", || {
+        acked(&cloud, "edge-a").len() >= before + 300
+    })
+    .await;
+    kill_and_check(edge, &cloud, &db, before, "2");
+    let _edge = start(3);
+    until("every object at its new version", || {
+        let rows = sqlite_rows(&db);
+        rows.len() == all
+            && rows
+                .iter()
+                .filter(|(k, _)| k.contains("/service/"))
+                .all(|(_, v)| v["metadata"]["annotations"]["gen"] == "2")
+    })
+    .await;
+}
