@@ -51,10 +51,12 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) ->
     let opening = tokio::time::timeout(HANDSHAKE_TIMEOUT, open(&mut stream, &shared))
         .await
         .map_err(|_| Error::Protocol("no proxy request in time".into()))??;
+    // Boxed: a task's memory is its future's largest state, and a client that has not
+    // spoken yet should cost the handshake's few bytes, not the forwarders' state.
     match opening {
-        Opening::Tunnel(vip, early) => dispatch(stream, early, peer, vip, shared).await,
+        Opening::Tunnel(vip, early) => Box::pin(dispatch(stream, early, peer, vip, shared)).await,
         Opening::Http(head) => {
-            serve_http(Prefixed::new(head, stream), peer, shared).await;
+            Box::pin(serve_http(Prefixed::new(head, stream), peer, shared)).await;
             Ok(())
         }
     }
@@ -66,16 +68,15 @@ async fn open(stream: &mut TcpStream, shared: &Shared) -> Result<Opening> {
         return Err(Error::Protocol("closed before a request".into()));
     }
     if first[0] == 5 {
-        return socks5(stream, shared).await;
+        return Box::pin(socks5(stream, shared)).await;
     }
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
+        buf.reserve(1024);
+        let n = stream.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(Error::Protocol("closed in the request head".into()));
         }
-        buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
