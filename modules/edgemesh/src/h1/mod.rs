@@ -834,3 +834,78 @@ async fn read_response_head(
         }
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API: it may change at any time).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// A head parsed as the fast path parses it: the head it would send on, the client or
+    /// upstream bytes it took, and how its body is framed.
+    pub type Parsed = (Vec<u8>, usize, Framing);
+
+    /// The request and response head parsers with a Service that hashes on a header, so
+    /// every branch of them is reachable.
+    pub struct Heads {
+        target: Target,
+        limits: Limits,
+    }
+
+    impl Heads {
+        /// Parsers refusing heads over `max_head` bytes.
+        pub fn new(max_head: usize) -> Self {
+            Heads {
+                target: Target {
+                    service: "default/web".into(),
+                    port_name: String::new(),
+                    port: 80,
+                    backends: Vec::new(),
+                    balancer: crate::lb::Balancer::new(Strategy::ConsistentHash),
+                    hash_key: Some("x-user".into()),
+                    opaque: false,
+                    topology: crate::objects::Topology::All,
+                    limiter: None,
+                    breaker: crate::breaker::BreakerPolicy::default(),
+                    stats: crate::metrics::Metrics::default().service("default/web"),
+                },
+                limits: Limits {
+                    max_head,
+                    head_timeout: std::time::Duration::from_secs(1),
+                },
+            }
+        }
+
+        /// A client's request head: `Ok(None)` while partial or when handed to hyper,
+        /// `Err` with what the client would be answered.
+        pub fn request(&self, buf: &[u8]) -> Result<Option<Parsed>, String> {
+            match parse_request(buf, &self.target, &self.limits) {
+                Head::Done(r) => Ok(Some((r.head, r.consumed, r.framing))),
+                Head::Partial | Head::Hyper => Ok(None),
+                Head::Refused(e) => Err(e.to_string()),
+            }
+        }
+
+        /// An upstream's response head to a request (`HEAD` or not, `Connection: close`
+        /// or not): `Ok(None)` while partial, `Err` when the endpoint is at fault.
+        pub fn response(
+            &self,
+            buf: &[u8],
+            is_head: bool,
+            close: bool,
+        ) -> Result<Option<Parsed>, String> {
+            let request = Request {
+                head: Vec::new(),
+                consumed: 0,
+                framing: Framing::None,
+                close,
+                is_head,
+                idempotent: true,
+                expect_continue: false,
+                key: None,
+            };
+            Ok(parse_response(buf, &request, self.limits.max_head)?
+                .map(|r| (r.head, r.consumed, r.framing)))
+        }
+    }
+}
+
