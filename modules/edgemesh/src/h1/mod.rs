@@ -257,6 +257,11 @@ fn parse_response(
         Err(e) => return Err(format!("malformed response: {e}")),
     };
     let status = resp.code.unwrap_or(0);
+    // httparse takes any three digits, but below 100 is no status (RFC 9110 §15), and it
+    // would be written on as fewer digits: a status line no client reads.
+    if status < 100 {
+        return Err(format!("malformed response: status code {status:03}"));
+    }
     let version = resp.version.unwrap_or(0);
     let (listed, upstream_close) = connection_tokens(resp.headers);
     let framing = framing::response_framing(resp.headers, status, request.is_head)
@@ -909,3 +914,27 @@ pub mod fuzzing {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::fuzzing::Heads;
+
+    /// Found by fuzz/ (h1_framing): a status code under 100 was written on as
+    /// `HTTP/1.1 20 OK`, a status line no client can read.
+    #[test]
+    fn a_status_code_under_100_is_the_endpoint_fault() {
+        let input = b"HTTP/1.0 020 OK\r\nContentjjjing:coding:PO,   g\xc4ziGETp\r\n\nTraPOn-fS er-";
+        let heads = Heads::new(8 * 1024);
+        let refused = heads.response(input, false, false).unwrap_err();
+        assert!(refused.contains("status code 020"), "{refused}");
+        assert!(
+            heads
+                .response(b"HTTP/1.1 099 x\r\n\r\n", false, false)
+                .is_err()
+        );
+        let (head, _, _) = heads
+            .response(b"HTTP/1.1 100 Continue\r\n\r\n", false, false)
+            .unwrap()
+            .unwrap();
+        assert!(head.starts_with(b"HTTP/1.1 100 Continue\r\n"));
+    }
+}
