@@ -39,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(response.metadata.message_type, MessageType::Response);
         if !over_tcp {
             let limit = usize::from(query.max_payload().max(512));
-            assert!(answer.len() <= limit, "{} bytes over UDP, limit {limit}", answer.len());
+            assert!(
+                answer.len() <= limit,
+                "{} bytes over UDP, limit {limit}",
+                answer.len()
+            );
         }
     }
 });

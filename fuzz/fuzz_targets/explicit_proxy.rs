@@ -18,10 +18,16 @@ fuzz_target!(|data: &[u8]| {
     let shared = shared();
     let (opened, written) = edgemesh_fuzz::runtime().block_on(open(data, shared));
     if let Ok(Some((vip, early))) = opened {
-        assert!(shared.catalog.load().lookup(vip).is_some(), "{vip} is a Service");
+        assert!(
+            shared.catalog.load().lookup(vip).is_some(),
+            "{vip} is a Service"
+        );
         assert!(early.len() < data.len());
         if data[0] == 5 {
-            assert!(written.ends_with(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]), "SOCKS5 success");
+            assert!(
+                written.ends_with(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]),
+                "SOCKS5 success"
+            );
         } else {
             assert!(written.starts_with(b"HTTP/1.1 200 "), "CONNECT success");
         }

@@ -60,7 +60,10 @@ fuzz_target!(|data: &[u8]| {
             }
             // The rewritten head may outgrow the limit (a length header added).
             Err(e) if head.len() + 32 > MAX_HEAD => drop(e),
-            other => panic!("rewritten request head {:?} read as {other:?}", String::from_utf8_lossy(&head)),
+            other => panic!(
+                "rewritten request head {:?} read as {other:?}",
+                String::from_utf8_lossy(&head)
+            ),
         }
         if framing == Framing::Chunked {
             scan(&data[consumed..], step);
@@ -76,7 +79,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!((n, f), (head.len(), framing));
             }
             Err(e) if head.len() + 64 > MAX_HEAD => drop(e),
-            other => panic!("rewritten response head {:?} read as {other:?}", String::from_utf8_lossy(&head)),
+            other => panic!(
+                "rewritten response head {:?} read as {other:?}",
+                String::from_utf8_lossy(&head)
+            ),
         }
         if framing == Framing::Chunked {
             scan(&data[consumed..], step);

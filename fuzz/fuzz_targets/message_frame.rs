@@ -40,7 +40,9 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(buf.is_empty());
         let frame = codec.encode_to_bytes(msg).expect("a decoded frame encodes");
-        let back = codec.decode_frame(frame.clone()).expect("our own frame decodes");
+        let back = codec
+            .decode_frame(frame.clone())
+            .expect("our own frame decodes");
         assert_eq!(back.header, msg.header);
         assert_eq!(back.route, msg.route);
         if let Content::Bytes(b) = &msg.content {

@@ -15,14 +15,18 @@ fuzz_target!(|data: &[u8]| {
     let Ok(frame) = codec.decode_frame(Bytes::copy_from_slice(data)) else {
         return;
     };
-    let bytes = codec.encode_to_bytes(&frame).expect("a decoded frame encodes");
+    let bytes = codec
+        .encode_to_bytes(&frame)
+        .expect("a decoded frame encodes");
     assert_eq!(&bytes[..], data, "encode(decode(x)) == x");
     let again = codec.decode_frame(bytes).expect("our own frame decodes");
     assert_eq!(again, frame);
 
     let mut streaming = codec;
     let mut buf = BytesMut::from(data);
-    let streamed = streaming.decode(&mut buf).expect("the stream decoder agrees");
+    let streamed = streaming
+        .decode(&mut buf)
+        .expect("the stream decoder agrees");
     assert_eq!(streamed, Some(frame));
     assert!(buf.is_empty());
 });

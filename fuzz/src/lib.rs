@@ -34,7 +34,12 @@ pub fn catalog() -> Arc<ArcSwap<Catalog>> {
         })
     };
     let services: BTreeMap<String, Service> = [
-        service("shop", "web", "10.96.0.10", json!([{"name": "http", "port": 80}, {"port": 443}])),
+        service(
+            "shop",
+            "web",
+            "10.96.0.10",
+            json!([{"name": "http", "port": 80}, {"port": 443}]),
+        ),
         service("default", "redis", "10.96.0.11", json!([{"port": 6379}])),
         service("default", "v6", "fd00::10", json!([{"port": 80}])),
     ]
@@ -42,15 +47,27 @@ pub fn catalog() -> Arc<ArcSwap<Catalog>> {
     .filter_map(Service::parse)
     .map(|s| (format!("{}/service/{}", s.namespace, s.name), s))
     .collect();
-    let endpoints: BTreeMap<String, Endpoints> = [("shop/endpoints/web", "10.0.0.5", 8080), ("default/endpoints/redis", "10.0.0.6", 6379)]
-        .into_iter()
-        .map(|(key, ip, port)| {
-            let e = json!({"subsets": [{"addresses": [{"ip": ip}], "ports": [{"port": port}]}]});
-            (key.to_owned(), Endpoints::parse(&e))
-        })
-        .collect();
-    let catalog = Catalog::build(&services, &endpoints, &Defaults::default(), &Kept::default());
-    assert_eq!(catalog.vips().len(), 4, "the fixture's Services are catalogued");
+    let endpoints: BTreeMap<String, Endpoints> = [
+        ("shop/endpoints/web", "10.0.0.5", 8080),
+        ("default/endpoints/redis", "10.0.0.6", 6379),
+    ]
+    .into_iter()
+    .map(|(key, ip, port)| {
+        let e = json!({"subsets": [{"addresses": [{"ip": ip}], "ports": [{"port": port}]}]});
+        (key.to_owned(), Endpoints::parse(&e))
+    })
+    .collect();
+    let catalog = Catalog::build(
+        &services,
+        &endpoints,
+        &Defaults::default(),
+        &Kept::default(),
+    );
+    assert_eq!(
+        catalog.vips().len(),
+        4,
+        "the fixture's Services are catalogued"
+    );
     Arc::new(ArcSwap::from_pointee(catalog))
 }
 
