@@ -81,7 +81,7 @@ wait || true
 # Reads `key: value` from a target's log (the last one).
 stat() { sed -n "s/^$1: *//p" "$logs/$2.log" | tail -1; }
 
-failed=0
+crashed=0
 printf '%-16s %12s %8s %8s %8s %8s\n' target runs wall_s cpu_s exec/s crashes
 for t in "${names[@]}"; do
     # libFuzzer stops at its first crash, leaving the input as crash-, oom-, timeout- or
@@ -94,8 +94,9 @@ for t in "${names[@]}"; do
         "$(stat run::wall_seconds "$t")" "$(stat run::cpu_seconds "$t")" \
         "$(stat stat::average_exec_per_sec "$t")" "$crashes"
     if [ "$crashes" -ne 0 ]; then
-        failed=1
+        crashed=$((crashed + 1))
         echo "  $t: log fuzz/$logs/$t.log; inputs:" $(find "artifacts/$t" -type f -newer "$stamp") >&2
     fi
 done
-exit $failed
+echo "fuzz: $((${#names[@]} - crashed)) passed, $crashed failed"
+[ "$crashed" -eq 0 ]
