@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's one test command: on a fresh machine it installs what the tests need, then
-# checks formatting and lints and runs every test of the workspace.
+# checks formatting and lints, runs every fuzz target briefly and every test of the workspace.
 #
 # Tests need system tools: each is in TOOLS below as "command:debian-package", and this
 # script installs the missing ones. The proxy tests create network namespaces and iptables
@@ -30,6 +30,7 @@ command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust with r
 
 if cargo fmt --version >/dev/null 2>&1; then
     cargo fmt --all -- --check
+    cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 else
     echo "rustfmt not installed; skipping the format check" >&2
 fi
@@ -37,6 +38,18 @@ if cargo clippy --version >/dev/null 2>&1; then
     cargo clippy --workspace --all-targets --locked -- -D warnings
 else
     echo "clippy not installed; skipping lints" >&2
+fi
+
+# Every fuzz target (fuzz/) for a few seconds, so a parser that now panics on its seeds or
+# on what a short run finds fails here; long runs are `fuzz/run.sh SECONDS`. It needs the
+# nightly toolchain, so without one it is skipped (FUZZ_SECONDS=0 skips it too).
+fuzz_seconds=${FUZZ_SECONDS:-10}
+if [ "$fuzz_seconds" = 0 ]; then
+    echo "fuzz: skipped (FUZZ_SECONDS=0)"
+elif ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    echo "fuzz: skipped: no nightly toolchain (rustup toolchain install nightly)"
+else
+    bash fuzz/run.sh "$fuzz_seconds"
 fi
 
 cargo test --workspace --locked

@@ -218,6 +218,25 @@ fn parse_document(doc: &str) -> Result<Vec<Object>, (usize, usize, String)> {
     Ok(objects)
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (not an API: it may change at any time).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Reads one file's text as a scan does: the objects of its good documents, with the
+    /// Endpoints derived from them, and the problems of its bad ones.
+    pub fn parse(text: &str) -> (Vec<Object>, Vec<Error>) {
+        let mut problems = Vec::new();
+        let docs = parse_file(Path::new("fuzz.yaml"), text, &[], &mut problems);
+        let mut objects: Vec<Object> = docs.into_iter().flatten().flatten().collect();
+        let of =
+            |kind| -> Vec<Object> { objects.iter().filter(|o| o.kind == kind).cloned().collect() };
+        let derived = derive_endpoints(&of(Kind::Service), &of(Kind::Endpoints), &of(Kind::Pod));
+        objects.extend(derived);
+        (objects, problems)
+    }
+}
+
 /// The manifest folder as a [`Source`].
 pub struct ManifestSource {
     folder: ManifestFolder,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +67,16 @@ async fn open(stream: &mut TcpStream, shared: &Shared) -> Result<Opening> {
     if stream.peek(&mut first).await? == 0 {
         return Err(Error::Protocol("closed before a request".into()));
     }
-    if first[0] == 5 {
+    opening(first[0], stream, shared).await
+}
+
+/// Reads the client's request, whose first byte (peeked, still unread) is `first`. Generic
+/// over the stream so the fuzz target can feed it bytes from memory.
+async fn opening<S>(first: u8, stream: &mut S, shared: &Shared) -> Result<Opening>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if first == 5 {
         return Box::pin(socks5(stream, shared)).await;
     }
     let mut buf = Vec::with_capacity(1024);
@@ -106,7 +115,7 @@ async fn open(stream: &mut TcpStream, shared: &Shared) -> Result<Opening> {
 }
 
 /// Answers a refused CONNECT in plain text, the way the HTTP path answers.
-async fn refuse_connect(stream: &mut TcpStream, error: &Error) -> Result<()> {
+async fn refuse_connect<S: AsyncWrite + Unpin>(stream: &mut S, error: &Error) -> Result<()> {
     stream
         .write_all(&refusal::refusal_bytes(error, true))
         .await?;
@@ -180,7 +189,10 @@ pub fn resolve(host: &str, port: u16, shared: &Shared) -> Result<SocketAddr> {
 }
 
 /// The SOCKS5 greeting and CONNECT request (RFC 1928), without authentication.
-async fn socks5(stream: &mut TcpStream, shared: &Shared) -> Result<Opening> {
+async fn socks5<S>(stream: &mut S, shared: &Shared) -> Result<Opening>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut greeting = [0u8; 2];
     stream.read_exact(&mut greeting).await?;
     let mut methods = vec![0u8; usize::from(greeting[1])];
@@ -241,7 +253,36 @@ async fn socks5(stream: &mut TcpStream, shared: &Shared) -> Result<Opening> {
     }
 }
 
-async fn socks_reply(stream: &mut TcpStream, code: u8) -> Result<()> {
+async fn socks_reply<S: AsyncWrite + Unpin>(stream: &mut S, code: u8) -> Result<()> {
     stream.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
     Ok(())
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API: it may change at any time).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Reads a client's proxy request from `client` (all it sends before closing) as the
+    /// listener does: the Service address of a tunnel with the bytes sent after the
+    /// request, or `None` for plain proxy HTTP. Also returns what the proxy wrote back.
+    pub async fn open(
+        client: &[u8],
+        shared: &Shared,
+    ) -> (Result<Option<(SocketAddr, Vec<u8>)>>, Vec<u8>) {
+        let Some(&first) = client.first() else {
+            return (
+                Err(Error::Protocol("closed before a request".into())),
+                Vec::new(),
+            );
+        };
+        let mut stream = tokio::io::join(client, Vec::new());
+        let opened = opening(first, &mut stream, shared).await;
+        let (_, written) = stream.into_inner();
+        let opened = opened.map(|o| match o {
+            Opening::Tunnel(vip, early) => Some((vip, early)),
+            Opening::Http(_) => None,
+        });
+        (opened, written)
+    }
 }

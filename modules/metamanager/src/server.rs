@@ -322,6 +322,16 @@ impl Target {
     }
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (not an API: it may change at any time).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// How the server reads a request's resource: `Ok(true)` for one object, `Ok(false)`
+    /// for a list or watch filter, `Err` with the reason it would answer.
+    pub fn target(resource: &str) -> Result<bool, String> {
+        super::Target::parse(resource).map(|t| matches!(t, super::Target::One(_)))
+    }
+}
+
 fn stream_message(req: &Message, op: &str, row: &Row) -> Message {
     let mut msg = Message::reply(req, Content::Json(row.json()));
     msg.route = Route::new(MODULE, "meta", op, row.key.as_str());

@@ -257,6 +257,11 @@ fn parse_response(
         Err(e) => return Err(format!("malformed response: {e}")),
     };
     let status = resp.code.unwrap_or(0);
+    // httparse takes any three digits, but below 100 is no status (RFC 9110 §15), and it
+    // would be written on as fewer digits: a status line no client reads.
+    if status < 100 {
+        return Err(format!("malformed response: status code {status:03}"));
+    }
     let version = resp.version.unwrap_or(0);
     let (listed, upstream_close) = connection_tokens(resp.headers);
     let framing = framing::response_framing(resp.headers, status, request.is_head)
@@ -832,5 +837,104 @@ async fn read_response_head(
                 });
             }
         }
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API: it may change at any time).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// A head parsed as the fast path parses it: the head it would send on, the client or
+    /// upstream bytes it took, and how its body is framed.
+    pub type Parsed = (Vec<u8>, usize, Framing);
+
+    /// The request and response head parsers with a Service that hashes on a header, so
+    /// every branch of them is reachable.
+    pub struct Heads {
+        target: Target,
+        limits: Limits,
+    }
+
+    impl Heads {
+        /// Parsers refusing heads over `max_head` bytes.
+        pub fn new(max_head: usize) -> Self {
+            Heads {
+                target: Target {
+                    service: "default/web".into(),
+                    port_name: String::new(),
+                    port: 80,
+                    backends: Vec::new(),
+                    balancer: crate::lb::Balancer::new(Strategy::ConsistentHash),
+                    hash_key: Some("x-user".into()),
+                    opaque: false,
+                    topology: crate::objects::Topology::All,
+                    limiter: None,
+                    breaker: crate::breaker::BreakerPolicy::default(),
+                    stats: crate::metrics::Metrics::default().service("default/web"),
+                },
+                limits: Limits {
+                    max_head,
+                    head_timeout: std::time::Duration::from_secs(1),
+                },
+            }
+        }
+
+        /// A client's request head: `Ok(None)` while partial or when handed to hyper,
+        /// `Err` with what the client would be answered.
+        pub fn request(&self, buf: &[u8]) -> Result<Option<Parsed>, String> {
+            match parse_request(buf, &self.target, &self.limits) {
+                Head::Done(r) => Ok(Some((r.head, r.consumed, r.framing))),
+                Head::Partial | Head::Hyper => Ok(None),
+                Head::Refused(e) => Err(e.to_string()),
+            }
+        }
+
+        /// An upstream's response head to a request (`HEAD` or not, `Connection: close`
+        /// or not): `Ok(None)` while partial, `Err` when the endpoint is at fault.
+        pub fn response(
+            &self,
+            buf: &[u8],
+            is_head: bool,
+            close: bool,
+        ) -> Result<Option<Parsed>, String> {
+            let request = Request {
+                head: Vec::new(),
+                consumed: 0,
+                framing: Framing::None,
+                close,
+                is_head,
+                idempotent: true,
+                expect_continue: false,
+                key: None,
+            };
+            Ok(parse_response(buf, &request, self.limits.max_head)?
+                .map(|r| (r.head, r.consumed, r.framing)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fuzzing::Heads;
+
+    /// Found by fuzz/ (h1_framing): a status code under 100 was written on as
+    /// `HTTP/1.1 20 OK`, a status line no client can read.
+    #[test]
+    fn a_status_code_under_100_is_the_endpoint_fault() {
+        let input = b"HTTP/1.0 020 OK\r\nContentjjjing:coding:PO,   g\xc4ziGETp\r\n\nTraPOn-fS er-";
+        let heads = Heads::new(8 * 1024);
+        let refused = heads.response(input, false, false).unwrap_err();
+        assert!(refused.contains("status code 020"), "{refused}");
+        assert!(
+            heads
+                .response(b"HTTP/1.1 099 x\r\n\r\n", false, false)
+                .is_err()
+        );
+        let (head, _, _) = heads
+            .response(b"HTTP/1.1 100 Continue\r\n\r\n", false, false)
+            .unwrap()
+            .unwrap();
+        assert!(head.starts_with(b"HTTP/1.1 100 Continue\r\n"));
     }
 }
