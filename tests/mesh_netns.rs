@@ -322,6 +322,25 @@ async fn http_is_balanced_per_request_with_every_strategy() {
         full.extend_from_slice(args);
         stdout(&ns.output(&full))
     };
+    // The chain's rules can be in place a moment before the jump to it: wait for an answer.
+    let probe = ns.name.clone();
+    eventually("the first Service answering", || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &probe,
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                "http://10.96.8.10/probe",
+            ])
+            .output();
+        let ok = out.is_ok_and(|o| !o.stdout.is_empty());
+        async move { ok }
+    })
+    .await;
 
     // Six requests on one keep-alive connection: round robin over three endpoints.
     let urls: Vec<String> = (0..6).map(|i| format!("http://10.96.8.10/r{i}")).collect();
