@@ -95,6 +95,8 @@ fn is_hop_by_hop(name: &str, listed: &[String]) -> bool {
 }
 
 /// Tokens of the Connection headers (other than close/keep-alive, which are handled).
+/// `Host` is never one: it is meant for every recipient (RFC 9110 §7.6.1), and dropping it
+/// would send the upstream an HTTP/1.1 request without the Host it requires.
 fn connection_tokens(headers: &[httparse::Header<'_>]) -> (Vec<String>, bool) {
     let mut listed = Vec::new();
     let mut close = false;
@@ -106,7 +108,10 @@ fn connection_tokens(headers: &[httparse::Header<'_>]) -> (Vec<String>, bool) {
             let token = token.trim();
             if token.eq_ignore_ascii_case("close") {
                 close = true;
-            } else if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
+            } else if !token.is_empty()
+                && !token.eq_ignore_ascii_case("keep-alive")
+                && !token.eq_ignore_ascii_case("host")
+            {
                 listed.push(token.to_owned());
             }
         }
@@ -936,5 +941,29 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(head.starts_with(b"HTTP/1.1 100 Continue\r\n"));
+    }
+
+    /// Found by fuzz/ (h1_framing): `Connection: Host` made the proxy drop the Host
+    /// header, so the upstream got an HTTP/1.1 request without one.
+    #[test]
+    fn connection_cannot_take_the_host_away() {
+        let input = b"GET /a?b=c HTTP/1.1\r\nHost:en: \xff\xff\xff\xff\xff\r\nConnection: \xff,,<,,,,,,,,,,,,,,,,,\",,,,,,,,,,,,,,,,,,,,,,,,,,,,,,\",,,,,,,\xbc,,,,,,,,,,,X-Uhhh,,,,,,,,,,,,,,,,,,,,,,,\",,,,,,,,,,,,,,,,,,,,,,,,,,Host,,,,,,,,,,,,,,o:o,!a a\x9e,,,\n\r\n";
+        let heads = Heads::new(8 * 1024);
+        let (head, _, _) = heads.request(input).unwrap().unwrap();
+        assert!(
+            head.windows(6).any(|w| w == b"\r\nHost"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        assert!(
+            heads.request(&head).unwrap().is_some(),
+            "the upstream reads it"
+        );
+
+        let (head, _, _) = heads
+            .request(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: host, x-a\r\nX-A: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head, b"GET / HTTP/1.1\r\nHost: web\r\n\r\n");
     }
 }
