@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::rss_kib;
+
 use std::time::{Duration, Instant};
 
 use common::backend;
@@ -14,15 +16,6 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 const IDLE: usize = 10_000;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_clients_cost_little_and_block_nobody() {
@@ -107,7 +100,7 @@ async fn ten_thousand_idle_clients_cost_little_and_block_nobody() {
     }
     // Every connection accepted (and so holding whatever it holds) before measuring.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()) < IDLE {
+    while common::fds(pid) < IDLE {
         assert!(
             Instant::now() < deadline,
             "the proxy did not accept them all"

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::rss_kib;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -272,16 +274,6 @@ async fn edges_reach_each_other_and_the_cloud_only_through_the_link() {
         assert_eq!(code, "200", "{body}");
     }
     let _ = (&c.cloud, &c.a);
-}
-
-/// Reads `/proc/<pid>/status` VmRSS in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A server that sends `len` bytes to every connection, then closes it.

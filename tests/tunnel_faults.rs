@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{fds, rss_kib};
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,19 +19,6 @@ use tokio::net::TcpStream;
 
 const CLOUDCORE: &str = env!("CARGO_BIN_EXE_cloudcore");
 const EDGECORE: &str = env!("CARGO_BIN_EXE_edgecore");
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// `n` streams to echo:7 through `proxy`, each proven open by one byte echoed.
 async fn open_streams(proxy: SocketAddr, n: usize) -> Vec<TcpStream> {

@@ -414,3 +414,18 @@ pub async fn raw_node(
     let (ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
     ws
 }
+
+/// A process's resident memory in KiB, from `/proc` (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A process's open file descriptors, from `/proc`.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}

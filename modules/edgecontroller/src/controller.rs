@@ -241,11 +241,7 @@ impl Controller {
         let Some(path) = obj.edge_path() else {
             return;
         };
-        let content = if op == operation::DELETE {
-            json!({"metadata": {"name": obj.name, "namespace": obj.namespace}})
-        } else {
-            (*obj.value).clone()
-        };
+        let content = content_for(op, obj);
         let msg = Message::new(Route::new(MODULE, group::RESOURCE, op, path), content)
             .with_resource_version(&obj.rv);
         if let Err(e) = self.ctx.send_to_group(MESH_GROUP, msg).await {
@@ -265,11 +261,7 @@ impl Controller {
         let Some(path) = obj.edge_path() else {
             return;
         };
-        let content = if op == operation::DELETE {
-            json!({"metadata": {"name": obj.name, "namespace": obj.namespace}})
-        } else {
-            (*obj.value).clone()
-        };
+        let content = content_for(op, obj);
         self.send_path(node, op, &path, content, &obj.rv).await;
     }
 
@@ -429,5 +421,14 @@ impl Controller {
                 Message::reply(msg, Value::Array(items))
             }
         }
+    }
+}
+
+/// What a change of `obj` carries: the object, or for a delete only its name and namespace.
+fn content_for(op: &str, obj: &Object) -> Value {
+    if op == operation::DELETE {
+        json!({"metadata": {"name": obj.name, "namespace": obj.namespace}})
+    } else {
+        (*obj.value).clone()
     }
 }
