@@ -42,34 +42,9 @@ async fn qps_limit_is_shared_by_connections_http_gets_429_and_tcp_is_closed() {
 
     // HTTP: two keep-alive connections, each at 100 requests per second (10× the limit
     // together) for 3 seconds.
-    let started = Instant::now();
     let run = Duration::from_secs(3);
-    let mut tasks = Vec::new();
-    for _ in 0..2 {
-        tasks.push(tokio::spawn(async move {
-            let mut client = proxy_client(proxy).await;
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            let (mut ok, mut limited) = (0, 0);
-            while started.elapsed() < run {
-                tick.tick().await;
-                match get_via(&mut client, "http://web/").await {
-                    (200, _, _) => ok += 1,
-                    (429, Some(retry), body) => {
-                        assert!(retry >= 1, "Retry-After {retry}");
-                        assert!(body.contains("over its limit of 20"), "{body}");
-                        limited += 1;
-                    }
-                    other => panic!("unexpected answer {other:?}"),
-                }
-            }
-            (ok, limited)
-        }));
-    }
-    let mut per_connection = Vec::new();
-    for task in tasks {
-        per_connection.push(task.await.unwrap());
-    }
-    let elapsed = started.elapsed();
+    let (per_connection, elapsed) =
+        mesh::paced_clients(proxy, "http://web/", "over its limit of 20", run).await;
     let accepted: usize = per_connection.iter().map(|(ok, _)| ok).sum();
     let limited: usize = per_connection.iter().map(|(_, l)| l).sum();
     assert!(

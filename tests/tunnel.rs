@@ -438,7 +438,7 @@ async fn a_forged_open_is_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_services_qps_limit_holds_through_the_tunnel() {
-    use common::mesh::{assert_rate, get_via, proxy_client};
+    use common::mesh::{assert_rate, paced_clients};
     let web_b = backend::spawn("127.0.0.1", "web-on-b").await;
     let mut svc = service("limited", "10.96.9.5", 80, json!({}));
     svc["metadata"]["annotations"] = json!({"edgemesh.io/qps": "20"});
@@ -449,36 +449,15 @@ async fn a_remote_services_qps_limit_holds_through_the_tunnel() {
     // Two keep-alive clients on edge-a, each at 100 requests per second (10× the limit
     // together) for 3 seconds: edge-b's limiter counts every request.
     let proxy = c.a_proxy;
-    let started = tokio::time::Instant::now();
-    let run = Duration::from_secs(3);
-    let mut tasks = Vec::new();
-    for _ in 0..2 {
-        tasks.push(tokio::spawn(async move {
-            let mut client = proxy_client(proxy).await;
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            let (mut ok, mut limited) = (0, 0);
-            while started.elapsed() < run {
-                tick.tick().await;
-                match get_via(&mut client, "http://limited/").await {
-                    (200, _, _) => ok += 1,
-                    (429, Some(retry), body) => {
-                        assert!(retry >= 1, "Retry-After {retry}");
-                        assert!(body.contains("limit of 20"), "{body}");
-                        limited += 1;
-                    }
-                    other => panic!("unexpected answer {other:?}"),
-                }
-            }
-            (ok, limited)
-        }));
-    }
-    let (mut accepted, mut limited) = (0, 0);
-    for task in tasks {
-        let (ok, l) = task.await.unwrap();
-        accepted += ok;
-        limited += l;
-    }
-    let elapsed = started.elapsed();
+    let (per_client, elapsed) = paced_clients(
+        proxy,
+        "http://limited/",
+        "limit of 20",
+        Duration::from_secs(3),
+    )
+    .await;
+    let accepted: usize = per_client.iter().map(|(ok, _)| ok).sum();
+    let limited: usize = per_client.iter().map(|(_, l)| l).sum();
     assert!(
         limited > accepted * 5,
         "{accepted} accepted, {limited} limited"

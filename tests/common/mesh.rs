@@ -264,3 +264,41 @@ pub fn assert_rate(accepted: usize, burst: usize, limit: f64, elapsed: Duration)
         "{accepted} accepted in {elapsed:?}; expected {expected:.1} at {limit}/s (ratio {ratio:.3})"
     );
 }
+
+/// Two keep-alive clients of the explicit proxy at `proxy`, each GETting `url` 100 times a
+/// second for `run`: per client, its 200s and its 429s, and the time it all took. A 429 must
+/// carry `Retry-After` ≥ 1 and name `refusal` in its body; any other answer fails the test.
+pub async fn paced_clients(
+    proxy: SocketAddr,
+    url: &'static str,
+    refusal: &'static str,
+    run: std::time::Duration,
+) -> (Vec<(usize, usize)>, std::time::Duration) {
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        tasks.push(tokio::spawn(async move {
+            let mut client = proxy_client(proxy).await;
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+            let (mut ok, mut limited) = (0, 0);
+            while started.elapsed() < run {
+                tick.tick().await;
+                match get_via(&mut client, url).await {
+                    (200, _, _) => ok += 1,
+                    (429, Some(retry), body) => {
+                        assert!(retry >= 1, "Retry-After {retry}");
+                        assert!(body.contains(refusal), "{body}");
+                        limited += 1;
+                    }
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+            (ok, limited)
+        }));
+    }
+    let mut per_client = Vec::new();
+    for task in tasks {
+        per_client.push(task.await.unwrap());
+    }
+    (per_client, started.elapsed())
+}
