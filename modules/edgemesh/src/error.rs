@@ -108,6 +108,12 @@ pub enum Error {
         /// The limit (`maxHeadBytes`).
         limit: usize,
     },
+    /// The client's request head has more header fields than the proxy parses.
+    #[error("request head has more than {limit} header fields")]
+    TooManyHeaders {
+        /// The limit.
+        limit: usize,
+    },
     /// The client started a request head and did not finish it in time.
     #[error("request head not completed within {0:?}")]
     HeadTimeout(std::time::Duration),
@@ -150,6 +156,7 @@ impl Error {
             Error::Protocol(_)
             | Error::BadRequest(_)
             | Error::HeadTooLarge { .. }
+            | Error::TooManyHeaders { .. }
             | Error::HeadTimeout(_)
             | Error::NotImplemented(_)
             | Error::Expectation(_)

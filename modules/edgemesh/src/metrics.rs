@@ -89,6 +89,7 @@ impl Reason {
             Error::Tunnel { .. } => Reason::tunnel,
             Error::BadRequest(_)
             | Error::HeadTooLarge { .. }
+            | Error::TooManyHeaders { .. }
             | Error::NotImplemented(_)
             | Error::Expectation(_)
             | Error::Protocol(_) => Reason::bad_request,

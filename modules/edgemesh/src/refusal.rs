@@ -48,7 +48,9 @@ pub fn refusal_status(error: &Error) -> StatusCode {
         Error::Protocol(_) | Error::BadRequest(_) | Error::ClientAborted(_) => {
             StatusCode::BAD_REQUEST
         }
-        Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        Error::HeadTooLarge { .. } | Error::TooManyHeaders { .. } => {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        }
         Error::HeadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         Error::Expectation(_) => StatusCode::EXPECTATION_FAILED,
