@@ -23,34 +23,18 @@ fi
 cargo build --release --locked --bin cloudcore --bin edgecore >/dev/null 2>&1 ||
     cargo build --release --locked --bin cloudcore --bin edgecore
 
-C=emsc$$ A=emsa$$ B=emsb$$
-CLOUD_IP=10.204.0.1 CLOUD_A=10.204.1.1 EDGE_A=10.204.1.2 CLOUD_B=10.204.2.1 EDGE_B=10.204.2.2
+source bench/three_hosts.sh
 WEB_VIP=10.96.120.10 BULK_VIP=10.96.120.11
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for ns in "$C" "$A" "$B"; do ip netns del "$ns" 2>/dev/null || true; rm -rf "/etc/netns/$ns"; done
+    three_hosts_down
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-for ns in "$C" "$A" "$B"; do
-    ip netns add "$ns"
-    mkdir -p "/etc/netns/$ns" && echo "nameserver 127.0.0.1" > "/etc/netns/$ns/resolv.conf"
-    ip -n "$ns" link set lo up
-    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1
-done
-ip -n "$C" addr add "$CLOUD_IP/32" dev lo
-ip link add to-cloud netns "$A" type veth peer name to-a netns "$C"
-ip link add to-cloud netns "$B" type veth peer name to-b netns "$C"
-ip -n "$C" addr add "$CLOUD_A/24" dev to-a && ip -n "$C" link set to-a up
-ip -n "$C" addr add "$CLOUD_B/24" dev to-b && ip -n "$C" link set to-b up
-ip -n "$A" addr add "$EDGE_A/24" dev to-cloud && ip -n "$A" link set to-cloud up
-ip -n "$B" addr add "$EDGE_B/24" dev to-cloud && ip -n "$B" link set to-cloud up
-ip -n "$A" route add default via "$CLOUD_A"
-ip -n "$B" route add default via "$CLOUD_B"
-ip netns exec "$C" sysctl -qw net.ipv4.ip_forward=0
+three_hosts_up ems 10.204
 X() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 # Long-running processes start with `ip netns exec` itself, not X: a function run in the
 # background is a subshell, and $! would be the subshell's pid, not the process's.

@@ -38,50 +38,24 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The same addresses as tests/common/topology.rs: edge-a's link 10.203.1.0/24, edge-b's
-# 10.203.2.0/24, the cloud .1 on each and 10.203.0.1 on its loopback. Nothing here touches
-# the host's own interfaces, so these cannot clash with anything outside the namespaces.
-C=emtc$$ A=emta$$ B=emtb$$
-CLOUD_IP=10.203.0.1
-CLOUD_A=10.203.1.1 EDGE_A=10.203.1.2
-CLOUD_B=10.203.2.1 EDGE_B=10.203.2.2
-POD_IP=$EDGE_B
+# 10.203.2.0/24, the cloud .1 on each and 10.203.0.1 on its loopback.
+source bench/three_hosts.sh
 WORK=$(mktemp -d)
 PIDS=()
 EM_PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}" "${EM_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for ns in "$C" "$A" "$B"; do
-        ip netns del "$ns" 2>/dev/null || true
-        rm -rf "/etc/netns/$ns"
-    done
+    three_hosts_down
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+three_hosts_up emt 10.203
+POD_IP=$EDGE_B
 
 XC() { ip netns exec "$C" "$@"; }
 XA() { ip netns exec "$A" "$@"; }
-for ns in "$C" "$A" "$B"; do
-    ip netns add "$ns"
-    # A lookup inside a namespace would hang on the host's unreachable resolver.
-    mkdir -p "/etc/netns/$ns" && echo "nameserver 127.0.0.1" > "/etc/netns/$ns/resolv.conf"
-    ip -n "$ns" link set lo up
-    # Every transfer is a new connection: let a client reuse its TIME_WAIT ports.
-    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1
-done
-ip -n "$C" addr add "$CLOUD_IP/32" dev lo
-# Both ends made inside their namespaces: no interface ever exists on the host.
-ip link add to-cloud netns "$A" type veth peer name to-a netns "$C"
-ip link add to-cloud netns "$B" type veth peer name to-b netns "$C"
-ip -n "$C" addr add "$CLOUD_A/24" dev to-a && ip -n "$C" link set to-a up
-ip -n "$C" addr add "$CLOUD_B/24" dev to-b && ip -n "$C" link set to-b up
-ip -n "$A" addr add "$EDGE_A/24" dev to-cloud && ip -n "$A" link set to-cloud up
-ip -n "$B" addr add "$EDGE_B/24" dev to-cloud && ip -n "$B" link set to-cloud up
-ip -n "$A" route add default via "$CLOUD_A"
-ip -n "$B" route add default via "$CLOUD_B"
-# Said outright: a new namespace may copy the host's setting, and a host with containers forwards.
 forwarding() { XC sysctl -qw "net.ipv4.ip_forward=$1"; }
-forwarding 0
 
 # tbf on both ends of both links, or none.
 shape() {
