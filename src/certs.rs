@@ -44,15 +44,33 @@ impl Ca {
         })
     }
 
+    /// A CA from its certificate and key (PEM), to issue more.
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem).map_err(rc)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(rc)?;
+        Ok(Ca {
+            pem: cert_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    /// Its private key in PEM (PKCS#8).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     /// The CA certificate in PEM.
     pub fn pem(&self) -> &str {
         &self.pem
     }
 
-    fn issue(&self, names: &[String], usage: ExtendedKeyUsagePurpose) -> Result<Issued> {
+    fn issue(&self, cn: &str, names: &[String], usage: ExtendedKeyUsagePurpose) -> Result<Issued> {
         let mut params = CertificateParams::new(names.to_vec()).map_err(rc)?;
-        if let Some(first) = names.first() {
-            params.distinguished_name.push(DnType::CommonName, first);
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if usage == ExtendedKeyUsagePurpose::ClientAuth {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, "system:nodes");
         }
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().map_err(rc)?;
@@ -65,12 +83,28 @@ impl Ca {
 
     /// A server certificate for cloudhub, valid for `names` (DNS names or IP addresses).
     pub fn server(&self, names: &[String]) -> Result<Issued> {
-        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth)
+        let cn = names.first().map_or("cloudhub", String::as_str);
+        self.issue(cn, names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
-    /// A client certificate for the node `node_id`.
+    /// A client certificate for the node `node_id`, in the Kubernetes form (CN
+    /// `system:node:<name>`, O `system:nodes`) with the name as a SAN too.
     pub fn node(&self, node_id: &str) -> Result<Issued> {
-        self.issue(&[node_id.to_owned()], ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(
+            &format!("system:node:{node_id}"),
+            &[node_id.to_owned()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    /// A client certificate for `node_id` as KubeEdge's cloudcore issues them: the
+    /// Kubernetes CN and O, no SAN (for interop tests).
+    pub fn kubeedge_node(&self, node_id: &str) -> Result<Issued> {
+        self.issue(
+            &format!("system:node:{node_id}"),
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
     }
 }
 
@@ -79,6 +113,8 @@ impl Ca {
 pub struct Written {
     /// `ca.crt`.
     pub ca: PathBuf,
+    /// `ca.key` (mode 0600), to issue more with [`Ca::load`].
+    pub ca_key: PathBuf,
     /// `server.crt` and `server.key`.
     pub server: (PathBuf, PathBuf),
     /// `<node>.crt` and `<node>.key` per node.
@@ -109,6 +145,8 @@ pub fn write_all(dir: &Path, server_names: &[String], nodes: &[String]) -> Resul
     };
     let ca_path = dir.join("ca.crt");
     write(&ca_path, ca.pem(), false)?;
+    let ca_key = dir.join("ca.key");
+    write(&ca_key, &ca.key_pem(), true)?;
     let server = pair("server", &ca.server(server_names)?)?;
     let nodes = nodes
         .iter()
@@ -116,6 +154,7 @@ pub fn write_all(dir: &Path, server_names: &[String], nodes: &[String]) -> Resul
         .collect::<Result<Vec<_>>>()?;
     Ok(Written {
         ca: ca_path,
+        ca_key,
         server,
         nodes,
     })

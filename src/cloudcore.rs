@@ -1,5 +1,7 @@
 //! cloudcore: the cloud process (cloudhub and edgecontroller).
 
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -125,6 +127,8 @@ pub struct CloudCore {
     hub_addr: SocketAddr,
     health: Option<TcpListener>,
     mesh: Option<CloudMesh>,
+    /// The metrics of the modules other than the mesh (whose own registry it keeps).
+    registry: Arc<Registry>,
 }
 
 /// What cloudcore keeps of its mesh.
@@ -156,6 +160,9 @@ impl CloudCore {
             .map_err(|e| Error::Io(e.to_string()))?;
         let module = CloudHub::new(hub_cfg.clone(), listener, tls);
         let hub = module.hub();
+        let mut registry = Registry::default();
+        hub.refusals()
+            .register(registry.sub_registry_with_prefix("cloudhub"));
         core.register(Box::new(module))?;
         let controller = &config.modules.edge_controller;
         if controller.enable {
@@ -189,6 +196,7 @@ impl CloudCore {
             hub_addr,
             health,
             mesh,
+            registry: Arc::new(registry),
         })
     }
 
@@ -242,10 +250,21 @@ impl CloudCore {
                     }]
                 })
             });
-            let metrics = self.mesh.as_ref().map(|m| {
-                let metrics = m.metrics.clone();
-                Arc::new(move || metrics.encode()) as health::MetricsText
+            let mesh = self.mesh.as_ref().map(|m| m.metrics.clone());
+            let registry = self.registry.clone();
+            let metrics: health::MetricsText = Arc::new(move || {
+                let mut out = String::new();
+                if let Some(mesh) = &mesh {
+                    mesh.encode_families(&mut out);
+                }
+                let encoded =
+                    encode_registry(&mut out, &registry).and_then(|()| encode_eof(&mut out));
+                if let Err(e) = encoded {
+                    log::error!("encoding metrics: {e}");
+                }
+                out
             });
+            let metrics = Some(metrics);
             tokio::spawn(health::serve(listener, probe, metrics, stop_health.clone()));
         }
         let report = self.core.run_until(stop).await;

@@ -121,7 +121,52 @@ async fn tls_admits_the_right_node_and_refuses_the_rest() {
         "{refused:?}"
     );
 
-    // edge-1's own link was never disturbed by the impostors.
-    assert_eq!(cloud.hub.stats().connected, 1);
+    // A certificate as KubeEdge's cloudcore issues them (CN system:node:<name>, no SAN),
+    // from the same CA: admitted for its own name, refused for another.
+    let ca = certs::Ca::load(
+        &std::fs::read_to_string(&ours.ca).unwrap(),
+        &std::fs::read_to_string(&ours.ca_key).unwrap(),
+    )
+    .unwrap();
+    let issued = ca.kubeedge_node("edge-2").unwrap();
+    let kubeedge = edgehub::TlsFiles {
+        ca_file: ours.ca.clone(),
+        cert_file: dir.path().join("kubeedge.crt"),
+        key_file: dir.path().join("kubeedge.key"),
+    };
+    std::fs::write(&kubeedge.cert_file, issued.cert_pem).unwrap();
+    std::fs::write(&kubeedge.key_file, issued.key_pem).unwrap();
+    let (_, reason) = dial(cloud.addr, &kubeedge, "edge-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        reason.contains("not issued for node edge-1 (CN system:node:edge-2"),
+        "{reason}"
+    );
+    assert_eq!(dial(cloud.addr, &kubeedge, "edge-2").await, Ok(None));
+
+    // Every refusal is counted by reason: two certificates for another node, one from
+    // another CA; the edge that refused the cloud left a failed handshake.
+    let refusals = cloud.hub.refusals().clone();
+    eventually("refusals counted", || {
+        let r = refusals.clone();
+        async move { r.get("certificate") == 3 && r.get("handshake") == 1 }
+    })
+    .await;
+
+    // edge-1's own link was never disturbed by the impostors: a change still arrives.
+    cloud
+        .send(change(
+            "edge-1",
+            operation::INSERT,
+            "default",
+            "t",
+            "2",
+            "10.96.0.2",
+        ))
+        .await;
+    cloud.await_all_acked().await;
+    assert_eq!(sqlite_rows(&edge.db).len(), 2);
     edge.stop().await;
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CloudHubConfig;
 use crate::queue::{NodeQueue, Outgoing};
+use crate::refusal::Refusals;
 use crate::router::{PortKey, PortTx, Router, StreamStats};
 use bytes::Bytes;
 use proto::stream::{Carriage, Outbox};
@@ -84,6 +85,7 @@ pub struct Hub {
     generations: AtomicU64,
     codec: FrameCodec,
     router: Mutex<Router>,
+    refusals: Refusals,
     /// Parent of every session's cancel token: cancelled at shutdown.
     pub(crate) shutdown: CancellationToken,
 }
@@ -104,12 +106,18 @@ impl Hub {
             delivered: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             generations: AtomicU64::new(0),
+            refusals: Refusals::default(),
             shutdown: CancellationToken::new(),
         })
     }
 
     pub(crate) fn set_context(&self, ctx: Context) {
         let _ = self.ctx.set(ctx);
+    }
+
+    /// Connections turned away, by reason (register them for `/metrics`).
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     pub(crate) fn config(&self) -> &CloudHubConfig {

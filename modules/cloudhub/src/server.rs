@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, valid_node_id};
+use crate::refusal::Refused;
 use crate::session;
 use crate::tls::check_node_name;
 
@@ -52,8 +53,9 @@ pub async fn serve(
                 let hub = hub.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    if let Err(reason) = handle(stream, hub, acceptor).await {
-                        log::info!("connection from {peer} refused: {reason}");
+                    if let Err(refused) = handle(stream, hub.clone(), acceptor).await {
+                        hub.refusals().count(refused.reason);
+                        log::warn!("connection from {peer} refused: {}", refused.detail);
                     }
                 });
             }
@@ -80,26 +82,43 @@ fn ws_config(max_frame_len: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame_len))
 }
 
+/// A failed TLS handshake: the client's certificate's fault (expired, unknown CA, revoked,
+/// none), or the handshake's.
+fn tls_refusal(e: std::io::Error) -> Refused {
+    let certificate = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        });
+    let reason = if certificate {
+        "certificate"
+    } else {
+        "handshake"
+    };
+    Refused::new(reason, format!("TLS handshake: {e}"))
+}
+
 async fn handle(
     stream: TcpStream,
     hub: Arc<Hub>,
     acceptor: Option<TlsAcceptor>,
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     let _ = stream.set_nodelay(true);
     let deadline = Duration::from_millis(hub.config().handshake_timeout_ms);
     match acceptor {
         None => {
             let (ws, ident) = timeout(deadline, upgrade(stream, hub.config().max_frame_len))
                 .await
-                .map_err(|_| "handshake timed out".to_owned())??;
+                .map_err(|_| Refused::new("handshake", "handshake timed out"))??;
             admit(hub, ws, ident, None).await
         }
         Some(acceptor) => {
             let handshakes = async {
-                let tls = acceptor
-                    .accept(stream)
-                    .await
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                let tls = acceptor.accept(stream).await.map_err(tls_refusal)?;
                 let cert = tls
                     .get_ref()
                     .1
@@ -107,11 +126,11 @@ async fn handle(
                     .and_then(|c| c.first())
                     .map(|c| c.clone().into_owned());
                 let (ws, ident) = upgrade(tls, hub.config().max_frame_len).await?;
-                Ok::<_, String>((ws, ident, cert))
+                Ok::<_, Refused>((ws, ident, cert))
             };
             let (ws, ident, cert) = timeout(deadline, handshakes)
                 .await
-                .map_err(|_| "handshake timed out".to_owned())??;
+                .map_err(|_| Refused::new("handshake", "handshake timed out"))??;
             admit(hub, ws, ident, cert).await
         }
     }
@@ -127,7 +146,7 @@ struct Identity {
 async fn upgrade<S>(
     stream: S,
     max_frame_len: usize,
-) -> Result<(WebSocketStream<S>, Identity), String>
+) -> Result<(WebSocketStream<S>, Identity), Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -151,7 +170,7 @@ where
         Some(ws_config(max_frame_len)),
     )
     .await
-    .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    .map_err(|e| Refused::new("handshake", format!("WebSocket handshake: {e}")))?;
     Ok((ws, ident))
 }
 
@@ -162,19 +181,19 @@ async fn admit<S>(
     mut ws: WebSocketStream<S>,
     ident: Identity,
     cert: Option<CertificateDer<'static>>,
-) -> Result<(), String>
+) -> Result<(), Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let refuse = async |ws: &mut WebSocketStream<S>, code, reason: String| {
-        session::close(ws, code, &reason).await;
-        Err(reason)
+    let refuse = async |ws: &mut WebSocketStream<S>, code, refused: Refused| {
+        session::close(ws, code, &refused.detail).await;
+        Err(refused)
     };
     let Some(node_id) = ident.node_id else {
         return refuse(
             &mut ws,
             CloseCode::Policy,
-            format!("missing header {NODE_ID_HEADER}"),
+            Refused::new("identity", format!("missing header {NODE_ID_HEADER}")),
         )
         .await;
     };
@@ -182,7 +201,7 @@ where
         return refuse(
             &mut ws,
             CloseCode::Policy,
-            format!("missing header {PROJECT_ID_HEADER}"),
+            Refused::new("identity", format!("missing header {PROJECT_ID_HEADER}")),
         )
         .await;
     }
@@ -190,18 +209,25 @@ where
         return refuse(
             &mut ws,
             CloseCode::Policy,
-            format!("invalid node_id {node_id:?}"),
+            Refused::new("identity", format!("invalid node_id {node_id:?}")),
         )
         .await;
     }
     if let Some(cert) = &cert
         && let Err(reason) = check_node_name(cert, &node_id)
     {
-        return refuse(&mut ws, CloseCode::Policy, reason).await;
+        return refuse(
+            &mut ws,
+            CloseCode::Policy,
+            Refused::new("certificate", reason),
+        )
+        .await;
     }
     let attached = match hub.attach(&node_id) {
         Ok(attached) => attached,
-        Err(reason) => return refuse(&mut ws, CloseCode::Again, reason).await,
+        Err(reason) => {
+            return refuse(&mut ws, CloseCode::Again, Refused::new("busy", reason)).await;
+        }
     };
     log::info!("node {node_id} connected");
     hub.publish_link(&node_id, true).await;

@@ -657,10 +657,19 @@ impl Metrics {
     /// Everything, in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        self.encode_families(&mut out);
+        if let Err(e) = prometheus_client::encoding::text::encode_eof(&mut out) {
             log::error!("encoding metrics: {e}");
         }
         out
+    }
+
+    /// Every family, without the closing `# EOF`, for a process that serves other
+    /// modules' metrics beside.
+    pub fn encode_families(&self, out: &mut String) {
+        if let Err(e) = prometheus_client::encoding::text::encode_registry(out, &self.registry) {
+            log::error!("encoding metrics: {e}");
+        }
     }
 }
 
