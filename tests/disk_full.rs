@@ -166,6 +166,11 @@ fn store_errors(edge: &Proc) -> Vec<String> {
         .collect()
 }
 
+/// Transactions the store worker could not commit.
+fn refused(edge: &Proc) -> usize {
+    edge.text().matches("not committed, none ACKed").count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_acks_nothing_uncommitted_and_recovers_without_a_restart() {
     if !is_root() {
@@ -221,7 +226,25 @@ async fn a_full_disk_acks_nothing_uncommitted_and_recovers_without_a_restart() {
     assert_ne!(edge_cfg_text, plain, "edge_yaml changed shape");
     let edge_cfg = dir.path().join("edge-a.yaml");
     std::fs::write(&edge_cfg, edge_cfg_text).unwrap();
-    let mut edge = Proc::start(EDGECORE, &edge_cfg, dir.path().join("edge.log"));
+    let edge_log = dir.path().join("edge.log");
+    let edge = {
+        // The store worker names each transaction it could not commit at debug.
+        let file = std::fs::File::create(&edge_log).unwrap();
+        let child = Command::new(EDGECORE)
+            .arg("--config")
+            .arg(&edge_cfg)
+            .env("RUST_LOG", "info,metamanager::store=debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Proc {
+            process: common::Process(child),
+            log: edge_log,
+        }
+    };
+    let mut edge = edge;
     let health = edge.logged_addr("/metrics on http://").await;
     let started = Instant::now();
 
@@ -250,11 +273,13 @@ async fn a_full_disk_acks_nothing_uncommitted_and_recovers_without_a_restart() {
         line.contains(&db.display().to_string()) && line.contains("disk full"),
         "{body}"
     );
-    // Stay full until cloudhub resends at its ceiling, so the log is seen over resends.
+    // Stay full until cloudhub resends at its ceiling and the store has refused many
+    // transactions (200), so the log is seen over many refusals.
     until("resends past their doublings", || {
         cloud.text().contains("resends: resending every")
     })
     .await;
+    until("200 transactions refused", || refused(&edge) >= 200).await;
     let (acked_full, held_full) = every_ack_is_stored(&cloud, &db);
     let all = expected_keys();
     assert!(
@@ -275,7 +300,9 @@ async fn a_full_disk_acks_nothing_uncommitted_and_recovers_without_a_restart() {
         store_errors(&edge).join("\n")
     );
     eprintln!(
-        "full: {held_full} rows stored, {acked_full} ACKs, all stored; {errors} error line(s) in {:.1}s; /readyz: {line}",
+        "full: {held_full} rows stored, {acked_full} ACKs, all stored; {} transactions refused, \
+         {errors} error line(s) in {:.1}s; /readyz: {line}",
+        refused(&edge),
         started.elapsed().as_secs_f64()
     );
 
