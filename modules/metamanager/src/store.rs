@@ -512,10 +512,11 @@ impl Writer {
                     "{} write(s) not committed, none ACKed: {reason}",
                     replies.len()
                 );
+                // The state first, so a writer that hears of its failure sees why.
+                self.found(StoreState::Unwritable(reason.clone()));
                 for reply in replies {
                     let _ = reply.send(Err(Error::Unwritable(reason.clone())));
                 }
-                self.found(StoreState::Unwritable(reason));
                 return;
             }
         };
