@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use beehive::{Core, CoreConfig, ShutdownReport};
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config_file::{self, check, section};
 use crate::error::{Error, Result};
-use crate::health::{self, Check, HealthConfig, LinkWatch, Probe};
+use crate::health::{self, Check, HealthConfig, Heard, LinkWatch, Probe};
 
 /// The complete, commented default config (`edgecore --defaultconfig`).
 pub const DEFAULT_YAML: &str = include_str!("../config/edgecore.yaml");
@@ -110,7 +110,7 @@ impl EdgeCoreConfig {
 pub struct EdgeCore {
     /// The bus, for adding modules before running.
     pub core: Core,
-    link_up: Arc<AtomicBool>,
+    heard: Heard,
     socket: Option<PathBuf>,
     mesh: Option<Mesh>,
     health: Option<TcpListener>,
@@ -169,12 +169,12 @@ impl EdgeCore {
         } else {
             None
         };
-        let (watch, link_up) = LinkWatch::new();
+        let (watch, heard) = LinkWatch::new();
         core.register(Box::new(watch))?;
         let health = health::listen(&config.health).await?;
         Ok(EdgeCore {
             core,
-            link_up,
+            heard,
             socket,
             mesh,
             health,
@@ -195,17 +195,20 @@ impl EdgeCore {
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> ShutdownReport {
         let stop_health = CancellationToken::new();
         if let Some(listener) = self.health {
-            let link_up = self.link_up.clone();
+            let heard = self.heard.clone();
             let socket = self.socket.clone();
             let mesh = self.mesh.as_ref().map(|m| m.health.clone());
             let bus = self.core.context();
             let probe: Probe = Arc::new(move || {
-                let up = link_up.load(Ordering::SeqCst);
+                let up = heard.link_up.load(Ordering::SeqCst);
+                // Only a running metamanager reports its store.
+                let store = socket.is_some().then(|| heard.store_check());
                 let socket = socket.clone();
                 let mesh = mesh.clone();
                 let stopping = bus.is_shutting_down();
                 Box::pin(async move {
                     let mut checks = edge_checks(up, socket, mesh).await;
+                    checks.extend(store);
                     checks.extend(stopping.then(shutting_down));
                     checks
                 })

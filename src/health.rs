@@ -1,11 +1,11 @@
-//! `/healthz` and `/readyz` over HTTP, and the bus module that tracks the cloud link for
-//! them.
+//! `/healthz` and `/readyz` over HTTP, and the bus module that tracks the cloud link and
+//! the metadata store's state for them.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use beehive::{Context, Module, ModuleError, async_trait};
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use proto::{connection, operation};
+use proto::{connection, operation, store_state};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -201,17 +201,50 @@ fn lines(checks: &[Check]) -> String {
         .collect()
 }
 
-/// A bus module (group `health`) that hears edgehub's link events, so `/readyz` can show
-/// the cloud link.
+/// What the health module has heard on the bus.
+#[derive(Clone, Debug, Default)]
+pub struct Heard {
+    /// Whether edgehub's cloud link is up.
+    pub link_up: Arc<AtomicBool>,
+    /// Why metamanager's store cannot commit, while it cannot (`None`: it commits).
+    pub store_failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Heard {
+    /// The store's `/readyz` line: required, since an edge whose store cannot commit takes
+    /// nothing new from the cloud (it serves what it holds, but falls behind).
+    pub fn store_check(&self) -> Check {
+        let failure = self
+            .store_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Check {
+            name: "metadata store",
+            ok: failure.is_none(),
+            required: true,
+            live: false,
+            detail: failure.unwrap_or_else(|| "writable".into()),
+        }
+    }
+}
+
+/// A bus module (group `health`) that hears edgehub's link events and metamanager's store
+/// state, so `/readyz` can show them.
 pub struct LinkWatch {
-    up: Arc<AtomicBool>,
+    heard: Heard,
 }
 
 impl LinkWatch {
-    /// The module and the flag it keeps.
-    pub fn new() -> (Self, Arc<AtomicBool>) {
-        let up = Arc::new(AtomicBool::new(false));
-        (LinkWatch { up: up.clone() }, up)
+    /// The module and what it keeps.
+    pub fn new() -> (Self, Heard) {
+        let heard = Heard::default();
+        (
+            LinkWatch {
+                heard: heard.clone(),
+            },
+            heard,
+        )
     }
 }
 
@@ -221,13 +254,26 @@ impl Module for LinkWatch {
         "healthz"
     }
     fn group(&self) -> &str {
-        "health"
+        store_state::HEALTH_GROUP
     }
     async fn start(self: Box<Self>, ctx: Context) -> Result<(), ModuleError> {
         while let Ok(msg) = ctx.receive("healthz").await {
             if msg.operation() == operation::CONNECT && msg.resource() == connection::RESOURCE {
                 let up = msg.content.as_str() == Some(connection::CONNECTED);
-                self.up.store(up, Ordering::SeqCst);
+                self.heard.link_up.store(up, Ordering::SeqCst);
+            } else if msg.operation() == operation::UPDATE
+                && msg.resource() == store_state::RESOURCE
+            {
+                let failure = match msg.content.as_str() {
+                    Some(store_state::WRITABLE) => None,
+                    Some(reason) => Some(reason.to_owned()),
+                    None => Some("metamanager sent a store state that is not text".into()),
+                };
+                *self
+                    .heard
+                    .store_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = failure;
             }
         }
         Ok(())

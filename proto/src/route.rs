@@ -51,6 +51,20 @@ pub mod connection {
     pub const KEEPALIVE_CONTENT: &str = "ping";
 }
 
+/// metamanager's store state, sent on the edge's bus to the group
+/// [`HEALTH_GROUP`](crate::route::store_state::HEALTH_GROUP) whenever it changes (never on
+/// the wire): resource [`RESOURCE`](crate::route::store_state::RESOURCE), operation
+/// [`UPDATE`](crate::route::operation::UPDATE), content
+/// [`WRITABLE`](crate::route::store_state::WRITABLE) or the reason the store cannot commit.
+pub mod store_state {
+    /// `route.resource` of the event.
+    pub const RESOURCE: &str = "node/store";
+    /// Content when the store commits.
+    pub const WRITABLE: &str = "writable";
+    /// The bus group of the module that serves `/readyz`.
+    pub const HEALTH_GROUP: &str = "health";
+}
+
 /// Wire groups (`route.group`) on the cloud link.
 pub mod group {
     /// Metadata; edgehub delivers it to the bus group `meta`.

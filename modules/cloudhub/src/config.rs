@@ -54,7 +54,9 @@ pub struct CloudHubConfig {
     pub node_limit: usize,
     /// Milliseconds to wait for an object's ACK before the first resend; doubles per resend.
     pub ack_timeout_ms: u64,
-    /// Resends on one connection before an object waits for the node's next connection.
+    /// Resends whose wait doubles; after them an unACKed object is resent every
+    /// `ackTimeoutMs * 2^maxResends` for as long as the node stays connected (a node whose
+    /// disk is full ACKs once it has room again).
     pub max_resends: u32,
     /// Objects sent to one node and not yet ACKed, at most (the rest wait in its queue).
     pub window: usize,
@@ -120,8 +122,10 @@ impl CloudHubConfig {
         if !(10..=600_000).contains(&self.ack_timeout_ms) {
             bad("ackTimeoutMs", "must be between 10 and 600000");
         }
-        if self.max_resends > 100 {
-            bad("maxResends", "must be at most 100");
+        // Past 10 the ceiling (over an hour at the default timeout) would be a stop in
+        // all but name.
+        if self.max_resends > 10 {
+            bad("maxResends", "must be at most 10");
         }
         if !(1..=65_536).contains(&self.window) {
             bad("window", "must be between 1 and 65536");

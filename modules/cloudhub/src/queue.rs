@@ -1,11 +1,16 @@
-//! One node's outbound queue: coalescing by object, a window of unACKed sends, resend
-//! with backoff, and parking for the next connection.
+//! One node's outbound queue: coalescing by object, a window of unACKed sends, and resend
+//! with backoff up to a ceiling, for as long as the connection lasts.
 //!
 //! Objects are keyed by their edge resource path (`<ns>/<type>/<name>`). A newer message for
 //! a key replaces the queued one in place, so the queue holds at most one message per object
 //! however often it changes. Once sent, a message waits in flight for its ACK; a newer
 //! version of the same object may be sent meanwhile (the link is ordered, so the edge applies
 //! them in order), and the older one is then forgotten rather than resent.
+//!
+//! Resends never stop while the node is connected: a node that cannot commit (its disk is
+//! full) withholds its ACKs and must get everything once it can again, without a reconnect
+//! to trigger it. The wait doubles a few times and then stays there, so a node that never
+//! ACKs costs one window of resends per ceiling interval.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -39,8 +44,6 @@ struct InFlight {
     out: Outgoing,
     resends: u32,
     due: Instant,
-    /// Out of resends on this connection: kept for the next one.
-    parked: bool,
 }
 
 /// The queue of one node. Not thread-safe by itself: the hub keeps it behind a mutex.
@@ -62,7 +65,7 @@ pub struct NodeQueue {
 pub struct QueueLen {
     /// Objects waiting to be sent.
     pub pending: usize,
-    /// Objects sent and not yet ACKed (parked ones included).
+    /// Objects sent and not yet ACKed.
     pub inflight: usize,
 }
 
@@ -122,26 +125,30 @@ impl NodeQueue {
     }
 
     /// What to write now: replies, resends that are due, then new objects while the window
-    /// has room. `ack_timeout` is the wait before the first resend; it doubles per resend.
+    /// has room. `ack_timeout` is the wait before the first resend; it doubles per resend
+    /// for the first `doublings` resends and then stays at `ack_timeout * 2^doublings`.
     pub fn take(
         &mut self,
         now: Instant,
         window: usize,
         ack_timeout: Duration,
-        max_resends: u32,
+        doublings: u32,
     ) -> Vec<WsMessage> {
         let mut out: Vec<WsMessage> = self.direct.drain(..).collect();
         if self.next_due.is_some_and(|due| due <= now) {
             self.next_due = None;
-            for entry in self.inflight.values_mut().filter(|e| !e.parked) {
+            for entry in self.inflight.values_mut() {
                 if entry.due <= now {
-                    if entry.resends >= max_resends {
-                        entry.parked = true;
-                        log::debug!("{} unACKed after {max_resends} resends", entry.out.id);
-                        continue;
+                    if entry.resends == doublings {
+                        log::debug!(
+                            "{} unACKed after {doublings} resends: resending every {:?}",
+                            entry.out.id,
+                            ack_timeout * 2u32.saturating_pow(doublings)
+                        );
                     }
-                    entry.resends += 1;
-                    entry.due = now + ack_timeout * 2u32.saturating_pow(entry.resends);
+                    entry.resends = entry.resends.saturating_add(1);
+                    let step = entry.resends.min(doublings);
+                    entry.due = now + ack_timeout * 2u32.saturating_pow(step);
                     out.push(WsMessage::Text(entry.out.text.clone()));
                 }
                 self.next_due = Some(self.next_due.map_or(entry.due, |d| d.min(entry.due)));
@@ -164,7 +171,6 @@ impl NodeQueue {
                 out: queued.out,
                 resends: 0,
                 due,
-                parked: false,
             };
             if let Some(old) = self.inflight.insert(key, entry) {
                 self.by_id.remove(&old.out.id);
@@ -272,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn resends_back_off_then_park_until_reconnect() {
+    fn resends_back_off_to_a_ceiling_and_never_stop() {
         let mut q = NodeQueue::default();
         q.push("ns/service/a".into(), out("a1"));
         let t0 = Instant::now();
@@ -282,11 +288,28 @@ mod tests {
         // The second resend waits twice as long (2 s after the first).
         assert!(q.take(t0 + ACK * 2, 10, ACK, 2).is_empty());
         assert_eq!(q.take(t0 + ACK * 3, 10, ACK, 2).len(), 1);
-        // Out of resends: parked, not dropped.
-        assert!(q.take(t0 + ACK * 100, 10, ACK, 2).is_empty());
+        // Past two doublings the wait stays at 4 s, however long the node withholds its
+        // ACK (a full disk on the edge): resends go on, so no reconnect is needed.
+        let mut t = t0 + ACK * 3;
+        for _ in 0..10 {
+            assert!(q.take(t + ACK * 3, 10, ACK, 2).is_empty());
+            t += ACK * 4;
+            assert_eq!(texts(q.take(t, 10, ACK, 2)), ["a1"]);
+        }
         assert_eq!(q.len().inflight, 1);
+        assert!(q.ack(&MsgId::from("a1")).is_some());
+        assert!(q.is_empty());
+        assert!(q.take(t + ACK * 100, 10, ACK, 2).is_empty());
+    }
+
+    #[test]
+    fn unacked_sends_still_go_back_to_the_front_on_reconnect() {
+        let mut q = NodeQueue::default();
+        q.push("ns/service/a".into(), out("a1"));
+        let t0 = Instant::now();
+        q.take(t0, 10, ACK, 2);
         q.reconnect();
-        assert_eq!(texts(q.take(t0 + ACK * 101, 10, ACK, 2)), ["a1"]);
+        assert_eq!(texts(q.take(t0, 10, ACK, 2)), ["a1"]);
         assert!(q.ack(&MsgId::from("a1")).is_some());
         assert!(q.is_empty());
     }

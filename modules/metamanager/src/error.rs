@@ -6,6 +6,10 @@ pub enum Error {
     /// SQLite refused an operation.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The store cannot commit now (disk full, an I/O error): nothing of the write was
+    /// stored, and the same write may succeed later. The text names the file and the cause.
+    #[error("{0}")]
+    Unwritable(String),
     /// The store's worker thread is gone (shut down or crashed).
     #[error("the store worker has stopped")]
     StoreStopped,

@@ -16,4 +16,4 @@ pub mod store;
 pub use config::MetaManagerConfig;
 pub use error::{Error, Result};
 pub use module::MetaManager;
-pub use store::{Event, Filter, Outcome, Row, Store};
+pub use store::{Event, Filter, Outcome, Row, Store, StoreState};

@@ -5,21 +5,28 @@
 //! address the bus group `meta`. Changes from the cloud are ACKed to the hub group — after
 //! the commit — and their failures answered there with an `error` reply; local sync requests
 //! are answered with `send_resp`.
+//!
+//! A change the store cannot commit (disk full) is not answered to the cloud at all: an error
+//! reply would settle it in cloudhub's queue like an ACK, while silence makes cloudhub resend
+//! it until the store has room. The store's state goes to the health module (bus group
+//! `health`) on every change, and to the log once per outage (at most once a minute).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use beehive::{Context, Module, ModuleError, async_trait};
-use proto::{Content, Message, ResourcePath, Route, connection, group, operation};
+use proto::{Content, Message, ResourcePath, Route, connection, group, operation, store_state};
 use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MetaManagerConfig;
 use crate::error::{Error, Result};
 use crate::object::changes;
 use crate::server::{self, Server};
-use crate::store::{Filter, Store};
+use crate::store::{Filter, Store, StoreState};
 
 /// Module name on the bus (KubeEdge's).
 pub const MODULE: &str = "metaManager";
@@ -27,6 +34,10 @@ pub const MODULE: &str = "metaManager";
 pub const GROUP: &str = "meta";
 /// The bus group of the cloud link (edgehub).
 pub const HUB_GROUP: &str = "hub";
+
+/// The store failing again within this long of the last logged failure is not logged again
+/// (a nearly full disk lets small commits through between failures).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The metamanager module.
 pub struct MetaManager {
@@ -75,6 +86,11 @@ impl Module for MetaManager {
         let stop_serving = CancellationToken::new();
         let server = Server::new(self.store.clone(), Some(ctx.clone()), &self.config);
         let serving = tokio::spawn(server.serve(listener, stop_serving.clone()));
+        let reporting = tokio::spawn(report_state(
+            ctx.clone(),
+            self.store.state(),
+            stop_serving.clone(),
+        ));
 
         let mut batch = Vec::with_capacity(256);
         // Runs until the core closes the inbox; what was queued is still handled.
@@ -85,6 +101,7 @@ impl Module for MetaManager {
         }
         stop_serving.cancel();
         let _ = serving.await;
+        let _ = reporting.await;
         let _ = std::fs::remove_file(&self.config.socket_path);
         Ok(())
     }
@@ -168,6 +185,11 @@ impl Handler {
         tokio::spawn(async move {
             match applied.await {
                 Ok(_) => self.succeed(&msg, Content::text("OK")),
+                // No ACK, so cloudhub resends it; the state report says why, once.
+                Err(Error::Unwritable(_)) if from_cloud(&msg) => {}
+                Err(Error::Unwritable(reason)) => {
+                    self.answer(&msg, Message::error_reply(&msg, &reason));
+                }
                 Err(e) => self.fail(&msg, &e.to_string()),
             }
         });
@@ -251,6 +273,132 @@ impl Handler {
     }
 }
 
+/// Follows the store's state until `stop`: every change goes to the health module, and an
+/// outage is logged once when it begins (at most once per [`FAILURE_LOG_EVERY`]) and once
+/// when it ends, rather than once per write refused.
+async fn report_state(
+    ctx: Context,
+    mut state: watch::Receiver<StoreState>,
+    stop: CancellationToken,
+) {
+    let mut last_logged: Option<Instant> = None;
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = state.changed() => if changed.is_err() { return },
+        }
+        let now = state.borrow_and_update().clone();
+        let content = match &now {
+            StoreState::Writable => {
+                if announced {
+                    log::info!("metadata store commits again: writes are ACKed");
+                    announced = false;
+                }
+                store_state::WRITABLE.to_owned()
+            }
+            StoreState::Unwritable(reason) => {
+                let quiet = last_logged.is_some_and(|t| t.elapsed() < FAILURE_LOG_EVERY);
+                if !announced && !quiet {
+                    log::error!(
+                        "{reason}; cloud changes are not ACKed (cloudhub resends them) until it commits again"
+                    );
+                    announced = true;
+                    last_logged = Some(Instant::now());
+                } else {
+                    log::debug!("{reason}");
+                }
+                reason.clone()
+            }
+        };
+        let event = Message::new(
+            Route::new(MODULE, GROUP, operation::UPDATE, store_state::RESOURCE),
+            Content::text(content),
+        );
+        if let Err(e) = ctx.send_to_group(store_state::HEALTH_GROUP, event).await {
+            log::debug!("no health module for the store state: {e}");
+        }
+    }
+}
+
 fn from_cloud(msg: &Message) -> bool {
     msg.route.group == group::RESOURCE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beehive::{Core, CoreConfig};
+    use serde_json::json;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn insert(name: &str, pad: usize) -> Message {
+        let object = json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+            "pad": "x".repeat(pad),
+        });
+        Message::new(
+            Route::new(
+                "edgecontroller",
+                group::RESOURCE,
+                operation::INSERT,
+                format!("default/service/{name}"),
+            ),
+            Content::Json(object),
+        )
+    }
+
+    async fn next(ctx: &Context, module: &str) -> Message {
+        tokio::time::timeout(WAIT, ctx.receive(module))
+            .await
+            .unwrap_or_else(|_| panic!("{module} got nothing"))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_the_full_store_cannot_commit_is_not_acked_and_health_hears_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("edge.db");
+        let config = MetaManagerConfig {
+            db_path: db.clone(),
+            socket_path: dir.path().join("mm.sock"),
+            ..MetaManagerConfig::default()
+        };
+        let store = Store::open_probing(&db, Duration::from_secs(3600)).unwrap();
+        let mut core = Core::new(CoreConfig::default()).unwrap();
+        core.register(Box::new(MetaManager::new(config, store.clone())))
+            .unwrap();
+        let ctx = core.context();
+        ctx.add_module("websocket", HUB_GROUP).unwrap();
+        ctx.add_module("healthz", store_state::HEALTH_GROUP)
+            .unwrap();
+        let stop = core.shutdown_handle();
+        tokio::spawn(core.run_until(std::future::pending()));
+
+        // SQLite answers a write past max_page_count as it answers a full disk.
+        store.pragma("max_page_count", 1).await.unwrap();
+        ctx.send(MODULE, insert("big", 64 * 1024)).await.unwrap();
+        let event = next(&ctx, "healthz").await;
+        assert_eq!(event.operation(), operation::UPDATE);
+        assert_eq!(event.resource(), store_state::RESOURCE);
+        let reason = event.content.as_str().unwrap();
+        assert!(reason.contains("disk full"), "{reason}");
+        assert!(reason.contains(&db.display().to_string()), "{reason}");
+
+        store.pragma("max_page_count", 1 << 30).await.unwrap();
+        let small = insert("small", 10);
+        let id = small.id().clone();
+        ctx.send(MODULE, small).await.unwrap();
+        // The first thing the hub hears is the ACK of the write that committed: the one
+        // that did not got neither an ACK nor an error reply (which cloudhub would take as
+        // settled), so cloudhub resends it.
+        let ack = next(&ctx, "websocket").await;
+        assert_eq!(ack.parent_id(), Some(&id));
+        assert_eq!(ack.operation(), operation::RESPONSE);
+        let event = next(&ctx, "healthz").await;
+        assert_eq!(event.content.as_str(), Some(store_state::WRITABLE));
+        assert!(store.get("default/service/big").is_none());
+        stop.shutdown();
+    }
 }

@@ -10,22 +10,46 @@
 //! (one writer, many cheap readers), so a lookup costs a map access, not a trip to the
 //! worker. The copy is loaded from the file at open, which is also what serves a restarted
 //! node at once.
+//!
+//! A write that cannot commit because of the store itself (disk full, an I/O error) fails the
+//! whole transaction: nothing of it is kept, every command in it gets
+//! [`Error::Unwritable`](crate::Error::Unwritable), and the store's [`StoreState`] says why.
+//! The next commit that succeeds flips it back; while no write comes, the worker tries a probe
+//! write every [`PROBE_INTERVAL`], so the state recovers by itself once space returns.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use proto::{ResourcePath, ResourceType};
-use rusqlite::{Connection, Transaction, params};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::{Connection, ErrorCode, Transaction, params};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::object::{Change, is_older, stored_version};
 
 /// Most commands run in one transaction.
 pub const MAX_BATCH: usize = 1024;
+
+/// While the store cannot commit and no write comes, a probe write this often: the state
+/// must recover when space returns even if nothing else is written.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Bytes the probe commits (then deletes): a write that needs fresh space, as a real batch
+/// does, rather than one that fits in what a failed transaction already grew the WAL by.
+const PROBE_BYTES: i64 = 256 * 1024;
+
+/// Whether the store can commit, as its last write found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreState {
+    /// The last write committed (or none has failed).
+    Writable,
+    /// The last write could not commit; the reason names the file and the cause.
+    Unwritable(String),
+}
 
 /// One stored object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +144,9 @@ enum Command {
         mpsc::Sender<Event>,
         oneshot::Sender<Result<Vec<Arc<Row>>>>,
     ),
+    /// Sets a pragma on the worker's connection (`max_page_count` stands in for a full disk).
+    #[cfg(test)]
+    Pragma(&'static str, i64, oneshot::Sender<Result<()>>),
 }
 
 /// Committed rows by key; written only by the worker, after each commit.
@@ -133,6 +160,7 @@ const CACHE_KIB: i64 = 256;
 pub struct Store {
     tx: Sender<Command>,
     rows: Snapshot,
+    state: watch::Receiver<StoreState>,
     worker: Arc<Worker>,
 }
 
@@ -144,6 +172,11 @@ struct Worker {
 impl Store {
     /// Opens (creating if needed) the database at `path`, loads it, and starts the worker.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_probing(path, PROBE_INTERVAL)
+    }
+
+    /// [`Store::open`] with the probe write every `probe_every` while the store cannot commit.
+    pub(crate) fn open_probing(path: &Path, probe_every: Duration) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -181,13 +214,22 @@ impl Store {
         );
         let rows: Snapshot = Arc::new(RwLock::new(rows));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let worker_rows = rows.clone();
+        let (state_tx, state) = watch::channel(StoreState::Writable);
+        let writer = Writer {
+            conn,
+            path: path.to_owned(),
+            rows: rows.clone(),
+            state: state_tx,
+            watchers: Vec::new(),
+            probe_every,
+        };
         let thread = std::thread::Builder::new()
             .name("metamanager-store".into())
-            .spawn(move || run(conn, rx, worker_rows))?;
+            .spawn(move || writer.run(rx))?;
         Ok(Store {
             tx,
             rows,
+            state,
             worker: Arc::new(Worker {
                 path: path.to_owned(),
                 thread: std::sync::Mutex::new(Some(thread)),
@@ -225,6 +267,21 @@ impl Store {
         changes: Vec<Change>,
     ) -> impl Future<Output = Result<Vec<Outcome>>> + Send + 'static {
         self.call(|r| Command::Apply(changes, r))
+    }
+
+    /// Whether the store can commit, updated by every write (and probe) that finds it changed.
+    pub fn state(&self) -> watch::Receiver<StoreState> {
+        self.state.clone()
+    }
+
+    /// Sets a pragma on the writer's connection.
+    #[cfg(test)]
+    pub(crate) fn pragma(
+        &self,
+        name: &'static str,
+        value: i64,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.call(move |r| Command::Pragma(name, value, r))
     }
 
     /// One committed row by key.
@@ -304,33 +361,14 @@ struct Watcher {
     tx: mpsc::Sender<Event>,
 }
 
-fn run(mut conn: Connection, rx: Receiver<Command>, rows: Snapshot) {
-    let mut watchers: Vec<Watcher> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        // A watch must see exactly the changes committed after its initial list, so the
-        // writes queued before it are committed (and published) first.
-        let mut segment = Vec::new();
-        for cmd in batch {
-            match cmd {
-                Command::Watch(filter, events, reply) => {
-                    run_segment(
-                        &mut conn,
-                        &rows,
-                        std::mem::take(&mut segment),
-                        &mut watchers,
-                    );
-                    let initial = list(&rows, &filter);
-                    watchers.push(Watcher { filter, tx: events });
-                    let _ = reply.send(Ok(initial));
-                }
-                Command::Apply(changes, reply) => segment.push((changes, reply)),
-            }
-        }
-        run_segment(&mut conn, &rows, segment, &mut watchers);
-    }
-    log::debug!("store worker stopped");
+/// The worker's side: the connection and what it publishes to.
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    rows: Snapshot,
+    state: watch::Sender<StoreState>,
+    watchers: Vec<Watcher>,
+    probe_every: Duration,
 }
 
 /// Rows written in the current transaction, over the committed snapshot (`None`: deleted).
@@ -338,45 +376,180 @@ type Overlay = HashMap<String, Option<Arc<Row>>>;
 
 type Applies = Vec<(Vec<Change>, oneshot::Sender<Result<Vec<Outcome>>>)>;
 
-fn run_segment(conn: &mut Connection, rows: &Snapshot, cmds: Applies, watchers: &mut Vec<Watcher>) {
-    if cmds.is_empty() {
-        return;
-    }
-    let mut results = Vec::with_capacity(cmds.len());
-    let mut events = Vec::new();
-    let mut overlay = Overlay::new();
-    let committed = (|| -> Result<()> {
-        let mut tx = conn.transaction()?;
-        for (changes, reply) in cmds {
-            let result = apply(&mut tx, rows, &mut overlay, changes, &mut events);
-            results.push((reply, result));
-        }
-        tx.commit()?;
-        Ok(())
-    })();
-    if let Err(e) = committed {
-        log::error!(
-            "store commit failed, {} write(s) answered with an error: {e}",
-            results.len()
-        );
-        for (reply, _) in results {
-            let _ = reply.send(Err(Error::BadRequest(format!("commit failed: {e}"))));
-        }
-        return;
-    }
-    {
-        let mut snapshot = rows.write().unwrap_or_else(|p| p.into_inner());
-        for (key, row) in overlay {
-            match row {
-                Some(row) => snapshot.insert(key, row),
-                None => snapshot.remove(&key),
+impl Writer {
+    fn run(mut self, rx: Receiver<Command>) {
+        loop {
+            let first = if self.writable() {
+                match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(self.probe_every) {
+                    Ok(cmd) => cmd,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.probe();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             };
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+            // A watch must see exactly the changes committed after its initial list, so the
+            // writes queued before it are committed (and published) first.
+            let mut segment = Vec::new();
+            for cmd in batch {
+                match cmd {
+                    Command::Watch(filter, events, reply) => {
+                        self.run_segment(std::mem::take(&mut segment));
+                        let initial = list(&self.rows, &filter);
+                        self.watchers.push(Watcher { filter, tx: events });
+                        let _ = reply.send(Ok(initial));
+                    }
+                    Command::Apply(changes, reply) => segment.push((changes, reply)),
+                    #[cfg(test)]
+                    Command::Pragma(name, value, reply) => {
+                        self.run_segment(std::mem::take(&mut segment));
+                        let _ = reply.send(
+                            self.conn
+                                .pragma_update(None, name, value)
+                                .map_err(Error::from),
+                        );
+                    }
+                }
+            }
+            self.run_segment(segment);
+        }
+        log::debug!("store worker stopped");
+    }
+
+    fn writable(&self) -> bool {
+        *self.state.borrow() == StoreState::Writable
+    }
+
+    /// Records what the last write found; receivers wake only on a change.
+    fn found(&self, state: StoreState) {
+        self.state.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+
+    /// Why a write failed, naming the file: a full disk in words anyone grepping a log for
+    /// it finds.
+    fn reason(&self, e: &rusqlite::Error) -> String {
+        let cause = match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => format!("disk full, no space left ({e})"),
+            _ => e.to_string(),
+        };
+        format!("store {} cannot commit: {cause}", self.path.display())
+    }
+
+    /// A write that needs fresh space, committed and then removed.
+    fn probe(&mut self) {
+        let probed = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch("CREATE TABLE IF NOT EXISTS store_probe(b BLOB)")?;
+            tx.execute(
+                "INSERT INTO store_probe(b) VALUES (zeroblob(?1))",
+                [PROBE_BYTES],
+            )?;
+            tx.commit()?;
+            self.conn.execute("DELETE FROM store_probe", [])?;
+            Ok(())
+        })();
+        match probed {
+            Ok(()) => self.found(StoreState::Writable),
+            Err(e) => {
+                let reason = self.reason(&e);
+                self.roll_back();
+                log::debug!("probe write failed: {reason}");
+                self.found(StoreState::Unwritable(reason));
+            }
         }
     }
-    for (reply, result) in results {
-        let _ = reply.send(result);
+
+    /// Leaves no transaction open after a failure (SQLite may or may not have rolled it
+    /// back itself), so the connection serves the next write.
+    fn roll_back(&self) {
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            log::warn!("store {}: rollback failed: {e}", self.path.display());
+        }
     }
-    publish(watchers, events);
+
+    fn run_segment(&mut self, cmds: Applies) {
+        if cmds.is_empty() {
+            return;
+        }
+        let (work, replies): (Vec<Vec<Change>>, Vec<_>) = cmds.into_iter().unzip();
+        let mut events = Vec::new();
+        let mut overlay = Overlay::new();
+        let rows = &self.rows;
+        let committed = (|| -> rusqlite::Result<Vec<Result<Vec<Outcome>>>> {
+            let mut tx = self.conn.transaction()?;
+            let mut results = Vec::with_capacity(work.len());
+            for changes in work {
+                match apply(&mut tx, rows, &mut overlay, changes, &mut events) {
+                    // The store, not this command, failed: SQLite may already have rolled
+                    // the whole transaction back, so no command of it may count as written.
+                    Err(Error::Sqlite(e)) if store_failure(&e) => return Err(e),
+                    result => results.push(result),
+                }
+            }
+            tx.commit()?;
+            Ok(results)
+        })();
+        let results = match committed {
+            Ok(results) => results,
+            Err(e) => {
+                let reason = self.reason(&e);
+                self.roll_back();
+                log::debug!(
+                    "{} write(s) not committed, none ACKed: {reason}",
+                    replies.len()
+                );
+                // The state first, so a writer that hears of its failure sees why.
+                self.found(StoreState::Unwritable(reason.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Unwritable(reason.clone())));
+                }
+                return;
+            }
+        };
+        self.found(StoreState::Writable);
+        {
+            let mut snapshot = self.rows.write().unwrap_or_else(|p| p.into_inner());
+            for (key, row) in overlay {
+                match row {
+                    Some(row) => snapshot.insert(key, row),
+                    None => snapshot.remove(&key),
+                };
+            }
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+        publish(&mut self.watchers, events);
+    }
+}
+
+/// Whether an SQLite error is the store's (full, I/O, locked, corrupt: the same write may
+/// succeed later, or not at all, but it is not the request's fault) rather than the one
+/// command's (a value too big for SQLite, a constraint).
+fn store_failure(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code().is_some_and(|code| {
+        !matches!(
+            code,
+            ErrorCode::TooBig
+                | ErrorCode::ConstraintViolation
+                | ErrorCode::TypeMismatch
+                | ErrorCode::ParameterOutOfRange
+        )
+    })
 }
 
 fn publish(watchers: &mut Vec<Watcher>, events: Vec<Event>) {
@@ -475,4 +648,126 @@ fn apply_one(
     } else {
         (Outcome::Inserted, Some(Event::Inserted(row)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Service whose JSON is about `bytes` long, so it needs that much fresh space.
+    fn change(name: &str, bytes: usize) -> Change {
+        let value = serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+            "pad": "x".repeat(bytes),
+        });
+        Change {
+            key: format!("default/service/{name}"),
+            kind: ResourceType::Service,
+            value: Some(value.to_string()),
+            resource_version: Some("1".into()),
+        }
+    }
+
+    /// The keys another connection sees committed in the file.
+    fn keys_in_file(db: &Path) -> Vec<String> {
+        let conn = Connection::open(db).unwrap();
+        let mut stmt = conn.prepare("SELECT key FROM meta ORDER BY key").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// SQLite answers a write past `max_page_count` pages as it answers a full disk
+    /// (SQLITE_FULL); 1 caps the file at the pages it has.
+    async fn fill(store: &Store) {
+        store.pragma("max_page_count", 1).await.unwrap();
+    }
+
+    async fn make_room(store: &Store) {
+        store.pragma("max_page_count", 1 << 30).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_write_the_full_store_cannot_commit_leaves_nothing_and_the_next_commit_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("edge.db");
+        let store = Store::open_probing(&db, Duration::from_secs(3600)).unwrap();
+        let mut state = store.state();
+        store.apply(vec![change("small", 10)]).await.unwrap();
+        fill(&store).await;
+
+        let err = store
+            .apply(vec![change("big", 64 * 1024)])
+            .await
+            .unwrap_err();
+        let Error::Unwritable(reason) = &err else {
+            panic!("not an Unwritable error: {err:?}");
+        };
+        assert!(reason.contains("disk full"), "{reason}");
+        assert!(reason.contains(&db.display().to_string()), "{reason}");
+        assert_eq!(
+            *state.borrow_and_update(),
+            StoreState::Unwritable(reason.clone())
+        );
+        // A command of several changes fails whole, the first one (which fits) included.
+        let err = store
+            .apply(vec![change("fits", 10), change("big", 64 * 1024)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unwritable(_)), "{err:?}");
+        assert!(store.get("default/service/big").is_none());
+        assert!(store.get("default/service/fits").is_none());
+        assert_eq!(keys_in_file(&db), ["default/service/small"]);
+        assert!(
+            !state.has_changed().unwrap(),
+            "the same failure is no new state"
+        );
+
+        // Room again: the same connection commits the same write.
+        make_room(&store).await;
+        store
+            .apply(vec![change("fits", 10), change("big", 64 * 1024)])
+            .await
+            .unwrap();
+        assert_eq!(*state.borrow_and_update(), StoreState::Writable);
+        assert_eq!(
+            keys_in_file(&db),
+            [
+                "default/service/big",
+                "default/service/fits",
+                "default/service/small"
+            ]
+        );
+        assert_eq!(store.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn with_no_writes_coming_a_probe_finds_the_room_that_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("edge.db");
+        let store = Store::open_probing(&db, Duration::from_millis(20)).unwrap();
+        let mut state = store.state();
+        fill(&store).await;
+        assert!(store.apply(vec![change("big", 64 * 1024)]).await.is_err());
+        assert!(matches!(
+            *state.borrow_and_update(),
+            StoreState::Unwritable(_)
+        ));
+        make_room(&store).await;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| *s == StoreState::Writable),
+        )
+        .await
+        .expect("no probe found the room")
+        .unwrap();
+        store.close();
+        let conn = Connection::open(&db).unwrap();
+        let probes: i64 = conn
+            .query_row("SELECT count(*) FROM store_probe", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(probes, 0, "the probe removes what it wrote");
+        assert!(keys_in_file(&db).is_empty());
+    }
 }
