@@ -222,10 +222,11 @@ fn cpu_ticks(pid: u32) -> u64 {
         .sum()
 }
 
-/// Whether the proxy has reset or closed `stream` (read without waiting).
+/// Whether the proxy has reset or closed `stream` (read without waiting; the flood never
+/// says anything, so the proxy has nothing to answer).
 fn refused(mut stream: &std::net::TcpStream) -> bool {
     match stream.read(&mut [0u8; 1]) {
-        Ok(_) => true,
+        Ok(n) => n == 0,
         Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
     }
 }
