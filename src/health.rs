@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Warnings of failed accepts (out of descriptors, usually): at most one per 10 s.
+static ACCEPT_FAILED: beehive::Throttle =
+    beehive::Throttle::new(std::time::Duration::from_secs(10));
+
 /// Settings of the health endpoint (`health:` in a process's config). Each process has its
 /// own default address; a `health:` section that is present must name one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +114,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    log::warn!("health accept failed: {e}");
+                    // Out of descriptors, mostly: pause rather than spin on it.
+                    ACCEPT_FAILED.warn(format_args!("health accept failed: {e}"));
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },

@@ -24,10 +24,12 @@ pub mod error;
 pub mod lane;
 pub mod module;
 mod pending;
+pub mod throttle;
 
 pub use crate::config::CoreConfig;
 pub use crate::context::Context;
 pub use crate::core::{Core, ShutdownHandle, ShutdownReport, termination_signal};
 pub use crate::error::{Error, Result, TrySendError};
 pub use crate::module::{Module, ModuleError};
+pub use crate::throttle::Throttle;
 pub use async_trait::async_trait;

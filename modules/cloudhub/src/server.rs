@@ -29,6 +29,10 @@ pub const NODE_ID_HEADER: &str = "node_id";
 /// Header that names the project.
 pub const PROJECT_ID_HEADER: &str = "project_id";
 
+/// Warnings of failed accepts (out of descriptors, usually): at most one per 10 s.
+static ACCEPT_FAILED: beehive::Throttle =
+    beehive::Throttle::new(std::time::Duration::from_secs(10));
+
 /// Bytes read per read call, and what a connection's read buffer starts with: small enough
 /// that ten thousand idle nodes cost little, large enough that a 64 KiB stream frame takes
 /// two reads; the buffer grows for larger messages.
@@ -61,7 +65,7 @@ pub async fn serve(
             }
             Err(e) => {
                 // Out of file descriptors, mostly: back off instead of spinning.
-                log::warn!("accept failed: {e}");
+                ACCEPT_FAILED.warn(format_args!("accept failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

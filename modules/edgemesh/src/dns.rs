@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 use crate::metrics::{DnsOutcome, Metrics};
 use crate::names::Names;
 
+/// Warnings of failed accepts (out of descriptors, usually): at most one per 10 s.
+static ACCEPT_FAILED: beehive::Throttle =
+    beehive::Throttle::new(std::time::Duration::from_secs(10));
+
 /// TTL of Service answers: short, since ClusterIPs are reassigned when Services are
 /// recreated.
 const SERVICE_TTL: u32 = 5;
@@ -139,7 +143,11 @@ impl Dns {
                             }
                         });
                     }
-                    Err(e) => log::warn!("dns: accept failed: {e}"),
+                    Err(e) => {
+                        // Out of descriptors, mostly: pause rather than spin on it.
+                        ACCEPT_FAILED.warn(format_args!("dns: accept failed: {e}"));
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                 },
             }
         }

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use beehive::Throttle;
+use rustix::process::{Resource, getrlimit};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -269,17 +271,68 @@ fn accept_queued(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
     }
 }
 
-/// The next connection `listener` accepts; never, without a listener. A failure is logged
-/// and yields `None` after a pause rather than a spin (it is usually a lack of
-/// descriptors).
+/// Descriptors a new client may not take, kept for the rest of the process (the health
+/// endpoint, the cloud link, metamanager's socket and SQLite, DNS, the upstream connections
+/// of the clients already served): this many, plus an eighth of the limit.
+const RESERVED_FDS: u64 = 64;
+
+/// Warnings of refused connections and failed accepts: a flood would otherwise write a line
+/// per connection.
+static REFUSING: Throttle = Throttle::new(Duration::from_secs(10));
+static ACCEPT_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
+
+/// The lowest descriptor number a new client may not have: the descriptor limit (read each
+/// time, as `prlimit` may change it under a running process) less the reserve, with that
+/// limit (`None`: unlimited).
+pub fn fd_ceiling() -> (u64, Option<u64>) {
+    let limit = getrlimit(Resource::Nofile).current;
+    let ceiling = limit.map_or(u64::MAX, |l| l.saturating_sub(RESERVED_FDS + l / 8));
+    (ceiling, limit)
+}
+
+/// Whether a just-accepted client leaves the process enough descriptors. The kernel hands
+/// out the lowest free number, so a descriptor numbered `n` means `0..n` are all open: a
+/// free lower bound of what the whole process holds (listeners, upstream connections,
+/// files), with no count to keep. Refusing the client beats taking the last descriptors:
+/// then the health endpoint, the cloud link and every listener would fail their accepts
+/// until the flood ended.
+fn admit(stream: &TcpStream, what: &str) -> bool {
+    use std::os::fd::AsRawFd;
+    let number = u64::try_from(stream.as_raw_fd()).unwrap_or(0);
+    let (ceiling, limit) = fd_ceiling();
+    if number < ceiling {
+        return true;
+    }
+    let limit = limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+    REFUSING.warn(format_args!(
+        "{what}: refusing new connections: {number} descriptors open, near the descriptor \
+         limit ({limit}); the rest are kept for the health endpoint, the cloud link and \
+         the connections already served"
+    ));
+    false
+}
+
+/// The next connection `listener` accepts and admits ([`admit`]); never, without a
+/// listener. A connection beyond the descriptor reserve is reset at once (a refusal the
+/// client sees now, rather than a wait in the listen queue) and yields `None`. A failed
+/// accept is logged (throttled) and yields `None` after a pause rather than a spin: it is
+/// usually a lack of descriptors, and the connection stays queued until one is free.
 pub async fn accept(listener: Option<&TcpListener>, what: &str) -> Option<(TcpStream, SocketAddr)> {
     let Some(listener) = listener else {
         return std::future::pending().await;
     };
     match listener.accept().await {
-        Ok(accepted) => Some(accepted),
+        Ok((stream, peer)) => {
+            if admit(&stream, what) {
+                return Some((stream, peer));
+            }
+            // A reset, not an orderly close: nothing was said, and no TIME_WAIT is left
+            // behind on this side of a flood.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            None
+        }
         Err(e) => {
-            log::warn!("{what}: accept failed: {e}");
+            ACCEPT_FAILED.warn(format_args!("{what}: accept failed: {e}"));
             tokio::time::sleep(Duration::from_millis(50)).await;
             None
         }

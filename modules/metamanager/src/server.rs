@@ -27,6 +27,10 @@ use crate::error::{Error, Result};
 use crate::module::MODULE;
 use crate::store::{Event, Filter, Row, Store};
 
+/// Warnings of failed accepts (out of descriptors, usually): at most one per 10 s.
+static ACCEPT_FAILED: beehive::Throttle =
+    beehive::Throttle::new(std::time::Duration::from_secs(10));
+
 /// Frames a connection may have queued for its writer.
 const OUTBOUND_FRAMES: usize = 256;
 
@@ -105,7 +109,7 @@ impl Server {
                         tokio::spawn(async move { server.connection(stream, close).await });
                     }
                     Err(e) => {
-                        log::warn!("metamanager socket accept failed: {e}");
+                        ACCEPT_FAILED.warn(format_args!("metamanager socket accept failed: {e}"));
                         // Out of descriptors and the like: pause instead of spinning.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
