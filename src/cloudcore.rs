@@ -169,6 +169,9 @@ impl CloudCore {
             let module = EdgeController::new(controller.clone())
                 .await
                 .map_err(|e| Error::Io(format!("edgecontroller: {e}")))?;
+            module
+                .refusals()
+                .register(registry.sub_registry_with_prefix("edgecontroller"));
             core.register(Box::new(module))?;
         }
         let mesh_cfg = &config.modules.edge_mesh;

@@ -271,7 +271,9 @@ async fn queries_are_answered_or_refused_never_left_waiting() {
             pod_yaml("web-2", "web", "edge-2", "10.244.2.5"),
         ),
     );
-    let cloud = Cloud::start(controller_cloud(&manifests), HashMap::new()).await;
+    let mut config = controller_cloud(&manifests);
+    config.health = edgemesh::health::HealthConfig::on("127.0.0.1:0");
+    let cloud = Cloud::start(config, HashMap::new()).await;
     let mut node = raw_node(cloud.addr, Some("edge-1"), Some("p")).await;
     // The folder is read within its poll interval; ask until the service is there.
     let deadline = Instant::now() + WAIT;
@@ -296,10 +298,35 @@ async fn queries_are_answered_or_refused_never_left_waiting() {
     assert_eq!(missing.operation(), operation::ERROR);
     assert!(missing.content.as_str().unwrap().contains("not found"));
 
-    let others = ask(&mut node, "default/pod/web-2").await;
+    // Another node's Pod, and a Pod that exists nowhere: the same refusal, so a node
+    // learns nothing of what runs elsewhere (as Kubernetes' node authorizer answers).
+    for pod in ["default/pod/web-2", "default/pod/nowhere"] {
+        let refused = ask(&mut node, pod).await;
+        assert_eq!(refused.operation(), operation::ERROR);
+        let why = refused.content.as_str().unwrap();
+        assert!(
+            why.starts_with("forbidden: node edge-1 may read only the Pods bound to it"),
+            "{why}"
+        );
+    }
+    let pods = ask(&mut node, "default/podlist").await;
     assert_eq!(
-        others.operation(),
-        operation::ERROR,
-        "another node's pod is not visible"
+        pods.content.decode::<Vec<Value>>().unwrap(),
+        Vec::<Value>::new(),
+        "a list holds only the node's own Pods"
     );
+    let bad = ask(&mut node, "default/secret/token").await;
+    assert_eq!(bad.operation(), operation::ERROR);
+
+    // Each refusal counted on cloudcore's /metrics.
+    let (status, text) = mesh::get(cloud.health.unwrap(), "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let count = |reason: &str| {
+        mesh::sample(
+            &text,
+            &format!("edgecontroller_query_refusals_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(count("forbidden"), Some(2.0), "{text}");
+    assert_eq!(count("bad_query"), Some(1.0), "{text}");
 }

@@ -130,6 +130,8 @@ pub struct Cloud {
     pub hub: Arc<Hub>,
     /// Where cloudhub listens.
     pub addr: SocketAddr,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, when the config enables it.
+    pub health: Option<SocketAddr>,
     /// What reached edgecontroller.
     pub upstream: mpsc::UnboundedReceiver<Message>,
     /// Messages sent to cloudhub through [`Cloud::send`].
@@ -172,6 +174,7 @@ impl Cloud {
         let ctx = cloudcore.core.context();
         let hub = cloudcore.hub();
         let addr = cloudcore.hub_addr();
+        let health = cloudcore.health_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cloudcore.run_until(async {
             let _ = stopped.await;
@@ -180,6 +183,7 @@ impl Cloud {
             ctx,
             hub,
             addr,
+            health,
             upstream,
             sent: Default::default(),
             stop: Some(stop),

@@ -14,6 +14,7 @@ use crate::config::{EdgeControllerConfig, SourceKind};
 use crate::kubernetes::KubernetesSource;
 use crate::manifests::ManifestSource;
 use crate::object::{Kind, Object};
+use crate::refusal::Refusals;
 use crate::source::{Source, SourceEvent};
 use crate::state::{Delta, State};
 
@@ -32,6 +33,7 @@ const RESYNC_TIMEOUT: &str = "resync_timeout";
 pub struct EdgeController {
     config: EdgeControllerConfig,
     source: Box<dyn Source>,
+    refusals: Refusals,
 }
 
 impl EdgeController {
@@ -53,7 +55,16 @@ impl EdgeController {
 
     /// A module reading from `source`.
     pub fn with_source(config: EdgeControllerConfig, source: Box<dyn Source>) -> Self {
-        EdgeController { config, source }
+        EdgeController {
+            config,
+            source,
+            refusals: Refusals::default(),
+        }
+    }
+
+    /// Queries refused, by reason (register them for `/metrics`).
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 }
 
@@ -82,6 +93,7 @@ impl Module for EdgeController {
             edge_nodes: BTreeSet::new(),
             awaiting: HashMap::new(),
             next_token: 0,
+            refusals: self.refusals,
         };
         loop {
             let next_event = async {
@@ -120,6 +132,7 @@ struct Controller {
     /// Nodes whose holdings report is awaited, with the token of the wait.
     awaiting: HashMap<String, u64>,
     next_token: u64,
+    refusals: Refusals,
 }
 
 impl Controller {
@@ -387,6 +400,17 @@ impl Controller {
         );
     }
 
+    /// Refuses `msg` from `node`: logged, counted under `reason`, answered with `why`.
+    fn refuse(&self, node: &str, msg: &Message, reason: &'static str, why: String) -> Message {
+        static LOG: beehive::Throttle = beehive::Throttle::new(Duration::from_secs(10));
+        self.refusals.count(reason);
+        LOG.warn(format_args!(
+            "query {} from node {node} refused: {why}",
+            msg.resource()
+        ));
+        Message::error_reply(msg, why)
+    }
+
     /// The object or list a node asked for, or an error reply saying why not.
     fn answer(&self, node: &str, msg: &Message) -> Message {
         let rest = msg
@@ -395,20 +419,30 @@ impl Controller {
             .unwrap_or_default();
         let path = match ResourcePath::parse_edge(rest) {
             Ok(path) => path,
-            Err(e) => return Message::error_reply(msg, format!("bad query: {e}")),
+            Err(e) => return self.refuse(node, msg, "bad_query", format!("bad query: {e}")),
         };
         if !self.serves(node) {
-            return Message::error_reply(msg, format!("node {node} is not an edge node here"));
+            let why = format!("node {node} is not an edge node here");
+            return self.refuse(node, msg, "not_edge_node", why);
         }
         let kind = Kind::from_edge(path.kind);
         let visible = |o: &Object| kind != Kind::Pod || o.pod_node() == Some(node);
         match (&path.name, path.kind.is_list()) {
             (Some(name), false) => {
                 let key = (kind, path.namespace.to_string(), name.to_string());
-                match self.state.get(&key).filter(|o| visible(o)) {
-                    Some(obj) => Message::reply(msg, (*obj.value).clone())
+                match self.state.get(&key) {
+                    Some(obj) if visible(obj) => Message::reply(msg, (*obj.value).clone())
                         .with_resource_version(obj.rv.as_str()),
-                    None => Message::error_reply(msg, format!("{rest} not found")),
+                    // Forbidden whether it exists elsewhere or not at all: the answer
+                    // tells a node nothing about other nodes' Pods.
+                    _ if kind == Kind::Pod => {
+                        let why = format!(
+                            "forbidden: node {node} may read only the Pods bound to it, \
+                             and {rest} is not"
+                        );
+                        self.refuse(node, msg, "forbidden", why)
+                    }
+                    _ => Message::error_reply(msg, format!("{rest} not found")),
                 }
             }
             _ => {

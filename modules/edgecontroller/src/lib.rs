@@ -22,8 +22,11 @@
 //! why EndpointSlices rather than Endpoints, and how relists stay exact). The RBAC it needs
 //! is in `deploy/rbac.yaml`.
 //!
-//! **Queries** from a node get the object (or list), or an `error` reply when it does not
-//! exist or the node may not see it (another node's Pod) — never silence.
+//! **Queries** from a node get the object (or list), or an `error` reply — never silence.
+//! As Kubernetes' node authorizer decides for a kubelet, a node reads Services, Endpoints
+//! and the Pods bound to it: a Pod not bound to it is `forbidden` whether or not it exists
+//! (an answer that told the two apart would tell a node what runs elsewhere), a list of
+//! Pods holds only its own, and every refusal is logged and counted ([`Refusals`]).
 
 pub mod config;
 pub mod controller;
@@ -32,10 +35,12 @@ pub mod error;
 pub mod kubernetes;
 pub mod manifests;
 pub mod object;
+pub mod refusal;
 pub mod source;
 pub mod state;
 
 pub use config::{EdgeControllerConfig, KubernetesConfig, ManifestsConfig, SourceKind};
 pub use controller::{EdgeController, GROUP, MODULE};
 pub use error::{Error, Result};
+pub use refusal::Refusals;
 pub use source::{Source, SourceEvent};
