@@ -3,12 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::error::{Error, Result};
 
 /// Arguments of a core binary.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Args)]
 pub struct CoreArgs {
     /// The config file (YAML).
     #[arg(long, value_name = "FILE", required_unless_present = "defaultconfig")]
@@ -39,17 +37,20 @@ pub fn raise_fd_limit() {
 /// Runs a core binary: prints the default config, or loads the config and runs `run` on a
 /// multi-threaded runtime. Bad config exits with 64.
 pub fn main_for<C: AsRef<beehive::CoreConfig>>(
+    args: CoreArgs,
     default_yaml: &str,
     load: impl FnOnce(&std::path::Path) -> Result<C>,
     run: impl AsyncFnOnce(C) -> Result<()>,
 ) -> ExitCode {
-    let args = CoreArgs::parse();
     if args.defaultconfig {
         print!("{default_yaml}");
         return ExitCode::SUCCESS;
     }
     init_logging();
-    let path = args.config.expect("clap requires --config");
+    let Some(path) = args.config else {
+        eprintln!("--config FILE is required");
+        return ExitCode::from(64);
+    };
     let result = load(&path).and_then(|config| {
         raise_fd_limit();
         tokio::runtime::Builder::new_multi_thread()
@@ -65,5 +66,64 @@ pub fn main_for<C: AsRef<beehive::CoreConfig>>(
             eprintln!("{e}");
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+/// A duration written as a number and a unit: `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?}: give a unit (s, m, h or d)"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: not a number and a unit"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: too long"))
+}
+
+/// Runs `work` on a small runtime (for one-shot commands), printing its error.
+pub fn run_once(work: impl std::future::Future<Output = Result<()>>) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("cannot start the runtime: {e}")))
+        .and_then(|rt| rt.block_on(work));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_number_and_a_unit() {
+        assert_eq!(
+            parse_duration("24h"),
+            Ok(std::time::Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(parse_duration("7d").unwrap().as_secs(), 7 * 86_400);
+        assert!(parse_duration("24").unwrap_err().contains("unit"));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5w").unwrap_err().contains("s, m, h or d"));
     }
 }

@@ -1,5 +1,7 @@
 //! cloudcore: the cloud process (cloudhub and edgecontroller).
 
+use crate::pki::server::Bootstrap;
+use crate::pki::{self, Pki, PkiConfig};
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::registry::Registry;
 use std::future::Future;
@@ -32,6 +34,8 @@ pub struct CloudCoreConfig {
     pub beehive: CoreConfig,
     /// `/healthz` and `/readyz`.
     pub health: HealthConfig,
+    /// The CA, join tokens and node certificates.
+    pub pki: PkiConfig,
     /// The modules.
     pub modules: CloudModules,
 }
@@ -79,6 +83,7 @@ impl Default for CloudCoreConfig {
         CloudCoreConfig {
             beehive: CoreConfig::default(),
             health: HealthConfig::on("127.0.0.1:10550"),
+            pki: PkiConfig::default(),
             modules: CloudModules::default(),
         }
     }
@@ -97,6 +102,7 @@ impl CloudCoreConfig {
             .into_iter()
             .collect();
         problems.extend(section("beehive", self.beehive.problems()));
+        problems.extend(section("pki", self.pki.problems()));
         problems.extend(section(
             "modules.cloudHub",
             self.modules.cloud_hub.problems(),
@@ -129,6 +135,15 @@ pub struct CloudCore {
     mesh: Option<CloudMesh>,
     /// The metrics of the modules other than the mesh (whose own registry it keeps).
     registry: Arc<Registry>,
+    /// The PKI's port, when the PKI is on.
+    pki: Option<PkiPort>,
+}
+
+/// The PKI's HTTPS port, bound.
+struct PkiPort {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    boot: Arc<Bootstrap>,
 }
 
 /// What cloudcore keeps of its mesh.
@@ -149,8 +164,16 @@ impl CloudCore {
     pub async fn build(config: &CloudCoreConfig) -> Result<Self> {
         let mut core = Core::new(config.beehive.clone())?;
         let hub_cfg = &config.modules.cloud_hub;
-        let tls = hub_cfg
+        let pki = match config.pki.enabled() {
+            true => Some(Arc::new(Pki::open(&config.pki)?)),
+            false => None,
+        };
+        // TLS files given by hand win; else the PKI's.
+        let hub_tls = hub_cfg
             .tls
+            .clone()
+            .or_else(|| pki.as_ref().map(|p| p.hub_tls()));
+        let tls = hub_tls
             .as_ref()
             .map(crate::tls::server_config)
             .transpose()?;
@@ -163,6 +186,31 @@ impl CloudCore {
         let mut registry = Registry::default();
         hub.refusals()
             .register(registry.sub_registry_with_prefix("cloudhub"));
+        let pki = match pki {
+            Some(pki) => {
+                let check = pki.clone();
+                hub.set_revocation_check(Arc::new(move |der| check.revocation(der)));
+                let refusals = cloudhub::Refusals::default();
+                refusals.register_as(
+                    registry.sub_registry_with_prefix("pki"),
+                    "refusals",
+                    "Certificate requests refused, by reason",
+                );
+                let listener = bind("pki", &config.pki.address).await?;
+                log::info!(
+                    "PKI serving /ca.crt and /edge.crt on https://{}",
+                    listener
+                        .local_addr()
+                        .map_err(|e| Error::Io(e.to_string()))?
+                );
+                Some(PkiPort {
+                    tls: pki::server::tls(&pki)?,
+                    boot: Bootstrap::new(pki, refusals),
+                    listener,
+                })
+            }
+            None => None,
+        };
         core.register(Box::new(module))?;
         let controller = &config.modules.edge_controller;
         if controller.enable {
@@ -200,6 +248,7 @@ impl CloudCore {
             health,
             mesh,
             registry: Arc::new(registry),
+            pki,
         })
     }
 
@@ -223,9 +272,22 @@ impl CloudCore {
         self.hub.clone()
     }
 
+    /// Where the PKI's HTTPS port listens, when the PKI is on.
+    pub fn pki_addr(&self) -> Option<SocketAddr> {
+        self.pki.as_ref().and_then(|p| p.listener.local_addr().ok())
+    }
+
     /// Runs until `stop` resolves, then shuts every module down.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> ShutdownReport {
         let stop_health = CancellationToken::new();
+        if let Some(port) = self.pki {
+            tokio::spawn(pki::server::serve(
+                port.listener,
+                port.tls,
+                port.boot,
+                stop_health.clone(),
+            ));
+        }
         if let Some(listener) = self.health {
             let hub = self.hub.clone();
             let tunnel = self.mesh.as_ref().and_then(|m| m.tunnel.clone());

@@ -33,8 +33,43 @@ pub struct EdgeCoreConfig {
     pub beehive: CoreConfig,
     /// `/healthz` and `/readyz`.
     pub health: HealthConfig,
+    /// Certificate renewal through cloudcore's PKI (written by `edgecore join`).
+    pub pki: EdgePkiConfig,
     /// The modules.
     pub modules: EdgeModules,
+}
+
+/// Certificate renewal (`pki:` in edgecore's config).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct EdgePkiConfig {
+    /// cloudcore's PKI port, `host:port`; empty: the certificate is never renewed here.
+    pub address: String,
+    /// Percent of the certificate's life after which it is renewed.
+    pub renew_at_percent: u8,
+}
+
+impl Default for EdgePkiConfig {
+    fn default() -> Self {
+        EdgePkiConfig {
+            address: String::new(),
+            renew_at_percent: 80,
+        }
+    }
+}
+
+impl EdgePkiConfig {
+    /// Every problem with the settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(1..=99).contains(&self.renew_at_percent) {
+            problems.push("renewAtPercent: must be 1 to 99".into());
+        }
+        if !self.address.is_empty() && !self.address.contains(':') {
+            problems.push(format!("address: {:?} is not host:port", self.address));
+        }
+        problems
+    }
 }
 
 /// edgecore's modules.
@@ -54,6 +89,7 @@ impl Default for EdgeCoreConfig {
         EdgeCoreConfig {
             beehive: CoreConfig::default(),
             health: HealthConfig::on("127.0.0.1:10350"),
+            pki: EdgePkiConfig::default(),
             modules: EdgeModules::default(),
         }
     }
@@ -72,6 +108,10 @@ impl EdgeCoreConfig {
             .into_iter()
             .collect();
         problems.extend(section("beehive", self.beehive.problems()));
+        problems.extend(section("pki", self.pki.problems()));
+        if !self.pki.address.is_empty() && self.modules.edge_hub.tls.is_none() {
+            problems.push("pki: address needs modules.edgeHub.tls (the files to renew)".into());
+        }
         problems.extend(section("modules.edgeHub", self.modules.edge_hub.problems()));
         problems.extend(section(
             "modules.metaManager",

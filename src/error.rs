@@ -9,6 +9,9 @@ pub enum Error {
     /// TLS files or settings are unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The PKI (CA, tokens, certificates, join) failed; the text says what and why.
+    #[error("{0}")]
+    Pki(String),
     /// A file or socket operation failed.
     #[error("{0}")]
     Io(String),

@@ -49,6 +49,7 @@ impl Proc {
             if let Some(at) = text.find(marker) {
                 let rest = &text[at + marker.len()..];
                 let word: String = rest
+                    .trim_start_matches("wss://")
                     .trim_start_matches("ws://")
                     .chars()
                     .take_while(|c| !c.is_whitespace())

@@ -74,6 +74,9 @@ pub struct HubStats {
     pub streams: StreamStats,
 }
 
+/// Says why a client certificate (DER) is revoked, or `None`.
+pub type RevocationCheck = Arc<dyn Fn(&[u8]) -> Option<String> + Send + Sync>;
+
 /// Shared state of cloudhub.
 pub struct Hub {
     ctx: OnceLock<Context>,
@@ -86,6 +89,7 @@ pub struct Hub {
     codec: FrameCodec,
     router: Mutex<Router>,
     refusals: Refusals,
+    revocation: OnceLock<RevocationCheck>,
     /// Parent of every session's cancel token: cancelled at shutdown.
     pub(crate) shutdown: CancellationToken,
 }
@@ -107,12 +111,24 @@ impl Hub {
             acked: AtomicU64::new(0),
             generations: AtomicU64::new(0),
             refusals: Refusals::default(),
+            revocation: OnceLock::new(),
             shutdown: CancellationToken::new(),
         })
     }
 
     pub(crate) fn set_context(&self, ctx: Context) {
         let _ = self.ctx.set(ctx);
+    }
+
+    /// Sets the check that refuses revoked client certificates (the process's PKI keeps
+    /// the list); the first one set stays.
+    pub fn set_revocation_check(&self, check: RevocationCheck) {
+        let _ = self.revocation.set(check);
+    }
+
+    /// Why the client certificate `der` is refused as revoked, if it is.
+    pub(crate) fn revoked(&self, der: &[u8]) -> Option<String> {
+        self.revocation.get().and_then(|check| check(der))
     }
 
     /// Connections turned away, by reason (register them for `/metrics`).

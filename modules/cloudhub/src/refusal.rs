@@ -46,10 +46,15 @@ impl Refusals {
 
     /// Adds the family to `registry` as `refusals_total`.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
+        self.register_as(
+            registry,
             "refusals",
             "Connections turned away before a node session began, by reason",
-            self.0.clone(),
         );
+    }
+
+    /// Adds the family to `registry` as `<name>_total` with `help`.
+    pub fn register_as(&self, registry: &mut Registry, name: &str, help: &str) {
+        registry.register(name, help, self.0.clone());
     }
 }

@@ -227,6 +227,11 @@ where
         )
         .await;
     }
+    if let Some(cert) = &cert
+        && let Some(reason) = hub.revoked(cert)
+    {
+        return refuse(&mut ws, CloseCode::Policy, Refused::new("revoked", reason)).await;
+    }
     let attached = match hub.attach(&node_id) {
         Ok(attached) => attached,
         Err(reason) => {
