@@ -117,8 +117,12 @@ pub fn resolve_group(spec: &str, group_file: &Path) -> Result<Option<u32>> {
         field: "socketGroup",
         reason,
     };
-    let groups = std::fs::read_to_string(group_file)
-        .map_err(|e| bad(format!("cannot look up group {spec:?} in {}: {e}", group_file.display())))?;
+    let groups = std::fs::read_to_string(group_file).map_err(|e| {
+        bad(format!(
+            "cannot look up group {spec:?} in {}: {e}",
+            group_file.display()
+        ))
+    })?;
     groups
         .lines()
         .filter_map(|line| {
@@ -129,7 +133,12 @@ pub fn resolve_group(spec: &str, group_file: &Path) -> Result<Option<u32>> {
         })
         .next()
         .map(Some)
-        .ok_or_else(|| bad(format!("no group named {spec:?} in {}", group_file.display())))
+        .ok_or_else(|| {
+            bad(format!(
+                "no group named {spec:?} in {}",
+                group_file.display()
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -145,7 +154,10 @@ mod tests {
         assert_eq!(resolve_group("4321", &file).unwrap(), Some(4321));
         assert_eq!(resolve_group("edgemesh", &file).unwrap(), Some(1234));
         let err = resolve_group("nobody-here", &file).unwrap_err().to_string();
-        assert!(err.contains("socketGroup") && err.contains("nobody-here"), "{err}");
+        assert!(
+            err.contains("socketGroup") && err.contains("nobody-here"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -155,7 +167,10 @@ mod tests {
             ..MetaManagerConfig::default()
         };
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("socketGroup") && err.contains("no-such-group-here"), "{err}");
+        assert!(
+            err.contains("socketGroup") && err.contains("no-such-group-here"),
+            "{err}"
+        );
         assert!(MetaManagerConfig::default().validate().is_ok());
     }
 }

@@ -38,8 +38,7 @@ static ACCEPT_FAILED: beehive::Throttle =
 
 /// Warnings of refused clients: at most one per 10 s (a local loop of them must not flood
 /// the log).
-static PEER_REFUSED: beehive::Throttle =
-    beehive::Throttle::new(std::time::Duration::from_secs(10));
+static PEER_REFUSED: beehive::Throttle = beehive::Throttle::new(std::time::Duration::from_secs(10));
 
 /// How long the one error frame to a refused client may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -142,10 +141,7 @@ impl Peer {
     fn of(stream: &UnixStream) -> std::io::Result<Peer> {
         let cred = stream.peer_cred()?;
         Ok(Peer {
-            pid: cred
-                .pid()
-                .and_then(|p| u32::try_from(p).ok())
-                .unwrap_or(0),
+            pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
             uid: cred.uid(),
             gid: cred.gid(),
         })
@@ -572,5 +568,46 @@ async fn write(
     tokio::select! {
         () = close.cancelled() => false,
         r = io => r.is_ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32) -> Peer {
+        // A pid that never exists: no supplementary groups.
+        Peer { pid: 0, uid, gid }
+    }
+
+    #[test]
+    fn root_our_uid_and_the_group_are_admitted_and_nobody_else() {
+        let private = Admission {
+            own_uid: 1000,
+            group: None,
+        };
+        assert!(private.admits(&peer(0, 0)));
+        assert!(private.admits(&peer(1000, 1000)));
+        assert!(!private.admits(&peer(1001, 1000)));
+        assert!(!private.admits(&peer(65534, 65534)));
+        let shared = Admission {
+            own_uid: 1000,
+            group: Some(4242),
+        };
+        assert!(shared.admits(&peer(1001, 4242)));
+        assert!(!shared.admits(&peer(1001, 1001)));
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_proc_status() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+        let expected: Vec<u32> = line["Groups:".len()..]
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        assert_eq!(supplementary_groups(std::process::id()), expected);
+        assert!(supplementary_groups(0).is_empty());
+        assert!(supplementary_groups(u32::MAX).is_empty());
     }
 }
