@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOOLS=(python3:python3 ip:iproute2 iptables:iptables iptables-restore:iptables curl:curl
-       redis-server:redis-server redis-cli:redis-tools dig:bind9-dnsutils prlimit:util-linux)
+       redis-server:redis-server redis-cli:redis-tools dig:bind9-dnsutils prlimit:util-linux
+       setpriv:util-linux)
 
 missing=()
 for entry in "${TOOLS[@]}"; do

@@ -25,6 +25,12 @@
 //! stream has parent = the watch's id and resource = the object's key. A watcher that leaves
 //! too many changes unread is sent an `error` and disconnected: it reconnects and gets a
 //! fresh list, so it never silently misses a change.
+//!
+//! ## Who may connect
+//!
+//! The server checks each client's credentials (`SO_PEERCRED`) on accept: root, the server's
+//! own user and members of its configured group are served. Anyone else is sent one `error`
+//! frame (no parent id) and the connection is closed before anything it sent is read.
 
 use tokio_util::codec::LengthDelimitedCodec;
 

@@ -146,7 +146,11 @@ async fn main() {
     Store::open(&direct_db).unwrap().close();
     let stop = CancellationToken::new();
     let listener = server::bind(&config.socket_path).unwrap();
-    tokio::spawn(Server::new(store.clone(), None, &config).serve(listener, stop.clone()));
+    tokio::spawn(
+        Server::new(store.clone(), None, &config)
+            .unwrap()
+            .serve(listener, stop.clone()),
+    );
 
     println!("upsert throughput, 100,000 service rows, synchronous=FULL");
     let direct = direct_upsert(&direct_db, 100_000);

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::MetaManagerConfig;
 use crate::error::{Error, Result};
 use crate::object::changes;
-use crate::server::{self, Server};
+use crate::server::{self, RefusedPeers, Server};
 use crate::store::{Filter, Store, StoreState};
 
 /// Module name on the bus (KubeEdge's).
@@ -43,12 +43,23 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 pub struct MetaManager {
     config: MetaManagerConfig,
     store: Store,
+    refused: RefusedPeers,
 }
 
 impl MetaManager {
     /// A module serving `store`.
     pub fn new(config: MetaManagerConfig, store: Store) -> Self {
-        MetaManager { config, store }
+        MetaManager {
+            config,
+            store,
+            refused: RefusedPeers::default(),
+        }
+    }
+
+    /// The count of clients its socket refused (kept by the caller; the module is moved
+    /// into the core when it starts).
+    pub fn refused_peers(&self) -> RefusedPeers {
+        self.refused.clone()
     }
 }
 
@@ -78,13 +89,20 @@ impl Module for MetaManager {
             remote_timeout: Duration::from_millis(self.config.remote_query_timeout_ms),
         });
         // The socket serves what the store holds from the start, before any cloud link.
-        let listener = server::bind(&self.config.socket_path)?;
+        let group = self.config.socket_gid()?;
+        let listener = server::bind_for_group(&self.config.socket_path, group)?;
         log::info!(
-            "metamanager socket at {}",
-            self.config.socket_path.display()
+            "metamanager socket at {}{}",
+            self.config.socket_path.display(),
+            group.map_or_else(String::new, |g| format!(" (group {g} admitted)"))
         );
         let stop_serving = CancellationToken::new();
-        let server = Server::new(self.store.clone(), Some(ctx.clone()), &self.config);
+        let server = Server::counting(
+            self.store.clone(),
+            Some(ctx.clone()),
+            &self.config,
+            self.refused.clone(),
+        )?;
         let serving = tokio::spawn(server.serve(listener, stop_serving.clone()));
         let reporting = tokio::spawn(report_state(
             ctx.clone(),

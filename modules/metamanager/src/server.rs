@@ -5,10 +5,15 @@
 //! fills its buffers and is disconnected — by the store when its change buffer overflows, or
 //! by its forwarder when the socket accepts nothing for the stall timeout — while the store
 //! and every other client go on.
+//!
+//! Who connects is checked first (`SO_PEERCRED`): root, edgecore's own user and members of
+//! `socketGroup` are served; anyone else gets one `error` frame and is disconnected before
+//! any request of theirs is read, with a (throttled) warning, and is counted.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use beehive::Context;
@@ -31,6 +36,13 @@ use crate::store::{Event, Filter, Row, Store};
 static ACCEPT_FAILED: beehive::Throttle =
     beehive::Throttle::new(std::time::Duration::from_secs(10));
 
+/// Warnings of refused clients: at most one per 10 s (a local loop of them must not flood
+/// the log).
+static PEER_REFUSED: beehive::Throttle = beehive::Throttle::new(std::time::Duration::from_secs(10));
+
+/// How long the one error frame to a refused client may take to write.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
 /// Frames a connection may have queued for its writer.
 const OUTBOUND_FRAMES: usize = 256;
 
@@ -39,6 +51,12 @@ const OUTBOUND_FRAMES: usize = 256;
 /// under a temporary name, restricted, then renamed into place, so it is never reachable
 /// with wider permissions.
 pub fn bind(path: &Path) -> Result<UnixListener> {
+    bind_for_group(path, None)
+}
+
+/// As [`bind`]; with `group`, the socket file belongs to that group with mode 0660 so its
+/// members can connect (the server still checks each one: see [`Server::serve`]).
+pub fn bind_for_group(path: &Path, group: Option<u32>) -> Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -67,9 +85,100 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     let tmp = std::path::PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    let mode = match group {
+        None => 0o600,
+        Some(gid) => {
+            // Only root, or an owner who is a member, may give a file to a group.
+            if let Err(e) = std::os::unix::fs::chown(&tmp, None, Some(gid)) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot give {} to group {gid}: {e}", path.display()),
+                )));
+            }
+            0o660
+        }
+    };
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&tmp, path)?;
     Ok(listener)
+}
+
+/// A count of clients the socket refused, readable after the server or module is moved.
+#[derive(Clone, Debug, Default)]
+pub struct RefusedPeers(Arc<AtomicU64>);
+
+impl RefusedPeers {
+    /// Clients refused so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Who may connect: root, our own effective uid, and members of the configured group.
+#[derive(Clone, Copy, Debug)]
+struct Admission {
+    own_uid: u32,
+    group: Option<u32>,
+}
+
+/// A connecting client's credentials, as the kernel recorded them at `connect()`.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    pid: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl Peer {
+    /// `SO_PEERCRED` through tokio, not rustix: rustix's `UCred` holds the pid as a
+    /// non-zero `Pid`, but the kernel reports 0 for a peer in a pid namespace we cannot see
+    /// (edgecore in a container, a client on the host), which such a type must never hold.
+    fn of(stream: &UnixStream) -> std::io::Result<Peer> {
+        let cred = stream.peer_cred()?;
+        Ok(Peer {
+            pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+            uid: cred.uid(),
+            gid: cred.gid(),
+        })
+    }
+}
+
+impl Admission {
+    fn admits(&self, peer: &Peer) -> bool {
+        if peer.uid == 0 || peer.uid == self.own_uid {
+            return true;
+        }
+        let Some(group) = self.group else {
+            return false;
+        };
+        peer.gid == group || supplementary_groups(peer.pid).contains(&group)
+    }
+}
+
+/// The supplementary groups of process `pid` (the `Groups:` line of its /proc status); none
+/// when that cannot be read (the process is gone, or in a pid namespace we do not see).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What every connection shares.
@@ -81,23 +190,50 @@ pub struct Server {
     watch_buffer: usize,
     stall: Duration,
     remote_timeout: Duration,
+    admission: Admission,
+    refused: RefusedPeers,
 }
 
 impl Server {
     /// A server for `store`; with `ctx`, a get that misses is asked of the metaManager module
-    /// (which asks the cloud when it is reachable).
-    pub fn new(store: Store, ctx: Option<Context>, config: &MetaManagerConfig) -> Arc<Self> {
-        Arc::new(Server {
+    /// (which asks the cloud when it is reachable). Fails when `socketGroup` names no group.
+    pub fn new(
+        store: Store,
+        ctx: Option<Context>,
+        config: &MetaManagerConfig,
+    ) -> Result<Arc<Self>> {
+        Self::counting(store, ctx, config, RefusedPeers::default())
+    }
+
+    /// As [`Server::new`], counting refused clients in `refused`.
+    pub fn counting(
+        store: Store,
+        ctx: Option<Context>,
+        config: &MetaManagerConfig,
+        refused: RefusedPeers,
+    ) -> Result<Arc<Self>> {
+        Ok(Arc::new(Server {
             store,
             ctx,
             max_frame_len: config.max_frame_len,
             watch_buffer: config.watch_buffer,
             stall: Duration::from_millis(config.watch_stall_timeout_ms),
             remote_timeout: Duration::from_millis(config.remote_query_timeout_ms),
-        })
+            admission: Admission {
+                own_uid: rustix::process::geteuid().as_raw(),
+                group: config.socket_gid()?,
+            },
+            refused,
+        }))
     }
 
-    /// Accepts connections until `shutdown` is cancelled, then closes them all.
+    /// Clients refused so far (not root, not our user, not in `socketGroup`).
+    pub fn refused_peers(&self) -> u64 {
+        self.refused.get()
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then closes them all. Each client's
+    /// credentials are checked before anything of it is read.
     pub async fn serve(self: Arc<Self>, listener: UnixListener, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -106,7 +242,11 @@ impl Server {
                     Ok((stream, _)) => {
                         let server = self.clone();
                         let close = shutdown.child_token();
-                        tokio::spawn(async move { server.connection(stream, close).await });
+                        tokio::spawn(async move {
+                            if server.admit(&stream).await {
+                                server.connection(stream, close).await;
+                            }
+                        });
                     }
                     Err(e) => {
                         ACCEPT_FAILED.warn(format_args!("metamanager socket accept failed: {e}"));
@@ -116,6 +256,49 @@ impl Server {
                 },
             }
         }
+    }
+
+    /// Whether the client behind `stream` may use the socket; a refused one is sent one
+    /// `error` frame, logged and counted (the caller then drops the stream, closing it).
+    async fn admit(&self, stream: &UnixStream) -> bool {
+        let peer = match Peer::of(stream) {
+            Ok(peer) => peer,
+            Err(e) => {
+                // Not expected on a Unix stream socket; without credentials, nobody is admitted.
+                PEER_REFUSED.warn(format_args!(
+                    "metamanager socket: refused a client whose credentials cannot be read: {e}"
+                ));
+                self.refused.add();
+                return false;
+            }
+        };
+        if self.admission.admits(&peer) {
+            return true;
+        }
+        self.refused.add();
+        let group = self
+            .admission
+            .group
+            .map_or_else(|| "none configured".to_owned(), |g| g.to_string());
+        PEER_REFUSED.warn(format_args!(
+            "metamanager socket: refused a client (uid {}, gid {}, pid {}): only root, uid {} \
+             and group {group} (socketGroup) may connect",
+            peer.uid, peer.gid, peer.pid, self.admission.own_uid
+        ));
+        let reply = Message::new(
+            Route::new(MODULE, "meta", operation::ERROR, ""),
+            Content::text(format!(
+                "permission denied: uid {} may not use this socket",
+                peer.uid
+            )),
+        );
+        if let Ok(json) = reply.to_json_vec() {
+            let mut frame = Vec::with_capacity(json.len() + 4);
+            frame.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_be_bytes());
+            frame.extend_from_slice(&json);
+            let _ = tokio::time::timeout(REFUSAL_WRITE, write_all(stream, &frame)).await;
+        }
+        false
     }
 
     /// One task reads requests and writes their answers itself (no hand-off on the query
@@ -354,6 +537,19 @@ fn encode(msgs: &[Message]) -> Vec<Bytes> {
         .collect()
 }
 
+/// Writes all of `bytes` through a shared reference (the stream is not split yet).
+async fn write_all(stream: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Writes `frames` and flushes once; false when the connection is closed or closing.
 async fn write(
     writer: &mut FramedWrite<
@@ -372,5 +568,46 @@ async fn write(
     tokio::select! {
         () = close.cancelled() => false,
         r = io => r.is_ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32) -> Peer {
+        // A pid that never exists: no supplementary groups.
+        Peer { pid: 0, uid, gid }
+    }
+
+    #[test]
+    fn root_our_uid_and_the_group_are_admitted_and_nobody_else() {
+        let private = Admission {
+            own_uid: 1000,
+            group: None,
+        };
+        assert!(private.admits(&peer(0, 0)));
+        assert!(private.admits(&peer(1000, 1000)));
+        assert!(!private.admits(&peer(1001, 1000)));
+        assert!(!private.admits(&peer(65534, 65534)));
+        let shared = Admission {
+            own_uid: 1000,
+            group: Some(4242),
+        };
+        assert!(shared.admits(&peer(1001, 4242)));
+        assert!(!shared.admits(&peer(1001, 1001)));
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_proc_status() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+        let expected: Vec<u32> = line["Groups:".len()..]
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        assert_eq!(supplementary_groups(std::process::id()), expected);
+        assert!(supplementary_groups(0).is_empty());
+        assert!(supplementary_groups(u32::MAX).is_empty());
     }
 }

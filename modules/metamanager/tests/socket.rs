@@ -33,7 +33,7 @@ impl Drop for Bed {
 fn start(store: &Store, sock: &Path, config: &MetaManagerConfig) -> CancellationToken {
     let listener = server::bind(sock).unwrap();
     let stop = CancellationToken::new();
-    let srv = Server::new(store.clone(), None, config);
+    let srv = Server::new(store.clone(), None, config).unwrap();
     tokio::spawn(srv.serve(listener, stop.clone()));
     stop
 }
@@ -350,7 +350,8 @@ async fn a_watch_reconnects_and_starts_over_with_the_current_list() {
     .await
     .unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(Server::new(bed.store.clone(), None, &bed.config).serve(restarted, stop.clone()));
+    let srv = Server::new(bed.store.clone(), None, &bed.config).unwrap();
+    tokio::spawn(srv.serve(restarted, stop.clone()));
     bed.stop = stop;
     let events = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
     let keys: Vec<_> = events
