@@ -2,7 +2,6 @@
 
 use crate::pki::server::Bootstrap;
 use crate::pki::{self, Pki, PkiConfig};
-use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -316,20 +315,7 @@ impl CloudCore {
                 })
             });
             let mesh = self.mesh.as_ref().map(|m| m.metrics.clone());
-            let registry = self.registry.clone();
-            let metrics: health::MetricsText = Arc::new(move || {
-                let mut out = String::new();
-                if let Some(mesh) = &mesh {
-                    mesh.encode_families(&mut out);
-                }
-                let encoded =
-                    encode_registry(&mut out, &registry).and_then(|()| encode_eof(&mut out));
-                if let Err(e) = encoded {
-                    log::error!("encoding metrics: {e}");
-                }
-                out
-            });
-            let metrics = Some(metrics);
+            let metrics = Some(health::metrics_text(mesh, self.registry.clone()));
             tokio::spawn(health::serve(listener, probe, metrics, stop_health.clone()));
         }
         let report = self.core.run_until(stop).await;

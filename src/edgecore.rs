@@ -154,6 +154,8 @@ pub struct EdgeCore {
     socket: Option<PathBuf>,
     mesh: Option<Mesh>,
     health: Option<TcpListener>,
+    /// The metrics of the modules other than the mesh (whose own registry it keeps).
+    registry: Arc<prometheus_client::registry::Registry>,
 }
 
 /// What edgecore keeps of its edgemesh: readiness, metrics, addresses.
@@ -167,10 +169,15 @@ impl EdgeCore {
     /// Opens the store, loads TLS files and registers the modules.
     pub async fn build(config: &EdgeCoreConfig) -> Result<Self> {
         let mut core = Core::new(config.beehive.clone())?;
+        let mut registry = prometheus_client::registry::Registry::default();
         let meta = &config.modules.meta_manager;
         let socket = if meta.enable {
             let store = Store::open(&meta.db_path)?;
-            core.register(Box::new(MetaManager::new(meta.clone(), store)))?;
+            let module = MetaManager::new(meta.clone(), store);
+            module
+                .refused_peers()
+                .register(registry.sub_registry_with_prefix("metamanager"));
+            core.register(Box::new(module))?;
             Some(meta.socket_path.clone())
         } else {
             None
@@ -218,6 +225,7 @@ impl EdgeCore {
             socket,
             mesh,
             health,
+            registry: Arc::new(registry),
         })
     }
 
@@ -253,10 +261,8 @@ impl EdgeCore {
                     checks
                 })
             });
-            let metrics = self.mesh.as_ref().map(|m| {
-                let metrics = m.metrics.clone();
-                Arc::new(move || metrics.encode()) as health::MetricsText
-            });
+            let mesh = self.mesh.as_ref().map(|m| m.metrics.clone());
+            let metrics = Some(health::metrics_text(mesh, self.registry.clone()));
             tokio::spawn(health::serve(listener, probe, metrics, stop_health.clone()));
         }
         let report = self.core.run_until(stop).await;

@@ -285,3 +285,23 @@ impl Module for LinkWatch {
         Ok(())
     }
 }
+
+/// `/metrics` of a process: the mesh's families (when it runs one), then the other
+/// modules' in `registry`.
+pub fn metrics_text(
+    mesh: Option<Arc<edgemesh_proxy::metrics::Metrics>>,
+    registry: Arc<prometheus_client::registry::Registry>,
+) -> MetricsText {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    Arc::new(move || {
+        let mut out = String::new();
+        if let Some(mesh) = &mesh {
+            mesh.encode_families(&mut out);
+        }
+        let encoded = encode_registry(&mut out, &registry).and_then(|()| encode_eof(&mut out));
+        if let Err(e) = encoded {
+            log::error!("encoding metrics: {e}");
+        }
+        out
+    })
+}

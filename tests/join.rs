@@ -180,6 +180,14 @@ async fn a_node_joins_with_a_token_and_connects_over_tls() {
             .text()
             .contains("PKI: node edge-1 joins with token")
     );
+    // The edge's /metrics carries metamanager's socket refusals (none here).
+    let edge_health = edge.logged_addr("/metrics on http://").await;
+    let (_, text) = get(edge_health, "/metrics").await.unwrap();
+    assert_eq!(
+        sample(&text, "metamanager_socket_refused_peers_total"),
+        Some(0.0),
+        "{text}"
+    );
     let listed = ok(run(
         CLOUDCORE,
         &["cert", "list", "--config", bed.config.to_str().unwrap()],

@@ -13,7 +13,6 @@
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use beehive::Context;
@@ -106,16 +105,25 @@ pub fn bind_for_group(path: &Path, group: Option<u32>) -> Result<UnixListener> {
 
 /// A count of clients the socket refused, readable after the server or module is moved.
 #[derive(Clone, Debug, Default)]
-pub struct RefusedPeers(Arc<AtomicU64>);
+pub struct RefusedPeers(prometheus_client::metrics::counter::Counter);
 
 impl RefusedPeers {
     /// Clients refused so far.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 
     fn add(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.inc();
+    }
+
+    /// Adds the count to `registry` as `socket_refused_peers_total`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "socket_refused_peers",
+            "Socket clients refused by their credentials (SO_PEERCRED)",
+            self.0.clone(),
+        );
     }
 }
 
