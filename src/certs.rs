@@ -65,6 +65,16 @@ impl Ca {
     }
 
     fn issue(&self, cn: &str, names: &[String], usage: ExtendedKeyUsagePurpose) -> Result<Issued> {
+        self.issue_with(cn, names, usage, |_| {})
+    }
+
+    fn issue_with(
+        &self,
+        cn: &str,
+        names: &[String],
+        usage: ExtendedKeyUsagePurpose,
+        tune: impl FnOnce(&mut CertificateParams),
+    ) -> Result<Issued> {
         let mut params = CertificateParams::new(names.to_vec()).map_err(rc)?;
         params.distinguished_name.push(DnType::CommonName, cn);
         if usage == ExtendedKeyUsagePurpose::ClientAuth {
@@ -73,6 +83,7 @@ impl Ca {
                 .push(DnType::OrganizationName, "system:nodes");
         }
         params.extended_key_usages = vec![usage];
+        tune(&mut params);
         let key = KeyPair::generate().map_err(rc)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(rc)?;
         Ok(Issued {
@@ -137,6 +148,21 @@ impl Ca {
             serial: serial_bytes.iter().map(|b| format!("{b:02x}")).collect(),
             not_after: u64::try_from((now + lifetime).unix_timestamp()).unwrap_or(0),
         })
+    }
+
+    /// A client certificate for `node_id` that expired an hour ago (for tests of what
+    /// refuses it).
+    pub fn expired_node(&self, node_id: &str) -> Result<Issued> {
+        self.issue_with(
+            &format!("system:node:{node_id}"),
+            &[node_id.to_owned()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            |params| {
+                let now = time::OffsetDateTime::now_utc();
+                params.not_before = now - time::Duration::hours(2);
+                params.not_after = now - time::Duration::hours(1);
+            },
+        )
     }
 
     /// A client certificate for `node_id` as KubeEdge's cloudcore issues them: the

@@ -1,5 +1,6 @@
 //! edgecore: the edge process (edgehub, metamanager and edgemesh).
 
+use crate::pki::renew::Renewal;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -156,6 +157,8 @@ pub struct EdgeCore {
     health: Option<TcpListener>,
     /// The metrics of the modules other than the mesh (whose own registry it keeps).
     registry: Arc<prometheus_client::registry::Registry>,
+    /// The certificate's renewal, when the config names cloudcore's PKI.
+    renewal: Option<Renewal>,
 }
 
 /// What edgecore keeps of its edgemesh: readiness, metrics, addresses.
@@ -188,7 +191,26 @@ impl EdgeCore {
             .as_ref()
             .map(crate::tls::client_config)
             .transpose()?;
-        core.register(Box::new(EdgeHub::new(hub.clone(), tls)))?;
+        let (publish, source) = match tls {
+            Some(tls) => {
+                let (tx, rx) = tokio::sync::watch::channel(tls);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        core.register(Box::new(EdgeHub::renewable(hub.clone(), source)))?;
+        let renewal = match (publish, &hub.tls) {
+            (Some(publish), Some(files)) if hub.enable && !config.pki.address.is_empty() => {
+                Some(Renewal {
+                    address: config.pki.address.clone(),
+                    node: hub.node_id.clone(),
+                    tls: files.clone(),
+                    percent: config.pki.renew_at_percent,
+                    publish,
+                })
+            }
+            _ => None,
+        };
         let mesh_cfg = &config.modules.edge_mesh;
         let mesh = if mesh_cfg.enable {
             let mut mesh_cfg = mesh_cfg.clone();
@@ -226,6 +248,7 @@ impl EdgeCore {
             mesh,
             health,
             registry: Arc::new(registry),
+            renewal,
         })
     }
 
@@ -242,6 +265,9 @@ impl EdgeCore {
     /// Runs until `stop` resolves, then shuts every module down.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> ShutdownReport {
         let stop_health = CancellationToken::new();
+        if let Some(renewal) = self.renewal {
+            tokio::spawn(crate::pki::renew::run(renewal, stop_health.clone()));
+        }
         if let Some(listener) = self.health {
             let heard = self.heard.clone();
             let socket = self.socket.clone();

@@ -50,6 +50,10 @@ struct Bed {
 
 impl Bed {
     async fn start() -> Bed {
+        Self::with_cert_life(3600).await
+    }
+
+    async fn with_cert_life(seconds: u64) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
@@ -62,7 +66,8 @@ impl Bed {
             &config,
             format!(
                 "health: {{address: \"127.0.0.1:0\"}}\n\
-                 pki: {{dir: \"{}\", address: \"127.0.0.1:0\", serverNames: [localhost, 127.0.0.1]}}\n\
+                 pki: {{dir: \"{}\", address: \"127.0.0.1:0\", serverNames: [localhost, 127.0.0.1], \
+                 nodeCertSeconds: {seconds}}}\n\
                  modules:\n  cloudHub: {{address: \"127.0.0.1:0\"}}\n  \
                  edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}}}\n  \
                  edgeMesh: {{enable: false}}\n",
@@ -128,8 +133,13 @@ impl Bed {
     /// The joined config of `node`, with only what a shared test machine needs changed:
     /// ports, no iptables. The TLS settings are join's.
     fn runnable(&self, node: &str) -> PathBuf {
+        self.runnable_with(node, |_| {})
+    }
+
+    fn runnable_with(&self, node: &str, tune: impl FnOnce(&mut EdgeCoreConfig)) -> PathBuf {
         let path = self.dir.path().join(node).join("edgecore.yaml");
         let mut config = EdgeCoreConfig::load(&path).unwrap();
+        tune(&mut config);
         config.health.address = "127.0.0.1:0".into();
         config.modules.edge_mesh.enable = false;
         let out = self.dir.path().join(node).join("test.yaml");
@@ -156,7 +166,11 @@ async fn a_node_joins_with_a_token_and_connects_over_tls() {
     let said = ok(bed.join("edge-1", &token));
     assert!(said.contains("node edge-1 joined"), "{said}");
     let pki = bed.dir.path().join("edge-1").join("pki");
-    assert_eq!(mode(&pki.join("node.key")), 0o600);
+    assert_eq!(
+        mode(&pki.join("node.pem")),
+        0o600,
+        "certificate and key, private"
+    );
     assert_eq!(mode(&bed.dir.path().join("pki").join("ca.key")), 0o600);
     assert_eq!(mode(&bed.dir.path().join("pki").join("token.key")), 0o600);
 
@@ -234,7 +248,7 @@ async fn bad_tokens_are_refused_with_the_reason_and_nothing_is_written() {
     let other_ca = format!("{}{}", "0".repeat(64), &good[64..]);
     let why = refused(bed.join("edge-a", &other_ca));
     assert!(why.contains("CA hash mismatch"), "{why}");
-    assert!(!bed.dir.path().join("edge-a/pki/node.crt").exists());
+    assert!(!bed.dir.path().join("edge-a/pki/node.pem").exists());
 
     // Expired.
     let expired = bed.token("0s");
@@ -283,4 +297,76 @@ async fn bad_tokens_are_refused_with_the_reason_and_nothing_is_written() {
         let series = format!("pki_refusals_total{{reason=\"{reason}\"}}");
         assert_eq!(bed.metric(&series).await, Some(n), "{series}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_traffic_and_no_change_is_lost() {
+    // A minute's certificates renewed at 51% of a life that starts a minute back (the
+    // allowance for clock skew): a new certificate about every second.
+    let bed = Bed::with_cert_life(60).await;
+    ok(bed.join("edge-1", &bed.token("1h")));
+    let config = bed.runnable_with("edge-1", |c| c.pki.renew_at_percent = 51);
+    let edge = Proc::start(EDGECORE, &config, bed.dir.path().join("edge-1.log"));
+    let db = EdgeCoreConfig::load(&config)
+        .unwrap()
+        .modules
+        .meta_manager
+        .db_path;
+
+    // Services are added in waves, each after another renewal, so changes are in flight
+    // while links are switched.
+    let manifests = bed.dir.path().join("manifests");
+    let renewals = |text: &str| text.matches("certificate renewed").count();
+    let mut objects = vec![service("web", "10.96.0.10", 80, serde_json::json!({}))];
+    for wave in 0..4u32 {
+        let seen = renewals(&edge.text());
+        for i in 0..50u32 {
+            let n = wave * 50 + i;
+            objects.push(service(
+                &format!("s{n}"),
+                &format!("10.96.{}.{}", 1 + n / 250, n % 250 + 1),
+                80,
+                serde_json::json!({}),
+            ));
+        }
+        write_manifests(&manifests, &objects);
+        eventually("another renewal", || {
+            let text = edge.text();
+            async move { renewals(&text) > seen }
+        })
+        .await;
+    }
+    let want = objects.len();
+    eventually("every Service on the edge", || {
+        let db = db.clone();
+        async move {
+            db.exists()
+                && sqlite_rows(&db)
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("default/service/"))
+                    .count()
+                    == want
+        }
+    })
+    .await;
+    let text = edge.text();
+    assert!(renewals(&text) >= 4, "{text}");
+    assert!(
+        text.matches("redialling with the renewed certificate")
+            .count()
+            >= 4,
+        "{text}"
+    );
+    // Each renewal is a certificate of its own, all recorded by cloudcore.
+    let listed = ok(run(
+        CLOUDCORE,
+        &["cert", "list", "--config", bed.config.to_str().unwrap()],
+    ));
+    assert!(listed.matches("edge-1").count() >= 5, "{listed}");
+    assert!(
+        !bed.cloud.text().contains("refused"),
+        "{}",
+        bed.cloud.text()
+    );
+    drop(edge);
 }

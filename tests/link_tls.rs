@@ -146,12 +146,24 @@ async fn tls_admits_the_right_node_and_refuses_the_rest() {
     );
     assert_eq!(dial(cloud.addr, &kubeedge, "edge-2").await, Ok(None));
 
+    // An expired certificate from the right CA: the handshake fails.
+    let expired = ca.expired_node("edge-1").unwrap();
+    let files = edgehub::TlsFiles {
+        ca_file: ours.ca.clone(),
+        cert_file: dir.path().join("expired.crt"),
+        key_file: dir.path().join("expired.key"),
+    };
+    std::fs::write(&files.cert_file, expired.cert_pem).unwrap();
+    std::fs::write(&files.key_file, expired.key_pem).unwrap();
+    let refused = dial(cloud.addr, &files, "edge-1").await;
+    assert!(refused.is_err(), "{refused:?}");
+
     // Every refusal is counted by reason: two certificates for another node, one from
-    // another CA; the edge that refused the cloud left a failed handshake.
+    // another CA, one expired; the edge that refused the cloud left a failed handshake.
     let refusals = cloud.hub.refusals().clone();
     eventually("refusals counted", || {
         let r = refusals.clone();
-        async move { r.get("certificate") == 3 && r.get("handshake") == 1 }
+        async move { r.get("certificate") == 4 && r.get("handshake") == 1 }
     })
     .await;
 

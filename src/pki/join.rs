@@ -28,7 +28,9 @@ use crate::pki::token;
 /// How long any one exchange with the PKI port may take.
 const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Where a node keeps its PKI files.
+/// Where a node keeps its PKI files. When `cert` and `key` are one path (what join
+/// writes: `node.pem`), certificate and key are replaced together by one rename, so a
+/// crash mid-renewal never leaves a key beside a certificate that is not its own.
 #[derive(Clone, Debug)]
 pub struct NodeFiles {
     /// The CA certificate (PEM).
@@ -40,12 +42,21 @@ pub struct NodeFiles {
 }
 
 impl NodeFiles {
-    /// `ca.crt`, `node.crt` and `node.key` in `dir`.
+    /// `ca.crt`, and `node.pem` holding certificate and key, in `dir`.
     pub fn in_dir(dir: &Path) -> Self {
         NodeFiles {
             ca: dir.join("ca.crt"),
-            cert: dir.join("node.crt"),
-            key: dir.join("node.key"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node.pem"),
+        }
+    }
+
+    /// The files an edgehub TLS setting names.
+    pub fn of(tls: &edgehub::TlsFiles) -> Self {
+        NodeFiles {
+            ca: tls.ca_file.clone(),
+            cert: tls.cert_file.clone(),
+            key: tls.key_file.clone(),
         }
     }
 }
@@ -153,10 +164,16 @@ async fn request_certificate(
     }
     let cert = CertificateDer::from(body.to_vec());
     let pem = pem_of("CERTIFICATE", &cert);
-    // Key first: a certificate is never on disk without its key.
-    files::write_private(&files.key, key.serialize_pem().as_bytes())?;
-    files::write_mode(&files.cert, pem.as_bytes(), 0o644)?;
-    Ok(())
+    if files.cert == files.key {
+        files::write_private(
+            &files.cert,
+            format!("{pem}{}", key.serialize_pem()).as_bytes(),
+        )
+    } else {
+        // Key first: a certificate is never on disk without its key.
+        files::write_private(&files.key, key.serialize_pem().as_bytes())?;
+        files::write_mode(&files.cert, pem.as_bytes(), 0o644)
+    }
 }
 
 fn pem_of(label: &str, der: &[u8]) -> String {

@@ -15,6 +15,7 @@ pub mod commands;
 pub mod enroll;
 pub mod files;
 pub mod join;
+pub mod renew;
 pub mod server;
 pub mod token;
 

@@ -21,4 +21,4 @@ pub mod module;
 
 pub use config::{EdgeHubConfig, TlsFiles};
 pub use error::{Error, Result};
-pub use module::{EdgeHub, GROUP, MODULE};
+pub use module::{EdgeHub, GROUP, MODULE, TlsSource};

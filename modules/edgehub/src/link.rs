@@ -11,7 +11,7 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
@@ -38,6 +38,8 @@ pub enum Ended {
     Lost(String),
     /// The process is shutting down.
     Shutdown,
+    /// The TLS settings changed (a renewed certificate): redial with them.
+    Renewed,
 }
 
 /// The sender into the live link, if any: where the module puts what goes up.
@@ -48,7 +50,7 @@ pub type Uplink = Arc<Mutex<Option<mpsc::Sender<Message>>>>;
 pub async fn dial_and_run(
     ctx: &Context,
     config: &EdgeHubConfig,
-    tls: Option<&Arc<ClientConfig>>,
+    tls: Option<&mut watch::Receiver<Arc<ClientConfig>>>,
     up: &Uplink,
 ) -> Ended {
     let deadline = Duration::from_millis(config.handshake_timeout_ms);
@@ -60,11 +62,12 @@ pub async fn dial_and_run(
     let _ = tcp.set_nodelay(true);
     match tls {
         None => match timeout(deadline, handshake(tcp, config, "ws")).await {
-            Ok(Ok(ws)) => run(ctx, config, ws, up).await,
+            Ok(Ok(ws)) => run(ctx, config, ws, up, None).await,
             Ok(Err(e)) => Ended::DialFailed(e),
             Err(_) => Ended::DialFailed("handshake timed out".into()),
         },
-        Some(tls) => {
+        Some(source) => {
+            let tls = source.borrow_and_update().clone();
             let name = match ServerName::try_from(config.tls_server_name().to_owned()) {
                 Ok(name) => name,
                 Err(e) => return Ended::DialFailed(format!("TLS server name: {e}")),
@@ -77,7 +80,7 @@ pub async fn dial_and_run(
                 handshake(stream, config, "wss").await
             };
             match timeout(deadline, handshakes).await {
-                Ok(Ok(ws)) => run(ctx, config, ws, up).await,
+                Ok(Ok(ws)) => run(ctx, config, ws, up, Some(source)).await,
                 Ok(Err(e)) => Ended::DialFailed(e),
                 Err(_) => Ended::DialFailed("handshake timed out".into()),
             }
@@ -136,7 +139,13 @@ pub fn keepalive() -> Message {
 
 /// Runs one link with the mesh told of it: up with a sender for its stream frames, down
 /// (after every frame the link brought) with the reason, so no stream outlives its link.
-async fn run<S>(ctx: &Context, config: &EdgeHubConfig, ws: WebSocketStream<S>, up: &Uplink) -> Ended
+async fn run<S>(
+    ctx: &Context,
+    config: &EdgeHubConfig,
+    ws: WebSocketStream<S>,
+    up: &Uplink,
+    renewed: Option<&mut watch::Receiver<Arc<ClientConfig>>>,
+) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -149,10 +158,11 @@ where
     };
     let (streams_tx, streams_rx) = mpsc::unbounded_channel();
     let mesh = mesh.filter(|lane| lane.send(Carriage::Up(streams_tx)).is_ok());
-    let ended = serve(ctx, config, ws, up, mesh.as_ref(), streams_rx).await;
+    let ended = serve(ctx, config, ws, up, mesh.as_ref(), streams_rx, renewed).await;
     if let Some(lane) = mesh {
         let why = match &ended {
             Ended::Shutdown => "edgecore is shutting down".to_owned(),
+            Ended::Renewed => "the link is redialled with a renewed certificate".to_owned(),
             Ended::Lost(why) | Ended::DialFailed(why) => why.clone(),
         };
         let _ = lane.send(Carriage::Down(why));
@@ -167,6 +177,7 @@ async fn serve<S>(
     up: &Uplink,
     mesh: Option<&mpsc::UnboundedSender<Carriage>>,
     mut streams_rx: mpsc::UnboundedReceiver<Bytes>,
+    mut renewed: Option<&mut watch::Receiver<Arc<ClientConfig>>>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -193,6 +204,11 @@ where
                 let frame = CloseFrame { code: CloseCode::Away, reason: "edgecore is shutting down".into() };
                 let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
                 return Ended::Shutdown;
+            }
+            () = tls_changed(renewed.as_deref_mut()) => {
+                let frame = CloseFrame { code: CloseCode::Normal, reason: "certificate renewed".into() };
+                let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+                return Ended::Renewed;
             }
             msg = rx.recv() => match msg {
                 Some(msg) => vec![encode(&codec, &msg)],
@@ -334,4 +350,15 @@ async fn route_down(ctx: &Context, msg: Message) {
     if let Err(e) = ctx.send_to_group(target, msg).await {
         log::debug!("no taker for a cloud message: {e}");
     }
+}
+
+/// Resolves when the TLS settings change; never when there are none, or when their source
+/// is gone (then they can no longer change).
+async fn tls_changed(source: Option<&mut watch::Receiver<Arc<ClientConfig>>>) {
+    if let Some(rx) = source
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }

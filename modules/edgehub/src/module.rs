@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use beehive::{Context, Module, ModuleError, async_trait};
@@ -23,12 +24,21 @@ const STABLE_LINK: Duration = Duration::from_secs(10);
 /// The edgehub module.
 pub struct EdgeHub {
     config: EdgeHubConfig,
-    tls: Option<Arc<ClientConfig>>,
+    tls: Option<TlsSource>,
 }
+
+/// The TLS settings edgehub dials with, as they change: each dial takes the latest, and a
+/// change (a renewed certificate) ends the live link so the next one presents it.
+pub type TlsSource = watch::Receiver<Arc<ClientConfig>>;
 
 impl EdgeHub {
     /// A module dialling per `config`, over TLS when `tls` is given.
     pub fn new(config: EdgeHubConfig, tls: Option<Arc<ClientConfig>>) -> Self {
+        Self::renewable(config, tls.map(|t| watch::channel(t).1))
+    }
+
+    /// A module dialling per `config` with the TLS settings `tls` gives as they change.
+    pub fn renewable(config: EdgeHubConfig, tls: Option<TlsSource>) -> Self {
         EdgeHub { config, tls }
     }
 }
@@ -76,12 +86,12 @@ fn refuse_offline(ctx: &Context, msg: Message) {
     }
 }
 
-async fn keep_linked(ctx: Context, hub: EdgeHub, uplink: Uplink) {
+async fn keep_linked(ctx: Context, mut hub: EdgeHub, uplink: Uplink) {
     let config = &hub.config;
     let mut failures = 0u32;
     while !ctx.is_shutting_down() {
         let dialled = Instant::now();
-        let ended = link::dial_and_run(&ctx, config, hub.tls.as_ref(), &uplink).await;
+        let ended = link::dial_and_run(&ctx, config, hub.tls.as_mut(), &uplink).await;
         let was_up = uplink.lock().expect("uplink poisoned").take().is_some();
         if was_up {
             publish(&ctx, false).await;
@@ -95,6 +105,13 @@ async fn keep_linked(ctx: Context, hub: EdgeHub, uplink: Uplink) {
         }
         match ended {
             Ended::Shutdown => break,
+            Ended::Renewed => {
+                // Redialled at once with the new certificate; the cloud resends what the
+                // old link had not had ACKed.
+                log::info!("cloud link: redialling with the renewed certificate");
+                failures = 0;
+                continue;
+            }
             Ended::Lost(why) => log::warn!("cloud link down: {why}"),
             Ended::DialFailed(why) => {
                 failures = failures.saturating_add(1);
