@@ -79,14 +79,14 @@ services 0 > "$WORK/manifests/soak.yaml"
 cat > "$WORK/cloudcore.yaml" <<YAML
 health: {address: "127.0.0.1:10550"}
 modules:
-  cloudHub: {address: "$CLOUD_IP:10000"}
+  cloudHub: {address: "$CLOUD_IP:10000", insecure: true}
   edgeController: {source: manifests, manifests: {dir: "$WORK/manifests"}}
 YAML
 for n in a b; do
 cat > "$WORK/edgecore-$n.yaml" <<YAML
 health: {address: "127.0.0.1:10350"}
 modules:
-  edgeHub: {server: "$CLOUD_IP:10000", nodeId: edge-$n, reconnectInitialMs: 100}
+  edgeHub: {server: "$CLOUD_IP:10000", insecure: true, nodeId: edge-$n, reconnectInitialMs: 100}
   metaManager: {dbPath: "$WORK/edge-$n.db", socketPath: "$WORK/edge-$n.sock"}
   edgeMesh: {iptables: $([ $n = a ] && echo true || echo false), proxyListen: "", dns: {listen: "127.0.0.1:53"}}
 YAML

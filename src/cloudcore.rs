@@ -102,6 +102,14 @@ impl CloudCoreConfig {
             .collect();
         problems.extend(section("beehive", self.beehive.problems()));
         problems.extend(section("pki", self.pki.problems()));
+        let hub = &self.modules.cloud_hub;
+        if hub.enable && !hub.insecure && hub.tls.is_none() && !self.pki.enabled() {
+            problems.push(
+                "modules.cloudHub: the link needs TLS: set pki.dir (cloudcore's own CA), \
+                 cloudHub.tls, or cloudHub.insecure: true"
+                    .into(),
+            );
+        }
         problems.extend(section(
             "modules.cloudHub",
             self.modules.cloud_hub.problems(),
@@ -163,15 +171,24 @@ impl CloudCore {
     pub async fn build(config: &CloudCoreConfig) -> Result<Self> {
         let mut core = Core::new(config.beehive.clone())?;
         let hub_cfg = &config.modules.cloud_hub;
-        let pki = match config.pki.enabled() {
+        if hub_cfg.insecure {
+            log::warn!(
+                "cloudHub.insecure: the cloud link is plain ws:// and any client can claim any \
+                 node; the PKI is off. Use TLS outside tests"
+            );
+        }
+        let pki = match config.pki.enabled() && !hub_cfg.insecure {
             true => Some(Arc::new(Pki::open(&config.pki)?)),
             false => None,
         };
         // TLS files given by hand win; else the PKI's.
-        let hub_tls = hub_cfg
-            .tls
-            .clone()
-            .or_else(|| pki.as_ref().map(|p| p.hub_tls()));
+        let hub_tls = match hub_cfg.insecure {
+            true => None,
+            false => hub_cfg
+                .tls
+                .clone()
+                .or_else(|| pki.as_ref().map(|p| p.hub_tls())),
+        };
         let tls = hub_tls
             .as_ref()
             .map(crate::tls::server_config)

@@ -4,6 +4,8 @@
 //! where each went (this node, the other edge through the cloud, the cloud), then the
 //! commands to try until Ctrl-C.
 
+use crate::pki::Pki;
+use crate::pki::join::{NodeFiles, join};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -307,6 +309,9 @@ fn configs(dir: &Path, proxy: &str) -> (CloudCoreConfig, EdgeCoreConfig, EdgeCor
     };
     cloud.modules.cloud_hub.address = "127.0.0.1:0".into();
     cloud.modules.edge_mesh.proxy_listen = "127.0.0.1:0".into();
+    // Secure like a real fleet: the demo's own CA, and each edge joins with a token.
+    cloud.pki.dir = dir.join("cloud-pki");
+    cloud.pki.address = "127.0.0.1:0".into();
     let controller = &mut cloud.modules.edge_controller;
     controller.source = SourceKind::Manifests;
     controller.manifests.dir = dir.join("manifests");
@@ -317,6 +322,12 @@ fn configs(dir: &Path, proxy: &str) -> (CloudCoreConfig, EdgeCoreConfig, EdgeCor
         };
         edge.modules.edge_hub.node_id = node.into();
         edge.modules.edge_hub.reconnect_initial_ms = 100;
+        let files = NodeFiles::in_dir(&dir.join(node).join("pki"));
+        edge.modules.edge_hub.tls = Some(edgehub::TlsFiles {
+            ca_file: files.ca,
+            cert_file: files.cert,
+            key_file: files.key,
+        });
         let meta = &mut edge.modules.meta_manager;
         meta.db_path = dir.join(format!("{node}.db"));
         meta.socket_path = dir.join(format!("{node}.sock"));
@@ -374,6 +385,22 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
         .expect("the cloud's proxy is on in the demo");
     edge_config.modules.edge_hub.server = hub_addr.to_string();
     other_config.modules.edge_hub.server = hub_addr.to_string();
+    let pki_addr = cloud.pki_addr().expect("the PKI is on in the demo");
+
+    let (stop_cloud, cloud_stopped) = oneshot::channel::<()>();
+    let cloud_task = tokio::spawn(cloud.run_until(async {
+        let _ = cloud_stopped.await;
+    }));
+    // Each edge joins as a real one would: a token, the CA checked against it, a key of
+    // its own and a certificate signed by the cloud's CA.
+    let pki = Pki::open(&cloud_config.pki)?;
+    let (token, _) = pki.tokens().create(std::time::Duration::from_secs(600))?;
+    for config in [&mut edge_config, &mut other_config] {
+        let hub = &config.modules.edge_hub;
+        let files = NodeFiles::of(hub.tls.as_ref().expect("set above"));
+        join(&pki_addr.to_string(), &token, &hub.node_id, &files).await?;
+        config.pki.address = pki_addr.to_string();
+    }
     let edge = EdgeCore::build(&edge_config).await?;
     let other = EdgeCore::build(&other_config).await?;
     let addresses = edge.mesh_addresses().expect("edgemesh is on in the demo");
@@ -381,11 +408,6 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
         .proxy
         .expect("the explicit proxy is on in the demo");
     let edge_health = edge.health_addr().expect("health is on in the demo");
-
-    let (stop_cloud, cloud_stopped) = oneshot::channel::<()>();
-    let cloud_task = tokio::spawn(cloud.run_until(async {
-        let _ = cloud_stopped.await;
-    }));
     let (stop_edge, edge_stopped) = oneshot::channel::<()>();
     let edge_task = tokio::spawn(edge.run_until(async {
         let _ = edge_stopped.await;
@@ -396,8 +418,12 @@ async fn run_in(dir: &Path, stop: impl Future<Output = ()>) -> Result<()> {
     }));
 
     println!(
-        "cloudcore: cloudhub on {hub_addr}, manifests in {}",
+        "cloudcore: cloudhub on wss://{hub_addr}, manifests in {}",
         manifest.display()
+    );
+    println!(
+        "each edge joined with a token (PKI on https://{pki_addr}): TLS with a certificate from \
+         the demo's own CA"
     );
     println!(
         "edgecore {NODE}: explicit proxy on {proxy}, DNS on {}",

@@ -110,7 +110,7 @@ impl EdgeCoreConfig {
             .collect();
         problems.extend(section("beehive", self.beehive.problems()));
         problems.extend(section("pki", self.pki.problems()));
-        if !self.pki.address.is_empty() && self.modules.edge_hub.tls.is_none() {
+        if !self.pki.address.is_empty() && self.modules.edge_hub.tls_files().is_none() {
             problems.push("pki: address needs modules.edgeHub.tls (the files to renew)".into());
         }
         problems.extend(section("modules.edgeHub", self.modules.edge_hub.problems()));
@@ -186,11 +186,21 @@ impl EdgeCore {
             None
         };
         let hub = &config.modules.edge_hub;
-        let tls = hub
-            .tls
-            .as_ref()
-            .map(crate::tls::client_config)
-            .transpose()?;
+        if hub.enable && hub.insecure {
+            log::warn!(
+                "edgeHub.insecure: the cloud link is plain ws://, readable by anyone on the path \
+                 and open to impersonation; use TLS (`edgecore join`) outside tests"
+            );
+        }
+        let tls = match hub.tls_files().filter(|_| hub.enable) {
+            Some(files) => Some(crate::tls::client_config(files).map_err(|e| {
+                Error::Tls(format!(
+                    "{e} (a node gets its certificate with `edgecore join --cloud HOST:PORT \
+                     --token TOKEN --node NAME`)"
+                ))
+            })?),
+            None => None,
+        };
         let (publish, source) = match tls {
             Some(tls) => {
                 let (tx, rx) = tokio::sync::watch::channel(tls);
@@ -199,7 +209,7 @@ impl EdgeCore {
             None => (None, None),
         };
         core.register(Box::new(EdgeHub::renewable(hub.clone(), source)))?;
-        let renewal = match (publish, &hub.tls) {
+        let renewal = match (publish, hub.tls_files()) {
             (Some(publish), Some(files)) if hub.enable && !config.pki.address.is_empty() => {
                 Some(Renewal {
                     address: config.pki.address.clone(),

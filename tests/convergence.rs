@@ -240,7 +240,7 @@ async fn edges_converge_on_kubernetes_through_kills_cuts_and_compactions() {
     double.write_kubeconfig(&kubeconfig);
     let config = format!(
         "health: {{address: \"127.0.0.1:0\"}}\n\
-         modules:\n  cloudHub: {{address: \"127.0.0.1:0\"}}\n  \
+         modules:\n  cloudHub: {{address: \"127.0.0.1:0\", insecure: true}}\n  \
          edgeController: {{source: kubernetes, kubernetes: {{kubeconfig: \"{}\"}}}}\n  \
          edgeMesh: {{enable: false}}\n",
         kubeconfig.display()

@@ -81,12 +81,14 @@ async fn tls_admits_the_right_node_and_refuses_the_rest() {
 
     let mut config = cloud_config("127.0.0.1:0");
     config.modules.cloud_hub.tls = Some(hub_tls(&ours));
+    config.modules.cloud_hub.insecure = false;
     let mut cloud = Cloud::start(config, HashMap::new()).await;
 
     // The right certificate through the real edgecore: changes arrive over wss.
     let mut edge_cfg = edge_config("edge-1", cloud.addr, dir.path());
     edge_cfg.modules.edge_hub.server_name = "localhost".into();
     edge_cfg.modules.edge_hub.tls = Some(node_tls(&ours.ca, &ours, 0));
+    edge_cfg.modules.edge_hub.insecure = false;
     let edge = Edge::start(edge_cfg).await;
     cloud.await_link("edge-1", true).await;
     cloud

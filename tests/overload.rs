@@ -82,7 +82,7 @@ impl Edge {
         let socket = dir.path().join("edge.sock");
         let hub = match cloud {
             Some(server) => format!(
-                "{{server: \"{server}\", nodeId: {NODE}, reconnectInitialMs: 100, reconnectMaxMs: 1000}}"
+                "{{server: \"{server}\", insecure: true, nodeId: {NODE}, reconnectInitialMs: 100, reconnectMaxMs: 1000}}"
             ),
             None => format!("{{enable: false, nodeId: {NODE}}}"),
         };

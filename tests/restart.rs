@@ -27,7 +27,7 @@ fn start_edgecore(dir: &Path, server: SocketAddr, health: SocketAddr) -> Process
     let config = format!(
         "health: {{address: \"{health}\"}}\n\
          modules:\n  \
-           edgeHub: {{server: \"{server}\", nodeId: edge-p, heartbeatMs: 1000, reconnectInitialMs: 50, reconnectMaxMs: 500}}\n  \
+           edgeHub: {{server: \"{server}\", insecure: true, nodeId: edge-p, heartbeatMs: 1000, reconnectInitialMs: 50, reconnectMaxMs: 500}}\n  \
            metaManager: {{dbPath: \"{db}\", socketPath: \"{sock}\"}}\n  \
            edgeMesh: {{enable: false}}\n",
         db = dir.join("edge.db").display(),

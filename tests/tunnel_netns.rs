@@ -151,7 +151,7 @@ fn edge_a_reaches_pods_on_edge_b_and_in_the_cloud_through_the_cloud_link() {
         &cloud_cfg,
         format!(
             "health: {{address: \"127.0.0.1:10550\"}}\n\
-             modules:\n  cloudHub: {{address: \"{CLOUD_IP}:10000\"}}\n  \
+             modules:\n  cloudHub: {{address: \"{CLOUD_IP}:10000\", insecure: true}}\n  \
              edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}}}\n",
             manifests.display()
         ),
@@ -176,7 +176,7 @@ fn edge_a_reaches_pods_on_edge_b_and_in_the_cloud_through_the_cloud_link() {
             format!(
                 "health: {{address: \"127.0.0.1:10350\"}}\n\
                  modules:\n  \
-                 edgeHub: {{server: \"{CLOUD_IP}:10000\", nodeId: {node}, reconnectInitialMs: 100}}\n  \
+                 edgeHub: {{server: \"{CLOUD_IP}:10000\", insecure: true, nodeId: {node}, reconnectInitialMs: 100}}\n  \
                  metaManager: {{dbPath: \"{d}/{node}.db\", socketPath: \"{d}/{node}.sock\"}}\n  \
                  edgeMesh: {{iptables: {iptables}, iptablesSyncMs: 200, proxyListen: \"\"}}\n",
                 d = d.display()

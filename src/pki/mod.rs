@@ -37,7 +37,8 @@ pub struct PkiConfig {
     /// Folder of the CA, cloudhub's certificate, tokens and the record of node
     /// certificates. Empty: no PKI (cloudhub's TLS files are given by hand, or the link is
     /// insecure). A `ca.crt` and `ca.key` placed here before the first start are used
-    /// instead of a new CA.
+    /// instead of a new CA. (An edge's own files go to the same path by default, but on
+    /// its own machine: `edgecore join --dir`.)
     pub dir: PathBuf,
     /// Names and IP addresses cloudhub's certificate is issued for: what edges dial.
     pub server_names: Vec<String>,
@@ -50,7 +51,7 @@ pub struct PkiConfig {
 impl Default for PkiConfig {
     fn default() -> Self {
         PkiConfig {
-            dir: PathBuf::new(),
+            dir: "/var/lib/edgemesh/cloud-pki".into(),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             address: "0.0.0.0:10002".into(),
             node_cert_seconds: 365 * 24 * 3600,

@@ -150,6 +150,9 @@ pub fn cloud_config(address: &str) -> CloudCoreConfig {
         ..CloudCoreConfig::default()
     };
     config.modules.cloud_hub.address = address.into();
+    // Plain ws:// unless a test sets TLS up (then it clears `insecure`); no PKI folder.
+    config.modules.cloud_hub.insecure = true;
+    config.pki.dir = Default::default();
     // The stand-in takes edgecontroller's place.
     config.modules.edge_controller.enable = false;
     config
@@ -296,6 +299,8 @@ pub fn edge_config(node: &str, server: SocketAddr, dir: &Path) -> EdgeCoreConfig
     let hub = &mut config.modules.edge_hub;
     hub.server = server.to_string();
     hub.node_id = node.into();
+    // Plain ws:// unless a test sets TLS up (then it clears `insecure`).
+    hub.insecure = true;
     hub.heartbeat_ms = 1_000;
     hub.reconnect_initial_ms = 50;
     hub.reconnect_max_ms = 500;

@@ -116,7 +116,7 @@ pub fn write_manifests(dir: &Path, objects: &[Value]) {
 pub fn cloud_yaml(hub: &str, manifests: &Path, extra_mesh: &str) -> String {
     format!(
         "health: {{address: \"127.0.0.1:0\"}}\n\
-         modules:\n  cloudHub: {{address: \"{hub}\"}}\n  \
+         modules:\n  cloudHub: {{address: \"{hub}\", insecure: true}}\n  \
          edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}}}\n  \
          edgeMesh: {{proxyListen: \"127.0.0.1:0\"{extra_mesh}}}\n",
         manifests.display()
@@ -128,7 +128,7 @@ pub fn cloud_yaml(hub: &str, manifests: &Path, extra_mesh: &str) -> String {
 pub fn edge_yaml(node: &str, server: &str, dir: &Path, mesh: &str) -> String {
     format!(
         "health: {{address: \"127.0.0.1:0\"}}\n\
-         modules:\n  edgeHub: {{server: \"{server}\", nodeId: {node}, reconnectInitialMs: 100, reconnectMaxMs: 1000}}\n  \
+         modules:\n  edgeHub: {{server: \"{server}\", insecure: true, nodeId: {node}, reconnectInitialMs: 100, reconnectMaxMs: 1000}}\n  \
          metaManager: {{dbPath: \"{d}/{node}.db\", socketPath: \"{d}/{node}.sock\"}}\n  \
          edgeMesh: {{iptables: false, listen: \"127.0.0.1:0\", proxyListen: \"127.0.0.1:0\", workers: 1{mesh}}}\n",
         d = dir.display()

@@ -46,8 +46,12 @@ pub struct CloudHubConfig {
     pub enable: bool,
     /// Address the WebSocket server listens on.
     pub address: String,
-    /// TLS with required client certificates; absent means plain `ws://`.
+    /// TLS with required client certificates, from these files; absent means the
+    /// certificates of cloudcore's PKI (`pki.dir`).
     pub tls: Option<TlsFiles>,
+    /// Plain `ws://` with no client certificates: anyone who reaches the port can claim to
+    /// be any node. Only for tests and trusted networks; a warning is logged at start.
+    pub insecure: bool,
     /// Milliseconds a node may stay silent before it is dropped.
     pub keepalive_timeout_ms: u64,
     /// Most nodes connected at once; connections beyond it are refused with a reason.
@@ -77,6 +81,7 @@ impl Default for CloudHubConfig {
             enable: true,
             address: "0.0.0.0:10000".into(),
             tls: None,
+            insecure: false,
             keepalive_timeout_ms: 30_000,
             node_limit: 10_000,
             ack_timeout_ms: 5_000,

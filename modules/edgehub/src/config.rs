@@ -19,6 +19,18 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
 }
 
+impl TlsFiles {
+    /// Where `edgecore join` writes them by default: the CA, and the node's certificate
+    /// and key in one file.
+    pub fn joined() -> Self {
+        TlsFiles {
+            ca_file: "/var/lib/edgemesh/pki/ca.crt".into(),
+            cert_file: "/var/lib/edgemesh/pki/node.pem".into(),
+            key_file: "/var/lib/edgemesh/pki/node.pem".into(),
+        }
+    }
+}
+
 /// Settings of edgehub (`modules.edgeHub:` in edgecore's config).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -33,8 +45,12 @@ pub struct EdgeHubConfig {
     pub node_id: String,
     /// Project id sent with the node id (KubeEdge's default value).
     pub project_id: String,
-    /// TLS with a client certificate; absent means plain `ws://`.
+    /// TLS with this node's client certificate, from these files (by default where
+    /// `edgecore join` writes them).
     pub tls: Option<TlsFiles>,
+    /// Plain `ws://`, no certificate: the link can be read and the node impersonated.
+    /// Only for tests and trusted networks; `tls` is then ignored and a warning logged.
+    pub insecure: bool,
     /// Milliseconds between keepalives. The link is redialled when nothing is heard from
     /// the cloud for two of them.
     pub heartbeat_ms: u64,
@@ -60,7 +76,8 @@ impl Default for EdgeHubConfig {
             server_name: String::new(),
             node_id: "edge-node".into(),
             project_id: "e632aba927ea4ac2b575ec1603d56f10".into(),
-            tls: None,
+            tls: Some(TlsFiles::joined()),
+            insecure: false,
             heartbeat_ms: 15_000,
             reconnect_initial_ms: 500,
             reconnect_max_ms: 30_000,
@@ -73,6 +90,11 @@ impl Default for EdgeHubConfig {
 }
 
 impl EdgeHubConfig {
+    /// The TLS files edgehub dials with: none when it is insecure.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref().filter(|_| !self.insecure)
+    }
+
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
         self.problems().into_iter().next().map_or(Ok(()), Err)
@@ -101,6 +123,12 @@ impl EdgeHubConfig {
         }
         if self.project_id.is_empty() {
             bad("projectId", "must not be empty");
+        }
+        if self.enable && !self.insecure && self.tls.is_none() {
+            bad(
+                "tls",
+                "the link needs TLS: run `edgecore join`, set tls, or set insecure: true",
+            );
         }
         if let Some(tls) = &self.tls {
             for (field, path) in [
