@@ -353,6 +353,31 @@ mod tests {
         );
     }
 
+    /// The config inside deploy/cloudcore.yaml's ConfigMap is one cloudcore takes, and it
+    /// is secure: TLS from the PKI on the claim, not `insecure`.
+    #[test]
+    fn the_deployed_config_is_valid_and_secure() {
+        let manifest = include_str!("../deploy/cloudcore.yaml");
+        let first = manifest.split("\n---\n").next().unwrap();
+        let map: serde_yaml_ng::Value = serde_yaml_ng::from_str(first).unwrap();
+        let text = map["data"]["cloudcore.yaml"].as_str().unwrap();
+        let config = CloudCoreConfig::parse(text).unwrap();
+        assert!(config.pki.enabled() && !config.modules.cloud_hub.insecure);
+        assert!(manifest.contains(&format!("mountPath: {}", config.pki.dir.display())));
+    }
+
+    #[test]
+    fn secure_unless_said_otherwise() {
+        let err = CloudCoreConfig::parse("pki: {dir: \"\"}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the link needs TLS"), "{err}");
+        assert!(
+            CloudCoreConfig::parse("pki: {dir: \"\"}\nmodules: {cloudHub: {insecure: true}}\n")
+                .is_ok()
+        );
+    }
+
     #[test]
     fn problems_are_reported_per_field() {
         let err = CloudCoreConfig::parse(

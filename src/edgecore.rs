@@ -457,6 +457,23 @@ mod tests {
     }
 
     #[test]
+    fn secure_unless_said_otherwise() {
+        let err = EdgeCoreConfig::parse("modules: {edgeHub: {tls: null}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run `edgecore join`"), "{err}");
+        let plain = EdgeCoreConfig::parse("modules: {edgeHub: {insecure: true}}\n").unwrap();
+        assert_eq!(plain.modules.edge_hub.tls_files(), None, "tls ignored");
+        assert!(
+            EdgeCoreConfig::default()
+                .modules
+                .edge_hub
+                .tls_files()
+                .is_some()
+        );
+    }
+
+    #[test]
     fn every_bad_section_is_reported() {
         let err = EdgeCoreConfig::parse(
             "modules:\n  edgeHub: {nodeId: \"Bad Name\"}\n  metaManager: {watchBuffer: 0}\n",

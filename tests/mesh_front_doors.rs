@@ -124,8 +124,10 @@ async fn explicit_proxy_reaches_services_by_name_and_metrics_count_it() {
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ').expect("series value");
         assert!(value.parse::<f64>().is_ok(), "{line}");
+        // The mesh's families, and the other modules' of edgecore (metamanager's).
         assert!(
-            series.starts_with("edgemesh_") && (!series.contains('{') || series.ends_with('}')),
+            (series.starts_with("edgemesh_") || series.starts_with("metamanager_"))
+                && (!series.contains('{') || series.ends_with('}')),
             "{line}"
         );
     }

@@ -94,3 +94,18 @@ pub async fn enroll(e: &Enrollment) -> Result<String> {
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// deploy/ keeps the unit `--install` writes, beside cloudcore's manifests.
+    #[test]
+    fn the_unit_in_deploy_is_the_one_install_writes() {
+        let unit = systemd_unit(
+            Path::new("/usr/local/bin/edgecore"),
+            Path::new("/etc/edgemesh/edgecore.yaml"),
+        );
+        assert_eq!(unit, include_str!("../../deploy/edgecore.service"));
+    }
+}

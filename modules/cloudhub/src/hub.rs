@@ -46,6 +46,9 @@ pub(crate) struct Attached {
     pub(crate) cancel: CancellationToken,
     /// Stream frames for this connection, scheduled one stream per turn.
     pub(crate) outbox: Arc<Mutex<Outbox>>,
+    /// Why the session was cut by cloudhub itself (its certificate revoked or expired),
+    /// set before `cancel`.
+    pub(crate) cut: Arc<OnceLock<String>>,
 }
 
 impl Attached {
@@ -274,6 +277,7 @@ impl Hub {
             generation,
             cancel,
             outbox,
+            cut: Arc::default(),
         })
     }
 

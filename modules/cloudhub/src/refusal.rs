@@ -8,7 +8,8 @@ use prometheus_client::registry::Registry;
 /// A connection turned away before it became a node's session.
 #[derive(Debug)]
 pub struct Refused {
-    /// The metric label: `handshake`, `certificate`, `identity` or `busy`.
+    /// The metric label: `handshake`, `certificate`, `identity`, `revoked` or `busy`
+    /// (and, for a live session cut, `revoked` or `expired`).
     pub reason: &'static str,
     /// What the log says.
     pub detail: String,
@@ -49,7 +50,8 @@ impl Refusals {
         self.register_as(
             registry,
             "refusals",
-            "Connections turned away before a node session began, by reason",
+            "Connections turned away, or node sessions cut (a certificate revoked or expired \
+             while connected), by reason",
         );
     }
 

@@ -239,6 +239,15 @@ where
         }
     };
     log::info!("node {node_id} connected");
+    if let Some(cert) = cert {
+        tokio::spawn(watch_certificate(
+            hub.clone(),
+            node_id.clone(),
+            cert,
+            attached.cancel.clone(),
+            attached.cut.clone(),
+        ));
+    }
     hub.publish_link(&node_id, true).await;
     let why = session::run(&hub, &attached, &mut ws).await;
     if hub.detach(&attached, &why) {
@@ -248,4 +257,46 @@ where
         log::debug!("node {node_id}: old connection ended: {why}");
     }
     Ok(())
+}
+
+/// How often a live session's certificate is checked against the revocations.
+const REVOCATION_CHECK: Duration = Duration::from_secs(2);
+
+/// Cuts `node`'s session when its certificate is revoked or expires while it is connected
+/// (the handshake checks both only at the start).
+async fn watch_certificate(
+    hub: Arc<Hub>,
+    node: String,
+    cert: CertificateDer<'static>,
+    cancel: CancellationToken,
+    cut: Arc<std::sync::OnceLock<String>>,
+) {
+    let expires = x509_parser::parse_x509_certificate(cert.as_ref())
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp());
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let (reason, why) = match expires {
+            Some(at) if at <= now => ("expired", format!("the certificate of node {node} expired")),
+            _ => match hub.revoked(&cert) {
+                Some(why) => ("revoked", why),
+                None => {
+                    let left = expires.map_or(REVOCATION_CHECK, |at| {
+                        Duration::from_secs(u64::try_from(at - now).unwrap_or(0))
+                    });
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(left.min(REVOCATION_CHECK)) => continue,
+                    }
+                }
+            },
+        };
+        hub.refusals().count(reason);
+        log::warn!("node {node}: session cut: {why}");
+        let _ = cut.set(why);
+        cancel.cancel();
+        return;
+    }
 }

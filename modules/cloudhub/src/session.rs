@@ -78,6 +78,10 @@ where
         let notified = node.wake.notified();
         tokio::select! {
             _ = attached.cancel.cancelled() => {
+                if let Some(why) = attached.cut.get() {
+                    close(ws, CloseCode::Policy, why).await;
+                    return why.clone();
+                }
                 let reason = if hub.shutdown.is_cancelled() {
                     "cloudcore is shutting down"
                 } else {
