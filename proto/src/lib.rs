@@ -29,5 +29,5 @@ pub use frame::FrameCodec;
 pub use message::{Header, Message, now_millis};
 pub use msg_id::MsgId;
 pub use resource::{CloudPath, ResourcePath, ResourceType};
-pub use route::{Route, connection, group, operation, store_state};
+pub use route::{Route, connection, group, handshake, operation, store_state};
 pub use stream::{StreamCodec, StreamFrame, StreamId};

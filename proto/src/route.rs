@@ -51,6 +51,23 @@ pub mod connection {
     pub const KEEPALIVE_CONTENT: &str = "ping";
 }
 
+/// Headers of the link's WebSocket upgrade.
+pub mod handshake {
+    /// What the connection carries, which KubeEdge's viaduct server reads before it serves
+    /// a connection (`header.Add("ConnectionUse", string(c.options.ConnUse))`,
+    /// kubeedge/kubeedge pkg/viaduct/pkg/client/ws.go:44).
+    pub const CONNECTION_USE: &str = "ConnectionUse";
+    /// Its value for messages (`UseTypeMessage UseType = "msg"`,
+    /// pkg/viaduct/pkg/api/type.go:14).
+    pub const CONNECTION_USE_MSG: &str = "msg";
+    /// Response header our cloudhub adds to the upgrade: the peer reads binary frames
+    /// (message frames and tunnel stream frames). A peer that does not send it (KubeEdge's
+    /// cloudcore) gets JSON text frames only, and no tunnel streams.
+    pub const FRAMES: &str = "edgemesh-frames";
+    /// Its value.
+    pub const FRAMES_BINARY: &str = "binary";
+}
+
 /// metamanager's store state, sent on the edge's bus to the group
 /// [`HEALTH_GROUP`](crate::route::store_state::HEALTH_GROUP) whenever it changes (never on
 /// the wire): resource [`RESOURCE`](crate::route::store_state::RESOURCE), operation

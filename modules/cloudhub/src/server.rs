@@ -23,6 +23,7 @@ use crate::hub::{Hub, valid_node_id};
 use crate::refusal::Refused;
 use crate::session;
 use crate::tls::check_node_name;
+use proto::handshake;
 
 /// Header that names the node.
 pub const NODE_ID_HEADER: &str = "node_id";
@@ -166,6 +167,13 @@ where
         };
         ident.node_id = header(NODE_ID_HEADER);
         ident.project_id = header(PROJECT_ID_HEADER);
+        let mut resp = resp;
+        resp.headers_mut().insert(
+            handshake::FRAMES,
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
+                handshake::FRAMES_BINARY,
+            ),
+        );
         Ok(resp)
     };
     let ws = tokio_tungstenite::accept_hdr_async_with_config(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use beehive::Context;
 use futures_util::{SinkExt, StreamExt};
 use proto::stream::{Carriage, MESH_LANE, Outbox, ResetCode, StreamCodec, StreamFrame, StreamId};
-use proto::{FrameCodec, Message, Route, connection, group, operation};
+use proto::{FrameCodec, Message, Route, connection, group, handshake, operation};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -61,8 +61,8 @@ pub async fn dial_and_run(
     };
     let _ = tcp.set_nodelay(true);
     match tls {
-        None => match timeout(deadline, handshake(tcp, config, "ws")).await {
-            Ok(Ok(ws)) => run(ctx, config, ws, up, None).await,
+        None => match timeout(deadline, upgrade(tcp, config, "ws")).await {
+            Ok(Ok((ws, binary))) => run(ctx, config, ws, binary, up, None).await,
             Ok(Err(e)) => Ended::DialFailed(e),
             Err(_) => Ended::DialFailed("handshake timed out".into()),
         },
@@ -77,10 +77,10 @@ pub async fn dial_and_run(
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS handshake: {e}"))?;
-                handshake(stream, config, "wss").await
+                upgrade(stream, config, "wss").await
             };
             match timeout(deadline, handshakes).await {
-                Ok(Ok(ws)) => run(ctx, config, ws, up, Some(source)).await,
+                Ok(Ok((ws, binary))) => run(ctx, config, ws, binary, up, Some(source)).await,
                 Ok(Err(e)) => Ended::DialFailed(e),
                 Err(_) => Ended::DialFailed("handshake timed out".into()),
             }
@@ -88,11 +88,12 @@ pub async fn dial_and_run(
     }
 }
 
-async fn handshake<S>(
+/// The WebSocket upgrade: the link, and whether the cloud takes binary frames.
+async fn upgrade<S>(
     stream: S,
     config: &EdgeHubConfig,
     scheme: &str,
-) -> Result<WebSocketStream<S>, String>
+) -> Result<(WebSocketStream<S>, bool), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -111,6 +112,10 @@ where
     request
         .headers_mut()
         .insert("project_id", header(&config.project_id)?);
+    request.headers_mut().insert(
+        handshake::CONNECTION_USE,
+        header(handshake::CONNECTION_USE_MSG)?,
+    );
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(128 * 1024)
         // Frames written in one turn leave in as few writes as fit 64 KiB (each turn
@@ -118,10 +123,22 @@ where
         .write_buffer_size(64 * 1024)
         .max_message_size(Some(config.max_frame_len))
         .max_frame_size(Some(config.max_frame_len));
-    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
-        .await
-        .map_err(|e| format!("WebSocket handshake: {e}"))?;
-    Ok(ws)
+    let (ws, response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
+            .await
+            .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    let binary = response
+        .headers()
+        .get(handshake::FRAMES)
+        .is_some_and(|v| v.as_bytes() == handshake::FRAMES_BINARY.as_bytes());
+    if !binary {
+        log::info!(
+            "the cloud at {} does not take binary frames (a KubeEdge cloudcore?): JSON only, \
+             no tunnel streams on this link",
+            config.server
+        );
+    }
+    Ok((ws, binary))
 }
 
 /// The keepalive KubeEdge's cloudhub expects.
@@ -143,6 +160,7 @@ async fn run<S>(
     ctx: &Context,
     config: &EdgeHubConfig,
     ws: WebSocketStream<S>,
+    binary: bool,
     up: &Uplink,
     renewed: Option<&mut watch::Receiver<Arc<ClientConfig>>>,
 ) -> Ended
@@ -150,15 +168,21 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Only a process that runs a mesh module gets stream frames; without one, opens from
-    // the cloud are refused at once.
-    let mesh = if ctx.members(MESH_GROUP).is_empty() {
+    // the cloud are refused at once. A cloud that takes no binary frames gets none.
+    let mesh = if !binary || ctx.members(MESH_GROUP).is_empty() {
         None
     } else {
         ctx.lane::<Carriage>(MESH_LANE).ok()
     };
     let (streams_tx, streams_rx) = mpsc::unbounded_channel();
     let mesh = mesh.filter(|lane| lane.send(Carriage::Up(streams_tx)).is_ok());
-    let ended = serve(ctx, config, ws, up, mesh.as_ref(), streams_rx, renewed).await;
+    let link = Link {
+        ws,
+        binary,
+        up,
+        renewed,
+    };
+    let ended = serve(ctx, config, link, mesh.as_ref(), streams_rx).await;
     if let Some(lane) = mesh {
         let why = match &ended {
             Ended::Shutdown => "edgecore is shutting down".to_owned(),
@@ -170,18 +194,32 @@ where
     ended
 }
 
+/// One upgraded link and what goes with it.
+struct Link<'a, S> {
+    ws: WebSocketStream<S>,
+    /// Whether the cloud takes binary frames.
+    binary: bool,
+    up: &'a Uplink,
+    /// The TLS settings' source, whose change ends the link.
+    renewed: Option<&'a mut watch::Receiver<Arc<ClientConfig>>>,
+}
+
 async fn serve<S>(
     ctx: &Context,
     config: &EdgeHubConfig,
-    mut ws: WebSocketStream<S>,
-    up: &Uplink,
+    link: Link<'_, S>,
     mesh: Option<&mpsc::UnboundedSender<Carriage>>,
     mut streams_rx: mpsc::UnboundedReceiver<Bytes>,
-    mut renewed: Option<&mut watch::Receiver<Arc<ClientConfig>>>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Link {
+        mut ws,
+        binary,
+        up,
+        mut renewed,
+    } = link;
     let (tx, mut rx) = mpsc::channel(config.outbound_buffer);
     let mut outbox = Outbox::new();
     let mut streams_open = mesh.is_some();
@@ -211,7 +249,7 @@ where
                 return Ended::Renewed;
             }
             msg = rx.recv() => match msg {
-                Some(msg) => vec![encode(&codec, &msg)],
+                Some(msg) => vec![encode(&codec, &msg, binary)],
                 None => return Ended::Lost("upstream channel closed".into()),
             },
             frame = streams_rx.recv(), if streams_open => match frame {
@@ -233,7 +271,7 @@ where
                     return Ended::Lost(format!("nothing heard from the cloud for {:?}", heartbeat * 2));
                 }
                 // The ping makes cloudhub answer, so a dead cloud is noticed too.
-                vec![encode(&codec, &keepalive()), Ok(WsMessage::Ping(Bytes::new()))]
+                vec![encode(&codec, &keepalive(), binary), Ok(WsMessage::Ping(Bytes::new()))]
             }
             frame = ws.next() => {
                 last_heard = Instant::now();
@@ -320,8 +358,8 @@ fn refuse_stream(frame: &Bytes, outbox: &mut Outbox) {
 }
 
 /// Stream payloads go as binary frames, everything else as JSON text.
-fn encode(codec: &FrameCodec, msg: &Message) -> Result<WsMessage, proto::Error> {
-    if msg.is_stream_payload() {
+fn encode(codec: &FrameCodec, msg: &Message, binary: bool) -> Result<WsMessage, proto::Error> {
+    if binary && msg.is_stream_payload() {
         Ok(WsMessage::Binary(codec.encode_to_bytes(msg)?))
     } else {
         Ok(WsMessage::Text(msg.to_json()?.into()))
