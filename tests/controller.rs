@@ -232,7 +232,23 @@ async fn a_node_away_while_services_change_converges_on_return_with_only_the_dif
     write(&manifests.join("d.yaml"), &service_yaml("d", "10.96.0.4"));
     // The observer hears d's Endpoints last (files are read in name order, Services
     // before Endpoints), ACKing as it goes.
-    while ack_next(&mut observer).await.resource() != "default/endpoints/d" {}
+    let mut deleted = None;
+    loop {
+        let msg = ack_next(&mut observer).await;
+        if msg.operation() == operation::DELETE && msg.resource() == "default/service/b" {
+            deleted = Some(msg.content.decode::<Value>().unwrap());
+        }
+        if msg.resource() == "default/endpoints/d" {
+            break;
+        }
+    }
+    // A delete carries the object's last state, as KubeEdge's cloud sends it
+    // (cloud/pkg/dynamiccontroller/application/listener.go:89-92), so a KubeEdge edge's
+    // metaServer can decode what went.
+    let deleted = deleted.expect("b's delete reached the observer");
+    assert_eq!(deleted["kind"], "Service");
+    assert_eq!(deleted["apiVersion"], "v1");
+    assert_eq!(deleted["spec"]["clusterIP"], "10.96.0.2", "{deleted}");
     let before = cloud.hub.stats().delivered;
 
     let edge = Edge::start(config).await;

@@ -254,7 +254,7 @@ impl Controller {
         let Some(path) = obj.edge_path() else {
             return;
         };
-        let content = content_for(op, obj);
+        let content = content_for(obj);
         let msg = Message::new(Route::new(MODULE, group::RESOURCE, op, path), content)
             .with_resource_version(&obj.rv);
         if let Err(e) = self.ctx.send_to_group(MESH_GROUP, msg).await {
@@ -274,7 +274,7 @@ impl Controller {
         let Some(path) = obj.edge_path() else {
             return;
         };
-        let content = content_for(op, obj);
+        let content = content_for(obj);
         self.send_path(node, op, &path, content, &obj.rv).await;
     }
 
@@ -388,8 +388,7 @@ impl Controller {
                 continue;
             };
             let Some(name) = &path.name else { continue };
-            let content =
-                json!({"metadata": {"name": name.as_str(), "namespace": path.namespace.as_str()}});
+            let content = gone_content(&path, name);
             self.send_path(node, operation::DELETE, key, content, "")
                 .await;
             deleted += 1;
@@ -458,11 +457,26 @@ impl Controller {
     }
 }
 
-/// What a change of `obj` carries: the object, or for a delete only its name and namespace.
-fn content_for(op: &str, obj: &Object) -> Value {
-    if op == operation::DELETE {
-        json!({"metadata": {"name": obj.name, "namespace": obj.namespace}})
-    } else {
-        (*obj.value).clone()
-    }
+/// What a change of `obj` carries: the object, for a delete too — its last state, as
+/// KubeEdge's cloud sends it (`FillBody(content.DeepCopyObject())` for a watch's Deleted
+/// event, kubeedge/kubeedge cloud/pkg/dynamiccontroller/application/listener.go:89-92), so
+/// a KubeEdge edge's metaServer can decode what was deleted.
+fn content_for(obj: &Object) -> Value {
+    (*obj.value).clone()
+}
+
+/// The content of a delete for an object the node holds and the source no longer has (a
+/// resync): its last state is gone with it, so its type and name, in the object's shape.
+fn gone_content(path: &ResourcePath, name: &str) -> Value {
+    let kind = match Kind::from_edge(path.kind) {
+        Kind::Service => "Service",
+        Kind::Endpoints => "Endpoints",
+        Kind::Pod => "Pod",
+        Kind::Node => "Node",
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": path.namespace.as_str()},
+    })
 }
