@@ -85,5 +85,43 @@ async fn the_edge_names_its_connection_and_speaks_json_to_a_kubeedge_cloud() {
             .iter()
             .any(|(k, _)| k == "default/service/web")
     );
+
+    // Types this project does not use are stored and ACKed too, as KubeEdge's metamanager
+    // does: an `error` reply is no ACK to KubeEdge's cloud, which would resend forever.
+    let configmap = Message::new(
+        proto::Route::new(
+            "edgecontroller",
+            proto::group::RESOURCE,
+            operation::INSERT,
+            "default/configmap/settings",
+        ),
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "default", "resourceVersion": "9"},
+            "data": {"k": "v"}}),
+    )
+    .with_resource_version("9");
+    ws.send(WsMessage::Text(configmap.to_json().unwrap().into()))
+        .await
+        .unwrap();
+    let reply = loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a reply within 10 s")
+            .unwrap()
+            .unwrap();
+        if let WsMessage::Text(text) = frame {
+            let msg = Message::from_json(text.as_bytes()).unwrap();
+            if msg.parent_id() == Some(&configmap.header.id) {
+                break msg;
+            }
+        }
+    };
+    assert_ne!(reply.operation(), operation::ERROR, "{reply:?}");
+    let rows = sqlite_rows(&edge.db);
+    let stored = rows
+        .iter()
+        .find(|(k, _)| k == "default/configmap/settings")
+        .expect("stored");
+    assert_eq!(stored.1["data"]["k"], "v");
     edge.stop().await;
 }

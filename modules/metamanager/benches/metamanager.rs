@@ -20,7 +20,7 @@ fn service(i: usize, rv: usize) -> Change {
     let name = format!("svc-{i:05}");
     Change {
         key: format!("default/service/{name}"),
-        kind: ResourceType::Service,
+        kind: ResourceType::Service.as_str().into(),
         value: Some(json!({
             "metadata": {"name": name, "namespace": "default", "resourceVersion": rv.to_string(),
                           "annotations": {"edgemesh.io/lb-strategy": "RoundRobin"}},

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MetaManagerConfig;
 use crate::error::{Error, Result};
-use crate::object::changes;
+use crate::object::{changes, other_change};
 use crate::server::{self, RefusedPeers, Server};
 use crate::store::{Filter, Store, StoreState};
 
@@ -180,21 +180,26 @@ impl Handler {
     }
 
     fn change(self: Arc<Self>, msg: Message) {
-        let parsed = ResourcePath::parse_edge(msg.resource())
-            .map_err(Error::from)
-            .and_then(|path| {
-                let content = match &msg.content {
-                    Content::Json(v) => v.clone(),
-                    Content::Bytes(b) => serde_json::from_slice(b)
-                        .map_err(|e| Error::BadRequest(format!("content is not JSON: {e}")))?,
-                };
-                changes(
-                    &path,
-                    &content,
-                    &msg.header.resource_version,
-                    msg.operation() == operation::DELETE,
-                )
-            });
+        let delete = msg.operation() == operation::DELETE;
+        let content = || match &msg.content {
+            Content::Json(v) => Ok(v.clone()),
+            Content::Bytes(b) => serde_json::from_slice(b)
+                .map_err(|e| Error::BadRequest(format!("content is not JSON: {e}"))),
+        };
+        let rv = &msg.header.resource_version;
+        let parsed = match ResourcePath::parse_edge(msg.resource()) {
+            Ok(path) => content().and_then(|c| changes(&path, &c, rv, delete)),
+            Err(proto::Error::UnknownResourceType { .. }) => {
+                content().and_then(|c| match other_change(msg.resource(), &c, rv, delete) {
+                    Some(change) => change.map(|c| vec![c]),
+                    None => Err(Error::BadRequest(format!(
+                        "{}: not <namespace>/<type>/<name>",
+                        msg.resource()
+                    ))),
+                })
+            }
+            Err(e) => Err(e.into()),
+        };
         let changes = match parsed {
             Ok(c) => c,
             Err(e) => return self.fail(&msg, &e.to_string()),

@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 pub struct Change {
     /// `<ns>/<type>/<name>`.
     pub key: String,
-    /// `service`, `endpoints` or `pod`.
-    pub kind: ResourceType,
+    /// The resource type as the path spells it: `service`, `endpoints`, `pod`, or any
+    /// other type the cloud sends (stored and ACKed as KubeEdge's metamanager does).
+    pub kind: String,
     /// The object's JSON text; `None` deletes the row. Serialized by the caller, so the
     /// store's single writer thread only writes.
     pub value: Option<String>,
@@ -83,10 +84,51 @@ fn one(
         .map(str::to_owned);
     Ok(Change {
         key,
-        kind,
+        kind: kind.as_str().to_owned(),
         value: (!delete).then(|| object.to_string()),
         resource_version,
     })
+}
+
+/// The row of a change to a resource type this project does not use (configmap, secret,
+/// node, …): KubeEdge's cloud sends them and waits for an ACK, resending until it gets
+/// one, so they are stored as they come, under `<ns>/<type>/<name>`. `None` when `path`
+/// is not that shape.
+pub fn other_change(path: &str, content: &Value, rv: &str, delete: bool) -> Option<Result<Change>> {
+    let mut parts = path.split('/');
+    let (Some(ns), Some(kind), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    if !plain(kind) {
+        return None;
+    }
+    // Namespace and name checked as any path's are (a known type stands in).
+    if let Err(e) = ResourcePath::parse_edge(&format!("{ns}/{}/{name}", ResourceType::Service)) {
+        return Some(Err(e.into()));
+    }
+    if !delete && !content.is_object() {
+        return Some(Err(Error::BadRequest(format!(
+            "{path}: content must be a JSON object"
+        ))));
+    }
+    let resource_version = Some(rv)
+        .filter(|v| !v.is_empty())
+        .or_else(|| content["metadata"]["resourceVersion"].as_str())
+        .map(str::to_owned);
+    Some(Ok(Change {
+        key: path.to_owned(),
+        kind: kind.to_owned(),
+        value: (!delete).then(|| content.to_string()),
+        resource_version,
+    }))
 }
 
 /// True when `incoming` is older than `stored`. Kubernetes calls versions opaque, but every

@@ -613,7 +613,7 @@ fn apply_one(
         Some(row) => row.clone(),
         None => read(rows).get(&change.key).cloned(),
     };
-    let kind = change.kind.as_str().to_owned();
+    let kind = change.kind.clone();
     let Some(value) = change.value else {
         let Some(old) = existing else {
             return Ok((Outcome::Ignored, None));
@@ -662,7 +662,7 @@ mod tests {
         });
         Change {
             key: format!("default/service/{name}"),
-            kind: ResourceType::Service,
+            kind: ResourceType::Service.as_str().into(),
             value: Some(value.to_string()),
             resource_version: Some("1".into()),
         }

@@ -19,7 +19,7 @@ fn svc(name: &str, rv: &str, ip: &str) -> Value {
 fn upsert(name: &str, rv: &str, ip: &str) -> Change {
     Change {
         key: format!("default/service/{name}"),
-        kind: ResourceType::Service,
+        kind: ResourceType::Service.as_str().into(),
         value: Some(svc(name, rv, ip).to_string()),
         resource_version: Some(rv.into()),
     }
@@ -179,7 +179,7 @@ async fn a_watch_in_namespace_sees_only_its_rows() {
     store.watch(filter.clone(), tx).await.unwrap();
     let ep = |ns: &str| Change {
         key: format!("{ns}/endpoints/e"),
-        kind: ResourceType::Endpoints,
+        kind: ResourceType::Endpoints.as_str().into(),
         value: Some(json!({"metadata": {"name": "e"}}).to_string()),
         resource_version: None,
     };
@@ -293,7 +293,13 @@ async fn lists_split_deletes_of_absent_rows_succeed_and_bad_input_gets_an_error_
             "default/service/Bad Name",
             svc("x", "1", "1"),
         ),
-        from_cloud(operation::INSERT, "default/secret/x", json!({})),
+        from_cloud(operation::INSERT, "default/secret/x/y", json!({})),
+        from_cloud(operation::INSERT, "default/Secret/x", json!({})),
+        from_cloud(
+            operation::INSERT,
+            "default/secret/x",
+            json!("not an object"),
+        ),
         from_cloud(
             operation::UPDATE,
             "default/service/x",
@@ -309,6 +315,17 @@ async fn lists_split_deletes_of_absent_rows_succeed_and_bad_input_gets_an_error_
     }
     // The store is untouched by the bad ones and still serves.
     assert!(committed_value(&bed.db, "default/service/x").is_none());
+
+    // A type this project does not use is stored and ACKed, as KubeEdge's metamanager does
+    // (KubeEdge's cloud counts only a response as an ACK and resends until it gets one).
+    let secret = from_cloud(
+        operation::INSERT,
+        "default/secret/x",
+        json!({"metadata": {"name": "x"}, "data": {}}),
+    );
+    bed.ctx.send("metaManager", secret).await.unwrap();
+    assert_eq!(hub_next(&bed).await.operation(), operation::RESPONSE);
+    assert!(committed_value(&bed.db, "default/secret/x").is_some());
 }
 
 fn local_query(resource: &str) -> Message {

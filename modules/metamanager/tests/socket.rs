@@ -65,7 +65,7 @@ fn bed() -> Bed {
 fn svc(ns: &str, name: &str, ip: &str) -> Change {
     Change {
         key: format!("{ns}/service/{name}"),
-        kind: ResourceType::Service,
+        kind: ResourceType::Service.as_str().into(),
         value: Some(
             json!({"metadata": {"name": name, "namespace": ns}, "spec": {"clusterIP": ip}})
                 .to_string(),
