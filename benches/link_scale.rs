@@ -89,6 +89,9 @@ async fn cloud(nodes: usize) -> Result<()> {
     config.health.enable = false;
     config.modules.cloud_hub.address = "127.0.0.1:0".into();
     config.modules.cloud_hub.node_limit = nodes.max(1);
+    // The certificates are the bench's own (`--tls`), or the link is plain: no PKI folder.
+    config.pki.dir = Default::default();
+    config.modules.cloud_hub.insecure = arg("--tls").is_none();
     if let Some(dir) = arg("--tls") {
         let dir = std::path::Path::new(&dir);
         config.modules.cloud_hub.tls = Some(cloudhub::TlsFiles {
