@@ -78,7 +78,9 @@ impl ProxyConfig {
         if self.node_name.is_empty() {
             problems.push("nodeName: must not be empty".into());
         }
-        if self.edge_mesh.source == Source::Socket && self.edge_mesh.socket_path.as_os_str().is_empty() {
+        if self.edge_mesh.source == Source::Socket
+            && self.edge_mesh.socket_path.as_os_str().is_empty()
+        {
             problems.push("edgeMesh: invalid config field socketPath: must be set".into());
         }
         problems
@@ -193,5 +195,23 @@ mod tests {
         let parsed: ProxyConfig =
             config_file::parse(DEFAULT_YAML, "default", ProxyConfig::problems).unwrap();
         assert_eq!(parsed, ProxyConfig::default());
+    }
+
+    #[test]
+    fn a_kubernetes_source_needs_no_socket_and_a_url_for_server() {
+        let text = "edgeMesh:\n  socketPath: \"\"\n  source: kubernetes\n  \
+                    kubernetes: {server: \"http://127.0.0.1:10550\", remoteEndpoints: refuse}\n";
+        let parsed: ProxyConfig = config_file::parse(text, "test", ProxyConfig::problems).unwrap();
+        assert_eq!(parsed.edge_mesh.source, Source::Kubernetes);
+        let bad = text.replace("http://127.0.0.1:10550", "127.0.0.1:10550");
+        let err = config_file::parse::<ProxyConfig>(&bad, "test", ProxyConfig::problems)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kubernetes.server"), "{err}");
+        let socket = text.replace("source: kubernetes", "source: socket");
+        let err = config_file::parse::<ProxyConfig>(&socket, "test", ProxyConfig::problems)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("socketPath"), "{err}");
     }
 }

@@ -71,7 +71,10 @@ impl Drop for Running {
 async fn start(config: ProxyConfig) -> Running {
     assert!(config.problems().is_empty(), "{:?}", config.problems());
     let standalone = Standalone::build(&config).await.expect("the proxy builds");
-    let proxy = standalone.mesh_addresses().proxy.expect("explicit proxy on");
+    let proxy = standalone
+        .mesh_addresses()
+        .proxy
+        .expect("explicit proxy on");
     let health = standalone.health_addr().expect("health on");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(standalone.run_until(async {
@@ -133,10 +136,7 @@ async fn the_proxy_follows_services_and_endpointslices_from_a_kubernetes_api() {
     );
 
     // A new slice adds an endpoint; deleting the first leaves only the new one.
-    double.apply(
-        Res::EndpointSlices,
-        slice("web-b", "web", b2, "edge-t"),
-    );
+    double.apply(Res::EndpointSlices, slice("web-b", "web", b2, "edge-t"));
     eventually("b2 answering too", || async {
         answered_by(mesh.proxy).await.contains(&"b2".to_owned())
     })
@@ -172,6 +172,18 @@ async fn the_proxy_follows_services_and_endpointslices_from_a_kubernetes_api() {
         body.contains("edge-far") && body.contains("default/web"),
         "{body}"
     );
+}
+
+/// Prints a process's log when the test fails, for the reason.
+struct LogOnFailure(std::path::PathBuf);
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("--- {} ---\n{log}", self.0.display());
+        }
+    }
 }
 
 /// Rules in our chain inside `ns`.
@@ -223,6 +235,7 @@ async fn intercepted_connections_to_a_cluster_ip_follow_the_kubernetes_api() {
         ),
     )
     .unwrap();
+    let _log = LogOnFailure(dir.path().join("edgemesh.log"));
     let mut proxy = Process(ns.spawn(
         &[
             env!("CARGO_BIN_EXE_edgemesh"),
@@ -240,8 +253,9 @@ async fn intercepted_connections_to_a_cluster_ip_follow_the_kubernetes_api() {
     assert_eq!(curl(&ns, "http://10.96.51.10/"), "b1 HTTP/1.1 /\n");
     let ready = curl(&ns, "http://127.0.0.1:10351/readyz");
     assert!(
-        ready.lines().any(|l| l.starts_with("[+] kubernetes: synced")
-            && l.contains(&double.addr.to_string())),
+        ready.lines().any(
+            |l| l.starts_with("[+] kubernetes: synced") && l.contains(&double.addr.to_string())
+        ),
         "{ready}"
     );
 

@@ -73,7 +73,8 @@ pub struct EdgeMeshConfig {
     /// Where Services and Endpoints are read: `socket` (metamanager's socket, `socketPath`)
     /// or `kubernetes` (list and watch of a Kubernetes-style API, `kubernetes:`).
     pub source: Source,
-    /// The Kubernetes-style API read when `source` is `kubernetes`.
+    /// The Kubernetes-style API read when `source` is `kubernetes`. There is no tunnel then
+    /// (`tunnel` is ignored): see `remoteEndpoints`.
     pub kubernetes: KubernetesConfig,
 }
 
@@ -279,13 +280,6 @@ impl EdgeMeshConfig {
                 bad(
                     "kubernetes.server",
                     "must be an http:// or https:// URL, such as http://127.0.0.1:10550, or empty",
-                );
-            }
-            if self.tunnel.enable {
-                bad(
-                    "tunnel.enable",
-                    "must be false with source: kubernetes (no cloud link to tunnel through; \
-                     see kubernetes.remoteEndpoints)",
                 );
             }
         }

@@ -253,16 +253,25 @@ pub async fn follow(
             _ = tokio::time::sleep(CLIENT_RETRY) => {}
         }
     };
-    log::info!("kubernetes source: watching services and endpointslices on {}", status.api);
+    log::info!(
+        "kubernetes source: watching services and endpointslices on {}",
+        status.api
+    );
     let mut services = Side::new(Service::parse);
     let mut slices = Side::new(Slice::parse);
     let mut svc_stream = std::pin::pin!(
-        watcher::watcher(Api::<KubeService>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
+        watcher::watcher(
+            Api::<KubeService>::all(client.clone()),
+            watcher::Config::default()
+        )
+        .default_backoff()
     );
     let mut slice_stream = std::pin::pin!(
-        watcher::watcher(Api::<EndpointSlice>::all(client), watcher::Config::default())
-            .default_backoff()
+        watcher::watcher(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default()
+        )
+        .default_backoff()
     );
     loop {
         let changed = tokio::select! {
@@ -347,7 +356,11 @@ mod tests {
             .iter()
             .flat_map(|s| s.addresses.iter().map(|a| a.ip.to_string()))
             .collect();
-        assert_eq!(ips, ["10.244.1.5", "10.244.2.5"], "no condition means ready");
+        assert_eq!(
+            ips,
+            ["10.244.1.5", "10.244.2.5"],
+            "no condition means ready"
+        );
         assert_eq!(web.subsets[0].addresses[0].node.as_deref(), Some("edge-1"));
         assert_eq!(web.subsets[1].addresses[0].node, None);
         assert_eq!(web.subsets[0].port("http"), Some(8080));
@@ -371,6 +384,10 @@ mod tests {
         });
         assert!(status.synced());
         assert!(status.describe().starts_with("synced: "));
-        assert!(status.describe().ends_with("last error: services: connection refused"));
+        assert!(
+            status
+                .describe()
+                .ends_with("last error: services: connection refused")
+        );
     }
 }

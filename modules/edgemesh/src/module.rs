@@ -158,9 +158,8 @@ impl EdgeMesh {
             kept: Arc::default(),
             liveness: Arc::default(),
             drain: Drain::new(),
-            tunnel: config
-                .tunnel
-                .enable
+            // A Kubernetes source comes without a cloud link to tunnel through.
+            tunnel: (config.tunnel.enable && !kubernetes)
                 .then(|| Tunnel::new(config.tunnel.window_bytes, config.tunnel.max_streams)),
             feed_status: kubernetes.then(|| Arc::new(FeedStatus::new(&config.kubernetes))),
             config,

@@ -451,7 +451,10 @@ pub(crate) mod tests {
         );
         let lease = up.lease(&remote_only, None).unwrap();
         assert_eq!(lease.addr().to_string(), "10.0.0.1:80");
-        assert!(!up.is_local(lease.backend), "still counted as another node's");
+        assert!(
+            !up.is_local(lease.backend),
+            "still counted as another node's"
+        );
         drop(lease);
         let mut local_only = remote_only;
         local_only.topology = Topology::Local;
