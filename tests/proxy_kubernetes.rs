@@ -186,6 +186,36 @@ impl Drop for LogOnFailure {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_api_and_says_why() {
+    // A port nothing listens on: the API is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut config = config(Path::new(""), RemoteEndpoints::Direct);
+    config.edge_mesh.kubernetes.server = server.clone();
+    let standalone = Standalone::build(&config).await.expect("the proxy builds");
+    let health = standalone.health_addr().expect("health on");
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(standalone.run_until(async {
+        let _ = stopped.await;
+    }));
+    let expected = format!("[-] kubernetes: listing services and endpointslices from {server}");
+    eventually("not ready, naming the API and the error", || {
+        let expected = expected.clone();
+        async move {
+            get(health, "/readyz").await.is_ok_and(|(status, body)| {
+                status == 503
+                    && body
+                        .lines()
+                        .any(|l| l.starts_with(&expected) && l.contains("last error"))
+            })
+        }
+    })
+    .await;
+    task.abort();
+}
+
 /// Rules in our chain inside `ns`.
 fn rule_count(ns: &Netns) -> usize {
     let out = ns.output(&["iptables", "-t", "nat", "-S", "EDGE-MESH"]);

@@ -274,9 +274,8 @@ impl EdgeMeshConfig {
         }
         if self.source == Source::Kubernetes {
             let server = &self.kubernetes.server;
-            if !server.is_empty()
-                && !(server.starts_with("http://") || server.starts_with("https://"))
-            {
+            let url = server.starts_with("http://") || server.starts_with("https://");
+            if !server.is_empty() && !url {
                 bad(
                     "kubernetes.server",
                     "must be an http:// or https:// URL, such as http://127.0.0.1:10550, or empty",
