@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config_file::{self, check, section};
 use crate::edgecore::{MeshHealth, grace_problem, mesh_alive, mesh_check, metamanager_check};
@@ -97,7 +97,8 @@ pub struct Standalone {
     core: Core,
     addresses: Addresses,
     health: Option<SocketAddr>,
-    stop_health: CancellationToken,
+    /// Stops the health endpoint when the proxy stops, or is dropped unrun.
+    stop_health: DropGuard,
 }
 
 impl Standalone {
@@ -146,7 +147,7 @@ impl Standalone {
             core,
             addresses,
             health,
-            stop_health,
+            stop_health: stop_health.drop_guard(),
         })
     }
 
@@ -163,7 +164,7 @@ impl Standalone {
     /// Runs until `stop` resolves, then drains and stops.
     pub async fn run_until(self, stop: impl Future<Output = ()>) {
         let report = self.core.run_until(stop).await;
-        self.stop_health.cancel();
+        drop(self.stop_health);
         log::info!("stopped: {report:?}");
     }
 }
