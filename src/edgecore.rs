@@ -401,7 +401,7 @@ pub(crate) fn mesh_check(health: &MeshHealth) -> Check {
         (Some(0), _) => (false, "no worker thread serving".to_owned()),
         (Some(n), 0) => (
             false,
-            format!("{n} worker thread(s) serving; waiting for services from metamanager"),
+            format!("{n} worker thread(s) serving; waiting for the first list of services"),
         ),
         (Some(n), _) => (
             true,

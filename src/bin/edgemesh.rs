@@ -20,7 +20,8 @@ enum Command {
     /// and stay up for curl until Ctrl-C.
     Demo,
     /// Run the proxy as its own process, reading metadata from an edgecore's metamanager
-    /// socket.
+    /// socket or (edgeMesh.source: kubernetes) a Kubernetes API such as KubeEdge's
+    /// metaServer.
     Proxy {
         /// The config file (YAML).
         #[arg(long, value_name = "FILE", required_unless_present = "defaultconfig")]

@@ -172,12 +172,18 @@ impl Gap<'_> {
 impl KubeDouble {
     /// Starts serving `objects` on a loopback port.
     pub async fn start(objects: Vec<(Res, Value)>) -> KubeDouble {
+        Self::start_on("127.0.0.1", objects).await
+    }
+
+    /// Starts serving `objects` on `ip` (port chosen by the system): a host address a
+    /// network namespace reaches, say.
+    pub async fn start_on(ip: &str, objects: Vec<(Res, Value)>) -> KubeDouble {
         let mut state = State::default();
         for (res, obj) in objects {
             state.upsert(res, obj, false);
         }
         let state = Arc::new(Mutex::new(state));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = state.clone();
         let task = tokio::spawn(async move {

@@ -70,6 +70,53 @@ pub struct EdgeMeshConfig {
     pub drain_timeout_ms: u64,
     /// Streams over the cloud link to endpoints on other nodes and in the cloud.
     pub tunnel: TunnelConfig,
+    /// Where Services and Endpoints are read: `socket` (metamanager's socket, `socketPath`)
+    /// or `kubernetes` (list and watch of a Kubernetes-style API, `kubernetes:`).
+    pub source: Source,
+    /// The Kubernetes-style API read when `source` is `kubernetes`. There is no tunnel then
+    /// (`tunnel` is ignored): see `remoteEndpoints`.
+    pub kubernetes: KubernetesConfig,
+}
+
+/// Where Services and Endpoints are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    /// metamanager's socket (`socketPath`): Services and Endpoints the cloud sent this node.
+    #[default]
+    Socket,
+    /// List and watch of Services and EndpointSlices on a Kubernetes-style API: a KubeEdge
+    /// edge's metaServer, or a kube-apiserver.
+    Kubernetes,
+}
+
+/// The Kubernetes-style API of `source: kubernetes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesConfig {
+    /// kubeconfig file (server and credentials, as for kubectl). Empty with `server` empty
+    /// too: the in-cluster service account, then `$KUBECONFIG`, then `~/.kube/config`.
+    pub kubeconfig: PathBuf,
+    /// The API's URL, such as KubeEdge's metaServer `http://127.0.0.1:10550` (no
+    /// credentials needed); with `kubeconfig` it replaces the kubeconfig's server.
+    pub server: String,
+    /// This node's name as EndpointSlices record it (`nodeName` of an endpoint), which tells
+    /// this node's endpoints from others'; empty means the process's own node name.
+    pub node_name: String,
+    /// What to do with endpoints on other nodes (there is no tunnel in this mode).
+    pub remote_endpoints: RemoteEndpoints,
+}
+
+/// How endpoints on other nodes are reached when there is no tunnel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RemoteEndpoints {
+    /// Dialled directly at their pod IP, as kube-proxy and KubeEdge's in-tree edgemesh do:
+    /// the pod network must route between nodes.
+    #[default]
+    Direct,
+    /// Not used: a Service with only remote endpoints is answered 503 naming the node.
+    Refuse,
 }
 
 /// Settings of the tunnel.
@@ -148,6 +195,8 @@ impl Default for EdgeMeshConfig {
             dns: DnsConfig::default(),
             drain_timeout_ms: 10_000,
             tunnel: TunnelConfig::default(),
+            source: Source::Socket,
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -222,6 +271,16 @@ impl EdgeMeshConfig {
         }
         if !(1..=1_000_000).contains(&self.tunnel.max_streams) {
             bad("tunnel.maxStreams", "must be between 1 and 1000000");
+        }
+        if self.source == Source::Kubernetes {
+            let server = &self.kubernetes.server;
+            let url = server.starts_with("http://") || server.starts_with("https://");
+            if !server.is_empty() && !url {
+                bad(
+                    "kubernetes.server",
+                    "must be an http:// or https:// URL, such as http://127.0.0.1:10550, or empty",
+                );
+            }
         }
         let dns = &self.dns;
         if !dns.listen.is_empty() && dns.listen.parse::<std::net::SocketAddr>().is_err() {

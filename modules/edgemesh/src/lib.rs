@@ -2,7 +2,9 @@
 //!
 //! - **Metadata** comes over metamanager's socket, never by a function call: a watch of
 //!   Services and Endpoints feeds an in-memory [`Catalog`] that is rebuilt whole and
-//!   swapped in on each change, so the connection path reads it without locks.
+//!   swapped in on each change, so the connection path reads it without locks. With
+//!   `source: kubernetes` the same catalog is fed by a list-watch of Services and
+//!   EndpointSlices on a Kubernetes-style API instead ([`kube_feed`]).
 //! - **Interception**: iptables nat rules in our own chain (`EDGE-MESH`) send every
 //!   ClusterIP:port to one listener, which recovers the original destination with
 //!   `SO_ORIGINAL_DST`. No bridge (docker0 or other) is assumed.
@@ -36,6 +38,7 @@ pub mod h1;
 pub mod http;
 pub mod idle;
 pub mod iptables;
+pub mod kube_feed;
 pub mod lb;
 pub mod metrics;
 pub mod module;

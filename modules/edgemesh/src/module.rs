@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus_feed::BusFeed;
 use crate::catalog::{Catalog, Defaults, Kept};
-use crate::config::EdgeMeshConfig;
+use crate::config::{EdgeMeshConfig, RemoteEndpoints, Source};
 use crate::dns::{self, Dns};
 use crate::drain::{Drain, Settled};
 use crate::error::Error;
 use crate::explicit;
 use crate::follow::follow;
 use crate::iptables;
+use crate::kube_feed::{self, FeedStatus};
 use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::proxy;
@@ -51,6 +52,8 @@ pub struct EdgeMesh {
     /// Metadata comes as bus messages from edgecontroller (in cloudcore), not over
     /// metamanager's socket.
     bus_fed: bool,
+    /// How far the Kubernetes source got, with `source: kubernetes`.
+    feed_status: Option<Arc<FeedStatus>>,
 }
 
 /// Whether the worker threads run, for liveness checks.
@@ -138,6 +141,13 @@ impl EdgeMesh {
             "" => None,
             addr => Some(bind_dns(addr).map_err(|e| listen_err("dns", addr, e))?),
         };
+        let kubernetes = config.source == Source::Kubernetes;
+        // EndpointSlices name nodes as the API knows them, which may differ from the name
+        // this process was given.
+        let node = match &config.kubernetes.node_name {
+            name if kubernetes && !name.is_empty() => name.as_str(),
+            _ => node,
+        };
         Ok(EdgeMesh {
             node: node.to_owned(),
             listener,
@@ -148,10 +158,10 @@ impl EdgeMesh {
             kept: Arc::default(),
             liveness: Arc::default(),
             drain: Drain::new(),
-            tunnel: config
-                .tunnel
-                .enable
+            // A Kubernetes source comes without a cloud link to tunnel through.
+            tunnel: (config.tunnel.enable && !kubernetes)
                 .then(|| Tunnel::new(config.tunnel.window_bytes, config.tunnel.max_streams)),
+            feed_status: kubernetes.then(|| Arc::new(FeedStatus::new(&config.kubernetes))),
             config,
             bus_fed: false,
         })
@@ -161,7 +171,13 @@ impl EdgeMesh {
     /// instead of metamanager's socket: the cloud's own mesh.
     pub fn fed_by_bus(mut self) -> Self {
         self.bus_fed = true;
+        self.feed_status = None;
         self
+    }
+
+    /// How far the Kubernetes source got (`source: kubernetes`), for readiness.
+    pub fn feed_status(&self) -> Option<Arc<FeedStatus>> {
+        self.feed_status.clone()
     }
 
     /// The tunnel, if on (for stats and tests).
@@ -231,6 +247,10 @@ impl Parts {
         );
         if let Some(tunnel) = &self.tunnel {
             upstream = upstream.with_tunnel(tunnel.clone());
+        } else if config.source == Source::Kubernetes
+            && config.kubernetes.remote_endpoints == RemoteEndpoints::Direct
+        {
+            upstream = upstream.dialling_remote();
         }
         Shared {
             catalog: self.catalog.clone(),
@@ -303,6 +323,7 @@ impl Module for EdgeMesh {
             drain,
             tunnel,
             bus_fed,
+            feed_status,
         } = *self;
         let this = Parts {
             config,
@@ -388,16 +409,26 @@ impl Module for EdgeMesh {
             qps: NonZeroU32::new(this.config.qps),
             breaker: this.config.circuit_breaker,
         };
-        let following = (!bus_fed).then(|| {
-            tokio::spawn(follow(
+        let following = match (bus_fed, feed_status) {
+            (true, _) => None,
+            (false, Some(status)) => Some(tokio::spawn(kube_feed::follow(
+                this.config.kubernetes.clone(),
+                this.catalog.clone(),
+                defaults,
+                this.kept.clone(),
+                generation.clone(),
+                status,
+                stop.clone(),
+            ))),
+            (false, None) => Some(tokio::spawn(follow(
                 this.config.socket_path.clone(),
                 this.catalog.clone(),
                 defaults,
                 this.kept.clone(),
                 generation.clone(),
                 stop.clone(),
-            ))
-        });
+            ))),
+        };
         // One thread per core, each with a single-threaded runtime and a listening socket
         // of its own on the same address (SO_REUSEPORT): a connection, its upstream
         // connections and their tasks stay on one thread, with no wake-ups across cores

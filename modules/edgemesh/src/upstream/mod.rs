@@ -45,6 +45,8 @@ pub struct Upstream {
     h2: H2,
     /// Streams to endpoints on other nodes and in the cloud; `None`: local endpoints only.
     tunnel: Option<Arc<Tunnel>>,
+    /// Endpoints on other nodes are dialled from here (no tunnel, a routed pod network).
+    direct: bool,
 }
 
 impl Upstream {
@@ -57,7 +59,15 @@ impl Upstream {
             pool,
             h2,
             tunnel: None,
+            direct: false,
         }
+    }
+
+    /// Dials endpoints on other nodes directly, at their address, when there is no tunnel
+    /// (`remoteEndpoints: direct`: the pod network routes between nodes).
+    pub fn dialling_remote(mut self) -> Self {
+        self.direct = true;
+        self
     }
 
     /// Reaches endpoints elsewhere through `tunnel`.
@@ -100,7 +110,7 @@ impl Upstream {
 
     /// Whether this node can reach `backend` at all.
     pub fn reachable(&self, backend: &Backend) -> bool {
-        self.tunnel.is_some() || self.is_local(backend)
+        self.tunnel.is_some() || self.direct || self.is_local(backend)
     }
 
     /// Chooses an endpoint of `target` for one request or connection (`key`: the
@@ -430,6 +440,28 @@ pub(crate) mod tests {
         ));
         let none = target(vec![], BreakerPolicy::default());
         assert!(matches!(up.lease(&none, None), Err(Error::NoEndpoint(_))));
+    }
+
+    #[test]
+    fn dialling_remote_reaches_other_nodes_but_keeps_local_only_services_local() {
+        let up = upstream().dialling_remote();
+        let remote_only = target(
+            vec![backend("10.0.0.1:80", Some("edge-2"))],
+            BreakerPolicy::default(),
+        );
+        let lease = up.lease(&remote_only, None).unwrap();
+        assert_eq!(lease.addr().to_string(), "10.0.0.1:80");
+        assert!(
+            !up.is_local(lease.backend),
+            "still counted as another node's"
+        );
+        drop(lease);
+        let mut local_only = remote_only;
+        local_only.topology = Topology::Local;
+        assert!(matches!(
+            up.lease(&local_only, None),
+            Err(Error::NotLocal(_))
+        ));
     }
 
     #[test]
