@@ -106,6 +106,9 @@ struct Issued {
 #[derive(Default)]
 struct RevokedCache {
     modified: Option<SystemTime>,
+    /// When the file's time was last looked at: at most once a second, however many live
+    /// sessions are checked.
+    looked: Option<std::time::Instant>,
     serials: BTreeMap<String, String>,
 }
 
@@ -267,9 +270,18 @@ impl Pki {
     pub fn revocation(&self, der: &[u8]) -> Option<String> {
         let serial = serial_of(der)?;
         let mut cache = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-        let modified = std::fs::metadata(self.issued_path())
-            .and_then(|m| m.modified())
-            .ok();
+        let stale = cache
+            .looked
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        let modified = match stale {
+            true => {
+                cache.looked = Some(std::time::Instant::now());
+                std::fs::metadata(self.issued_path())
+                    .and_then(|m| m.modified())
+                    .ok()
+            }
+            false => cache.modified,
+        };
         if modified != cache.modified {
             match self.load_issued() {
                 Ok(issued) => {

@@ -30,6 +30,10 @@ pub const NODE_ID_HEADER: &str = "node_id";
 /// Header that names the project.
 pub const PROJECT_ID_HEADER: &str = "project_id";
 
+/// Warnings of failed handshakes: at most one per 10 s.
+static HANDSHAKE_FAILED: beehive::Throttle =
+    beehive::Throttle::new(std::time::Duration::from_secs(10));
+
 /// Warnings of failed accepts (out of descriptors, usually): at most one per 10 s.
 static ACCEPT_FAILED: beehive::Throttle =
     beehive::Throttle::new(std::time::Duration::from_secs(10));
@@ -60,7 +64,16 @@ pub async fn serve(
                 tokio::spawn(async move {
                     if let Err(refused) = handle(stream, hub.clone(), acceptor).await {
                         hub.refusals().count(refused.reason);
-                        log::warn!("connection from {peer} refused: {}", refused.detail);
+                        // Failed handshakes name no node and come in floods from scanners:
+                        // throttled. The others name who was refused and why.
+                        if refused.reason == "handshake" {
+                            HANDSHAKE_FAILED.warn(format_args!(
+                                "connection from {peer} refused: {}",
+                                refused.detail
+                            ));
+                        } else {
+                            log::warn!("connection from {peer} refused: {}", refused.detail);
+                        }
                     }
                 });
             }
