@@ -164,10 +164,15 @@ impl Pki {
         };
         let ca_der = pem_der(ca.pem())?;
         let (server_crt, server_key) = (dir.join("server.crt"), dir.join("server.key"));
-        if !server_crt.exists() || !server_key.exists() {
+        // Reissued when the configured names change, so edges dialling a new name work.
+        let names_file = dir.join("server.names");
+        let names = config.server_names.join("\n");
+        let same_names = read_text(&names_file)?.is_some_and(|n| n == names);
+        if !server_crt.exists() || !server_key.exists() || !same_names {
             let issued = ca.server(&config.server_names)?;
             files::write_private(&server_key, issued.key_pem.as_bytes())?;
             files::write_mode(&server_crt, issued.cert_pem.as_bytes(), 0o644)?;
+            files::write_mode(&names_file, names.as_bytes(), 0o644)?;
             log::info!(
                 "PKI: made cloudhub's certificate for {}",
                 config.server_names.join(", ")
@@ -312,4 +317,49 @@ pub fn serial_of(der: &[u8]) -> Option<String> {
             .map(|b| format!("{b:02x}"))
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, names: &[&str]) -> PkiConfig {
+        PkiConfig {
+            dir: dir.to_owned(),
+            server_names: names.iter().map(|n| n.to_string()).collect(),
+            ..PkiConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_ca_is_kept_and_the_server_certificate_follows_the_names() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let first = Pki::open(&config(&dir, &["localhost"])).unwrap();
+        let server = std::fs::read(dir.join("server.crt")).unwrap();
+        let again = Pki::open(&config(&dir, &["localhost"])).unwrap();
+        assert_eq!(first.ca_der(), again.ca_der(), "the CA is made once");
+        assert_eq!(std::fs::read(dir.join("server.crt")).unwrap(), server);
+        Pki::open(&config(&dir, &["localhost", "cloud.example"])).unwrap();
+        assert_ne!(
+            std::fs::read(dir.join("server.crt")).unwrap(),
+            server,
+            "new names, a new certificate"
+        );
+        let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("ca.key"), 0o600);
+        assert_eq!(mode("server.key"), 0o600);
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // One of the pair alone is refused, naming the folder.
+        std::fs::remove_file(dir.join("ca.key")).unwrap();
+        let err = Pki::open(&config(&dir, &["localhost"]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("ca.crt and ca.key go together"), "{err}");
+    }
 }
