@@ -334,6 +334,44 @@ async fn queries_are_answered_or_refused_never_left_waiting() {
     let bad = ask(&mut node, "default/secret/token").await;
     assert_eq!(bad.operation(), operation::ERROR);
 
+    // A request this cloudcore does not serve (a KubeEdge edge's node status update) is
+    // refused at once with the request as parent, never left to time out.
+    let status = Message::new(
+        Route::new(
+            "edged",
+            group::RESOURCE,
+            operation::UPDATE,
+            "default/nodestatus/edge-1",
+        ),
+        serde_json::json!({"status": {}}),
+    )
+    .with_sync(true);
+    node.send(WsMessage::Text(status.to_json().unwrap().into()))
+        .await
+        .unwrap();
+    let reply = loop {
+        let frame = tokio::time::timeout(WAIT, node.next())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+            .unwrap();
+        if let WsMessage::Text(t) = frame {
+            let msg = Message::from_json(t.as_bytes()).unwrap();
+            if msg.parent_id() == Some(&status.header.id) {
+                break msg;
+            }
+        }
+    };
+    assert_eq!(reply.operation(), operation::ERROR);
+    assert!(
+        reply
+            .content
+            .as_str()
+            .unwrap()
+            .contains("not served by this cloudcore"),
+        "{reply:?}"
+    );
+
     // Each refusal counted on cloudcore's /metrics.
     let (status, text) = mesh::get(cloud.health.unwrap(), "/metrics").await.unwrap();
     assert_eq!(status, 200);
@@ -345,4 +383,5 @@ async fn queries_are_answered_or_refused_never_left_waiting() {
     };
     assert_eq!(count("forbidden"), Some(2.0), "{text}");
     assert_eq!(count("bad_query"), Some(1.0), "{text}");
+    assert_eq!(count("not_served"), Some(1.0), "{text}");
 }

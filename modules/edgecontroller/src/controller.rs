@@ -344,6 +344,24 @@ impl Controller {
                     log::warn!("cannot answer node {node}: {e}");
                 }
             }
+            operation::RESPONSE | operation::ERROR => {
+                log::debug!(
+                    "ignoring a {} for {} from cloudhub",
+                    msg.operation(),
+                    msg.resource()
+                );
+            }
+            // A request this cloudcore does not serve (a KubeEdge edge's node status, lease
+            // or dynamiccontroller request): refused at once with the request as parent, so
+            // the edge does not wait out its timeout.
+            other if !node.is_empty() && msg.parent_id().is_none() => {
+                let why = format!("not served by this cloudcore: {other} {}", msg.resource());
+                let mut reply = self.refuse(&node, &msg, "not_served", why);
+                reply.route.source = MODULE.into();
+                if let Err(e) = self.ctx.send(HUB, reply).await {
+                    log::warn!("cannot answer node {node}: {e}");
+                }
+            }
             other => log::debug!("ignoring {other} for {} from cloudhub", msg.resource()),
         }
     }

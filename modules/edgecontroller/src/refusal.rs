@@ -12,7 +12,7 @@ struct ReasonLabel {
 
 /// Refused queries by reason: `not_edge_node` (the asking node is not an edge node in the
 /// source), `forbidden` (a Pod not bound to the asking node), `bad_query` (a path that
-/// names nothing a node may read).
+/// names nothing a node may read), `not_served` (a request this cloudcore does not serve).
 #[derive(Clone, Default)]
 pub struct Refusals(Family<ReasonLabel, Counter>);
 
