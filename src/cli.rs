@@ -60,6 +60,11 @@ pub fn main_for<C: AsRef<beehive::CoreConfig>>(
             .map_err(|e| Error::Io(format!("cannot start the runtime: {e}")))?
             .block_on(run(config))
     });
+    exit(result)
+}
+
+/// The exit code of a finished command, its error printed: 64 for bad config, 1 otherwise.
+pub fn exit(result: Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -98,13 +103,7 @@ pub fn run_once(work: impl std::future::Future<Output = Result<()>>) -> ExitCode
         .build()
         .map_err(|e| Error::Io(format!("cannot start the runtime: {e}")))
         .and_then(|rt| rt.block_on(work));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(e.exit_code() as u8)
-        }
-    }
+    exit(result)
 }
 
 #[cfg(test)]

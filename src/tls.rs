@@ -46,25 +46,22 @@ fn roots(ca_file: &Path) -> Result<Arc<RootCertStore>> {
 /// cloudhub's TLS: its own certificate, and client certificates required and verified
 /// against `ca_file`.
 pub fn server_config(files: &cloudhub::TlsFiles) -> Result<Arc<ServerConfig>> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca_file)?, provider())
-        .build()
-        .map_err(|e| file_err(&files.ca_file, e))?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(&files.cert_file)?, key(&files.key_file)?)
-        .map_err(|e| file_err(&files.cert_file, e))?;
-    Ok(Arc::new(config))
+    server_with(files, true)
 }
 
 /// The PKI port's TLS: the server certificate, and a client certificate verified when one
 /// is presented but not required (a joining node has none yet; a renewing one does).
 pub fn server_config_optional_client(files: &cloudhub::TlsFiles) -> Result<Arc<ServerConfig>> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca_file)?, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| file_err(&files.ca_file, e))?;
+    server_with(files, false)
+}
+
+fn server_with(files: &cloudhub::TlsFiles, client_required: bool) -> Result<Arc<ServerConfig>> {
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(&files.ca_file)?, provider());
+    if !client_required {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(|e| file_err(&files.ca_file, e))?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?

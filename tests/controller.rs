@@ -69,6 +69,11 @@ async fn ask(node: &mut WebSocketStream<TcpStream>, resource: &str) -> Message {
         Value::Null,
     )
     .with_sync(true);
+    request(node, query).await
+}
+
+/// Sends `request` as a node and returns the cloud's reply to it.
+async fn request(node: &mut WebSocketStream<TcpStream>, query: Message) -> Message {
     node.send(WsMessage::Text(query.to_json().unwrap().into()))
         .await
         .unwrap();
@@ -346,22 +351,7 @@ async fn queries_are_answered_or_refused_never_left_waiting() {
         serde_json::json!({"status": {}}),
     )
     .with_sync(true);
-    node.send(WsMessage::Text(status.to_json().unwrap().into()))
-        .await
-        .unwrap();
-    let reply = loop {
-        let frame = tokio::time::timeout(WAIT, node.next())
-            .await
-            .expect("an answer in time")
-            .unwrap()
-            .unwrap();
-        if let WsMessage::Text(t) = frame {
-            let msg = Message::from_json(t.as_bytes()).unwrap();
-            if msg.parent_id() == Some(&status.header.id) {
-                break msg;
-            }
-        }
-    };
+    let reply = request(&mut node, status).await;
     assert_eq!(reply.operation(), operation::ERROR);
     assert!(
         reply

@@ -80,16 +80,7 @@ enum CertAction {
 }
 
 fn print(result: edgemesh::Result<String>) -> ExitCode {
-    match result {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(e.exit_code() as u8)
-        }
-    }
+    cli::exit(result.map(|text| print!("{text}")))
 }
 
 fn main() -> ExitCode {
