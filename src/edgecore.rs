@@ -176,7 +176,8 @@ impl EdgeCore {
         let meta = &config.modules.meta_manager;
         let socket = if meta.enable {
             let store = Store::open(&meta.db_path)?;
-            let module = MetaManager::new(meta.clone(), store);
+            let module =
+                MetaManager::new(meta.clone(), store).for_node(&config.modules.edge_hub.node_id);
             module
                 .refused_peers()
                 .register(registry.sub_registry_with_prefix("metamanager"));

@@ -7,11 +7,15 @@
 //! - [`StreamCodec`] / [`StreamFrame`]: the "ES" frames of tunnel streams multiplexed on the
 //!   cloud link, with their ids and flow-control windows (layout in [`stream::frame`]).
 //!
+//! - [`application`] / [`api_status`]: KubeEdge's metaServer Applications and the API
+//!   error shapes its cloud answers with.
 //! - [`meta_socket`] / [`metaclient`]: the metamanager socket protocol and its client, shared
 //!   by metamanager (server) and edgemesh (client).
 //!
 //! This crate depends on nothing else of the project, so every module and binary can share it.
 
+pub mod api_status;
+pub mod application;
 pub mod content;
 pub mod error;
 pub mod frame;

@@ -5,14 +5,17 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use beehive::{Context, Module, ModuleError, async_trait};
+use proto::application::DYNAMIC_CONTROLLER;
 use proto::{Message, ResourcePath, Route, connection, group, operation};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::applications::{self, Asker};
 use crate::config::{EdgeControllerConfig, SourceKind};
 use crate::kubernetes::KubernetesSource;
 use crate::manifests::ManifestSource;
+use crate::node_requests;
 use crate::object::{Kind, Object};
 use crate::refusal::Refusals;
 use crate::source::{Source, SourceEvent};
@@ -295,6 +298,10 @@ impl Controller {
             .strip_prefix("node/")
             .map(|rest| rest.split('/').next().unwrap_or_default().to_owned())
             .unwrap_or_default();
+        if msg.route.group == DYNAMIC_CONTROLLER && !node.is_empty() {
+            self.application(&node, &msg).await;
+            return;
+        }
         match msg.operation() {
             operation::CONNECT if msg.content.as_str() == Some(connection::NODE_CONNECTED) => {
                 self.connected.insert(node.clone());
@@ -352,14 +359,21 @@ impl Controller {
                 );
             }
             // A request this cloudcore does not serve (a KubeEdge edge's node status, lease
-            // or dynamiccontroller request): refused at once with the request as parent, so
-            // the edge does not wait out its timeout.
+            // or configmap request): refused at once in KubeEdge's error shape, so the edge
+            // does not wait out its timeout.
             other if !node.is_empty() && msg.parent_id().is_none() => {
-                let why = format!("not served by this cloudcore: {other} {}", msg.resource());
-                let mut reply = self.refuse(&node, &msg, "not_served", why);
-                reply.route.source = MODULE.into();
-                if let Err(e) = self.ctx.send(HUB, reply).await {
-                    log::warn!("cannot answer node {node}: {e}");
+                let rest = rest_of(&node, &msg);
+                match node_requests::refusal(MODULE, rest, &msg) {
+                    None => {
+                        log::debug!("took a {other} of {rest} from node {node}");
+                    }
+                    Some(reply) => {
+                        let why = format!("not served by this cloudcore: {other} {rest}");
+                        self.note_refusal(&node, &msg, "not_served", &why);
+                        if let Err(e) = self.ctx.send(HUB, reply).await {
+                            log::warn!("cannot answer node {node}: {e}");
+                        }
+                    }
                 }
             }
             other => log::debug!("ignoring {other} for {} from cloudhub", msg.resource()),
@@ -419,13 +433,37 @@ impl Controller {
 
     /// Refuses `msg` from `node`: logged, counted under `reason`, answered with `why`.
     fn refuse(&self, node: &str, msg: &Message, reason: &'static str, why: String) -> Message {
+        self.note_refusal(node, msg, reason, &why);
+        Message::error_reply(msg, why)
+    }
+
+    /// Logs (throttled) and counts a refusal of `msg` from `node`.
+    fn note_refusal(&self, node: &str, msg: &Message, reason: &'static str, why: &str) {
         static LOG: beehive::Throttle = beehive::Throttle::new(Duration::from_secs(10));
         self.refusals.count(reason);
         LOG.warn(format_args!(
-            "query {} from node {node} refused: {why}",
+            "request {} from node {node} refused: {why}",
             msg.resource()
         ));
-        Message::error_reply(msg, why)
+    }
+
+    /// Answers a KubeEdge edge's metaServer Application, or its report of watches.
+    async fn application(&self, node: &str, msg: &Message) {
+        let asker = Asker {
+            node,
+            served: self.serves(node),
+        };
+        let answer = applications::answer(&self.state, &asker, rest_of(node, msg), msg);
+        if let Some(reason) = answer.refused {
+            let why = proto::api_status::error_in(&answer_content(&answer.reply))
+                .unwrap_or_else(|| "some watches refused".into());
+            self.note_refusal(node, msg, reason, &why);
+        } else {
+            log::debug!("node {node}: Application {} approved", msg.resource());
+        }
+        if let Err(e) = self.ctx.send(HUB, answer.reply).await {
+            log::warn!("cannot answer node {node}: {e}");
+        }
     }
 
     /// The object or list a node asked for, or an error reply saying why not.
@@ -473,6 +511,20 @@ impl Controller {
             }
         }
     }
+}
+
+/// A node's message's resource without the `node/<node>/` prefix.
+fn rest_of<'a>(node: &str, msg: &'a Message) -> &'a str {
+    msg.resource()
+        .strip_prefix("node/")
+        .and_then(|r| r.strip_prefix(node))
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or_default()
+}
+
+/// An answer's content as JSON (`null` for bytes).
+fn answer_content(reply: &Message) -> Value {
+    reply.content.decode::<Value>().unwrap_or(Value::Null)
 }
 
 /// What a change of `obj` carries: the object, for a delete too — its last state, as

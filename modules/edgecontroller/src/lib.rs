@@ -28,14 +28,17 @@
 //! (an answer that told the two apart would tell a node what runs elsewhere), a list of
 //! Pods holds only its own, and every refusal is logged and counted ([`Refusals`]).
 
+pub mod applications;
 pub mod config;
 pub mod controller;
 pub mod derive;
 pub mod error;
 pub mod kubernetes;
 pub mod manifests;
+pub mod node_requests;
 pub mod object;
 pub mod refusal;
+pub mod selector;
 pub mod source;
 pub mod state;
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use beehive::Context;
 use futures_util::{SinkExt, StreamExt};
+use proto::application::APPLICATION_RESPONSE;
 use proto::stream::{Carriage, MESH_LANE, Outbox, ResetCode, StreamCodec, StreamFrame, StreamId};
 use proto::{FrameCodec, Message, Route, connection, group, handshake, operation};
 use rustls::ClientConfig;
@@ -368,9 +369,15 @@ fn encode(codec: &FrameCodec, msg: &Message, binary: bool) -> Result<WsMessage, 
 
 /// Hands a reply to the request waiting for it, or routes the message to its bus group.
 async fn route_down(ctx: &Context, msg: Message) {
-    let is_reply = matches!(msg.operation(), operation::RESPONSE | operation::ERROR)
-        && msg.parent_id().is_some();
+    let is_reply = matches!(
+        msg.operation(),
+        operation::RESPONSE | operation::ERROR | APPLICATION_RESPONSE
+    ) && msg.parent_id().is_some();
     if is_reply && ctx.send_resp(msg.clone()) {
+        return;
+    }
+    if msg.operation() == APPLICATION_RESPONSE {
+        log::debug!("an Application answer came after its request gave up waiting");
         return;
     }
     let target = match msg.route.group.as_str() {

@@ -6,6 +6,7 @@
 //!   ACK after commit, remote query when a row is missing and the cloud is reachable.
 //! - [`server`]: the local Unix socket (query, watch, ping) edgemesh reads from.
 
+pub mod applications;
 pub mod config;
 pub mod error;
 pub mod module;

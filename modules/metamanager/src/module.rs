@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::applications;
 use crate::config::MetaManagerConfig;
 use crate::error::{Error, Result};
 use crate::object::{changes, other_change};
@@ -39,11 +40,16 @@ pub const HUB_GROUP: &str = "hub";
 /// (a nearly full disk lets small commits through between failures).
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// How long the cloud has to answer the watch report (KubeEdge's edge waits as long,
+/// agent.go:198).
+const WATCH_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The metamanager module.
 pub struct MetaManager {
     config: MetaManagerConfig,
     store: Store,
     refused: RefusedPeers,
+    node: String,
 }
 
 impl MetaManager {
@@ -53,7 +59,15 @@ impl MetaManager {
             config,
             store,
             refused: RefusedPeers::default(),
+            node: String::new(),
         }
+    }
+
+    /// The node this edge is (its edgehub's `nodeID`): with one, its watch Applications
+    /// are filed with the cloud on every link up.
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.node = node.to_owned();
+        self
     }
 
     /// The count of clients its socket refused (kept by the caller; the module is moved
@@ -68,6 +82,7 @@ struct Handler {
     store: Store,
     online: AtomicBool,
     remote_timeout: Duration,
+    node: String,
 }
 
 #[async_trait]
@@ -87,6 +102,7 @@ impl Module for MetaManager {
             store: self.store.clone(),
             online: AtomicBool::new(false),
             remote_timeout: Duration::from_millis(self.config.remote_query_timeout_ms),
+            node: self.node.clone(),
         });
         // The socket serves what the store holds from the start, before any cloud link.
         let group = self.config.socket_gid()?;
@@ -139,7 +155,10 @@ impl Handler {
                 self.online.store(up, Ordering::SeqCst);
                 log::info!("cloud link {}", if up { "up" } else { "down" });
                 if up {
-                    tokio::spawn(async move { self.report_holdings().await });
+                    tokio::spawn(async move {
+                        self.report_holdings().await;
+                        self.file_watches().await;
+                    });
                 }
             }
             operation::RESPONSE | operation::ERROR => {
@@ -176,6 +195,36 @@ impl Handler {
             log::warn!("cannot report holdings to the cloud: {e}");
         } else {
             log::info!("reported {} object(s) to the cloud for resync", rows.len());
+        }
+    }
+
+    /// Files this node's watch Applications with the cloud (a KubeEdge cloud sends
+    /// Services and Endpoints only to edges that watch them) and logs any it refuses.
+    async fn file_watches(&self) {
+        if self.node.is_empty() {
+            return;
+        }
+        let report = applications::watch_report(&self.node);
+        let answer = self
+            .ctx
+            .send_to_group_sync(HUB_GROUP, report, WATCH_REPORT_TIMEOUT)
+            .await;
+        let refused = match answer {
+            Ok(replies) => match replies.first().map(applications::refused) {
+                Some(Ok(refused)) => refused,
+                Some(Err(e)) => vec![("watch report".into(), e)],
+                None => vec![("watch report".into(), "no answer".into())],
+            },
+            Err(e) => vec![("watch report".into(), format!("not answered: {e}"))],
+        };
+        if refused.is_empty() {
+            log::info!(
+                "the cloud approved this node's watches of {:?}",
+                applications::WATCHED
+            );
+        }
+        for (key, why) in refused {
+            log::warn!("the cloud refused the watch of {key}: {why}");
         }
     }
 
@@ -259,9 +308,17 @@ impl Handler {
         if reply.operation() == operation::ERROR {
             return Err(reply.content.as_str().map_or_else(not_found, str::to_owned));
         }
-        let Content::Json(object) = reply.content else {
+        let Content::Json(mut object) = reply.content else {
             return Err(format!("{path}: the cloud answered with bytes"));
         };
+        // A KubeEdge cloud answers in its `ObjectResp {Object, Err}` envelope, an error
+        // included (edge/pkg/metamanager/process.go:393-403 reads it the same way).
+        if object.get("Object").is_some() && object.get("Err").is_some() {
+            if let Some(why) = proto::api_status::error_in(&object) {
+                return Err(format!("{}: {why}", not_found()));
+            }
+            object = object["Object"].take();
+        }
         let rv = reply.header.resource_version.clone();
         let stored = changes(path, &object, &rv, false)
             .map_err(|e| format!("{path}: bad answer from the cloud: {e}"))?;
