@@ -267,15 +267,16 @@ async fn a_node_away_while_services_change_converges_on_return_with_only_the_dif
     assert!(!rows.contains_key("default/service/b"));
     assert!(!rows.contains_key("default/endpoints/b"));
     assert_eq!(rows["default/service/c"]["spec"]["clusterIP"], "10.96.0.3");
-    // Five messages: a updated (its derived Endpoints, with no pods, did not change), b and
-    // its Endpoints deleted, d and its Endpoints inserted. c was current and did not travel.
+    // Five object messages: a updated (its derived Endpoints, with no pods, did not
+    // change), b and its Endpoints deleted, d and its Endpoints inserted; c was current and
+    // did not travel. And one answer: to the edge's report of its watch Applications.
     let hub = cloud.hub.clone();
     eventually("the resync delivered", || {
         let stats = hub.stats();
-        async move { stats.pending == 0 && stats.inflight == 0 }
+        async move { stats.pending == 0 && stats.inflight == 0 && stats.delivered - before >= 6 }
     })
     .await;
-    assert_eq!(cloud.hub.stats().delivered - before, 5);
+    assert_eq!(cloud.hub.stats().delivered - before, 6);
     edge.stop().await;
 }
 
@@ -340,7 +341,8 @@ async fn queries_are_answered_or_refused_never_left_waiting() {
     assert_eq!(bad.operation(), operation::ERROR);
 
     // A request this cloudcore does not serve (a KubeEdge edge's node status update) is
-    // refused at once with the request as parent, never left to time out.
+    // refused at once with the request as parent, never left to time out, in KubeEdge's
+    // ObjectResp envelope (cloud/pkg/edgecontroller/controller/upstream.go:992-994).
     let status = Message::new(
         Route::new(
             "edged",
@@ -352,14 +354,16 @@ async fn queries_are_answered_or_refused_never_left_waiting() {
     )
     .with_sync(true);
     let reply = request(&mut node, status).await;
-    assert_eq!(reply.operation(), operation::ERROR);
+    assert_eq!(reply.operation(), operation::RESPONSE);
+    assert_eq!(reply.route.group, group::RESOURCE);
+    let body: Value = reply.content.decode().unwrap();
+    assert_eq!(body["Object"], Value::Null, "{body}");
+    assert_eq!(body["Err"]["ErrStatus"]["code"], 405, "{body}");
     assert!(
-        reply
-            .content
-            .as_str()
+        proto::api_status::error_in(&body)
             .unwrap()
-            .contains("not served by this cloudcore"),
-        "{reply:?}"
+            .contains("does not serve nodestatus"),
+        "{body}"
     );
 
     // Each refusal counted on cloudcore's /metrics.
