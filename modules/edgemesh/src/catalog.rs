@@ -42,6 +42,9 @@ pub struct Target {
     pub breaker: BreakerPolicy,
     /// The Service's metrics.
     pub stats: Arc<ServiceStats>,
+    /// A UDP port's flows end after this long without a datagram either way
+    /// (`edgemesh.io/udp-idle-timeout`); `None`: the config's default.
+    pub udp_idle: Option<std::time::Duration>,
 }
 
 /// Policies for Services without annotations (from config).
@@ -81,6 +84,9 @@ struct Named {
 pub struct Catalog {
     by_vip: HashMap<SocketAddr, Arc<Target>>,
     by_name: HashMap<(String, String), Named>,
+    /// UDP ports, apart: the same ClusterIP:port may be a TCP port and a UDP port of one
+    /// Service (DNS), each with its own endpoints.
+    udp_by_vip: HashMap<SocketAddr, Arc<Target>>,
 }
 
 impl Catalog {
@@ -121,6 +127,18 @@ impl Catalog {
         vips
     }
 
+    /// The UDP Service port datagrams to `addr` were meant for.
+    pub fn lookup_udp(&self, addr: SocketAddr) -> Option<&Arc<Target>> {
+        self.udp_by_vip.get(&addr)
+    }
+
+    /// Every UDP ClusterIP:port, sorted.
+    pub fn udp_vips(&self) -> Vec<SocketAddr> {
+        let mut vips: Vec<SocketAddr> = self.udp_by_vip.keys().copied().collect();
+        vips.sort();
+        vips
+    }
+
     /// Builds a catalog from Services and Endpoints keyed by edge path
     /// (`<ns>/service/<name>`, `<ns>/endpoints/<name>`).
     pub fn build(
@@ -132,6 +150,7 @@ impl Catalog {
         let default = defaults.strategy;
         let mut by_vip = HashMap::with_capacity(services.len());
         let mut by_name = HashMap::with_capacity(services.len());
+        let mut udp_by_vip = HashMap::new();
         for svc in services.values() {
             let (ns, name, ip) = (&svc.namespace, &svc.name, svc.ip);
             let annotations = svc.annotations();
@@ -159,13 +178,25 @@ impl Catalog {
                 }),
             };
             let stats = kept.metrics.catalogued(&service);
+            let udp_idle = annotations.udp_idle_timeout.as_deref().and_then(|v| {
+                crate::udp::parse_idle(v)
+                    .inspect_err(|e| {
+                        log::warn!(
+                            "service {service}: {}: {e}; using the default",
+                            crate::udp::IDLE_ANNOTATION
+                        )
+                    })
+                    .ok()
+            });
             let mut ports = Vec::with_capacity(svc.ports.len());
             let eps = endpoints.get(&format!("{ns}/endpoints/{name}"));
             for port in &svc.ports {
                 let backends = eps
                     .map(|e| backends(e, &port.name, kept))
                     .unwrap_or_default();
-                ports.push((port.port, port.name.clone()));
+                if !port.udp {
+                    ports.push((port.port, port.name.clone()));
+                }
                 let target = Target {
                     service: service.clone(),
                     port_name: port.name.clone(),
@@ -178,21 +209,35 @@ impl Catalog {
                     limiter: limiter.clone(),
                     breaker,
                     stats: stats.clone(),
+                    udp_idle,
                 };
-                by_vip.insert(SocketAddr::new(ip, port.port), Arc::new(target));
+                let vips = if port.udp {
+                    &mut udp_by_vip
+                } else {
+                    &mut by_vip
+                };
+                vips.insert(SocketAddr::new(ip, port.port), Arc::new(target));
             }
             by_name.insert((ns.clone(), name.clone()), Named { ip, ports });
         }
-        let services: std::collections::HashSet<&str> =
-            by_vip.values().map(|t| t.service.as_str()).collect();
+        let services: std::collections::HashSet<&str> = by_vip
+            .values()
+            .chain(udp_by_vip.values())
+            .map(|t| t.service.as_str())
+            .collect();
         kept.limiters.retain(|s| services.contains(s));
         kept.metrics.retain(|s| services.contains(s));
         let endpoints: std::collections::HashSet<SocketAddr> = by_vip
             .values()
+            .chain(udp_by_vip.values())
             .flat_map(|t| t.backends.iter().map(|b| b.addr))
             .collect();
         kept.breakers.retain(|a| endpoints.contains(a));
-        Catalog { by_vip, by_name }
+        Catalog {
+            by_vip,
+            by_name,
+            udp_by_vip,
+        }
     }
 }
 

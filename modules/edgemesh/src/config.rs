@@ -63,6 +63,8 @@ pub struct EdgeMeshConfig {
     pub cluster_domain: String,
     /// The Service DNS server.
     pub dns: DnsConfig,
+    /// UDP Services.
+    pub udp: UdpConfig,
     /// Milliseconds a shutdown (SIGTERM) waits for open connections to finish, counted from
     /// the signal: readiness turns false, the iptables rules stop redirecting here, the
     /// listeners close, and what is still open at the deadline is cut; 0 cuts at once.
@@ -159,6 +161,30 @@ pub struct DnsConfig {
     pub upstream_timeout_ms: u64,
 }
 
+/// Settings of UDP Services.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct UdpConfig {
+    /// Intercept and balance the UDP ports of Services (with `iptables`).
+    pub enable: bool,
+    /// Milliseconds a flow (client address and Service port) keeps its endpoint without a
+    /// datagram either way; a Service may set its own (`edgemesh.io/udp-idle-timeout`).
+    pub idle_timeout_ms: u64,
+    /// Flows at once, at most, over every Service: each holds a socket towards its
+    /// endpoint. Datagrams that would start another are dropped, with one warning.
+    pub max_flows: usize,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            enable: true,
+            idle_timeout_ms: 30_000,
+            max_flows: 10_000,
+        }
+    }
+}
+
 impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
@@ -193,6 +219,7 @@ impl Default for EdgeMeshConfig {
             namespace: "default".into(),
             cluster_domain: "cluster.local".into(),
             dns: DnsConfig::default(),
+            udp: UdpConfig::default(),
             drain_timeout_ms: 10_000,
             tunnel: TunnelConfig::default(),
             source: Source::Socket,
@@ -301,6 +328,12 @@ impl EdgeMeshConfig {
         }
         if !(1..=60_000).contains(&dns.upstream_timeout_ms) {
             bad("dns.upstreamTimeoutMs", "must be between 1 and 60000");
+        }
+        if !(100..=86_400_000).contains(&self.udp.idle_timeout_ms) {
+            bad("udp.idleTimeoutMs", "must be between 100 and 86400000");
+        }
+        if !(1..=1_000_000).contains(&self.udp.max_flows) {
+            bad("udp.maxFlows", "must be between 1 and 1000000");
         }
         problems
     }

@@ -1,4 +1,5 @@
-//! The iptables rules that hand every Service's ClusterIP:port to the listener: a nat chain
+//! The iptables rules that hand every Service's ClusterIP:port to the listener (TCP) or to
+//! the socket of that Service port (UDP, see `udp`): a nat chain
 //! of ours (`EDGE-MESH`) jumped to from OUTPUT (this host's own connections) and PREROUTING
 //! (connections from pods and containers behind any bridge). The chain is replaced in one
 //! `iptables-restore --noflush` batch per change, checked periodically and repaired when
@@ -16,12 +17,40 @@ use crate::error::{Error, Result};
 pub const CHAIN: &str = "EDGE-MESH";
 const HOOKS: [&str; 2] = ["OUTPUT", "PREROUTING"];
 
-/// The `iptables-restore` input that makes the chain redirect every `vip` to `port`.
-pub fn render(vips: &[SocketAddr], port: u16) -> String {
+/// What the chain redirects where.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redirects {
+    /// TCP Service ports, all to the listener's port.
+    pub tcp: Vec<SocketAddr>,
+    /// The listener's port.
+    pub port: u16,
+    /// UDP Service ports, each to its own socket's port.
+    pub udp: Vec<(SocketAddr, u16)>,
+}
+
+impl Redirects {
+    /// The rules the chain holds for these (IPv4 only).
+    pub fn rules(&self) -> usize {
+        self.tcp.iter().filter(|v| v.is_ipv4()).count()
+            + self.udp.iter().filter(|(v, _)| v.is_ipv4()).count()
+    }
+}
+
+/// The `iptables-restore` input that makes the chain redirect every TCP vip to the
+/// listener and every UDP vip to its socket.
+pub fn render(to: &Redirects) -> String {
     let mut text = format!("*nat\n:{CHAIN} - [0:0]\n");
-    for vip in vips.iter().filter(|v| v.is_ipv4()) {
+    for vip in to.tcp.iter().filter(|v| v.is_ipv4()) {
         text.push_str(&format!(
-            "-A {CHAIN} -d {}/32 -p tcp -m tcp --dport {} -j REDIRECT --to-ports {port}\n",
+            "-A {CHAIN} -d {}/32 -p tcp -m tcp --dport {} -j REDIRECT --to-ports {}\n",
+            vip.ip(),
+            vip.port(),
+            to.port
+        ));
+    }
+    for (vip, port) in to.udp.iter().filter(|(v, _)| v.is_ipv4()) {
+        text.push_str(&format!(
+            "-A {CHAIN} -d {}/32 -p udp -m udp --dport {} -j REDIRECT --to-ports {port}\n",
             vip.ip(),
             vip.port()
         ));
@@ -48,8 +77,8 @@ async fn run(args: &[&str]) -> Result<String> {
     }
 }
 
-/// Installs the chain for `vips` and the jumps to it.
-pub async fn apply(vips: &[SocketAddr], port: u16) -> Result<()> {
+/// Installs the chain for `to` and the jumps to it.
+pub async fn apply(to: &Redirects) -> Result<()> {
     let mut child = Command::new("iptables-restore")
         .args(["-w", "5", "--noflush"])
         .stdin(Stdio::piped())
@@ -57,7 +86,7 @@ pub async fn apply(vips: &[SocketAddr], port: u16) -> Result<()> {
         .spawn()
         .map_err(|e| Error::Iptables(format!("cannot run iptables-restore: {e}")))?;
     let mut stdin = child.stdin.take().expect("piped");
-    stdin.write_all(render(vips, port).as_bytes()).await?;
+    stdin.write_all(render(to).as_bytes()).await?;
     drop(stdin);
     let out = child.wait_with_output().await?;
     if !out.status.success() {
@@ -120,16 +149,22 @@ mod tests {
 
     #[test]
     fn rules_redirect_each_ipv4_vip_to_the_listener() {
-        let vips: Vec<SocketAddr> = vec![
-            "10.96.0.10:80".parse().unwrap(),
-            "[fd00::1]:80".parse().unwrap(),
-        ];
-        let text = render(&vips, 40001);
+        let to = Redirects {
+            tcp: vec![
+                "10.96.0.10:80".parse().unwrap(),
+                "[fd00::1]:80".parse().unwrap(),
+            ],
+            port: 40001,
+            udp: vec![("10.96.0.53:53".parse().unwrap(), 41234)],
+        };
+        let text = render(&to);
         assert_eq!(
             text,
             "*nat\n:EDGE-MESH - [0:0]\n\
              -A EDGE-MESH -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 40001\n\
+             -A EDGE-MESH -d 10.96.0.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 41234\n\
              COMMIT\n"
         );
+        assert_eq!(to.rules(), 2);
     }
 }

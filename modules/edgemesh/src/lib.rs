@@ -53,6 +53,7 @@ pub mod shared;
 pub mod sniff;
 pub mod spread;
 pub mod tunnel;
+pub mod udp;
 pub mod upstream;
 
 pub use catalog::Catalog;

@@ -65,6 +65,8 @@ reasons! {
     /// Dialling the chosen endpoint failed and the request or connection went to another
     /// (it was served; the failed endpoint's breaker counted it).
     retried,
+    /// A datagram that would have started a UDP flow past `udp.maxFlows`.
+    flow_limit,
 }
 
 /// How many reasons there are.
@@ -108,6 +110,8 @@ pub enum Path {
     http,
     /// Relayed as bytes, balanced per connection.
     tcp,
+    /// UDP datagrams, balanced per flow (client address and Service port).
+    udp,
 }
 
 /// Where a chosen endpoint runs, seen from this node.
@@ -192,6 +196,7 @@ struct Families {
     active: Family<ServiceOnly, Gauge>,
     bytes: Family<ServiceDirection, Counter>,
     upstreams: Family<ServiceVia, Counter>,
+    datagrams: Family<ServiceDirection, Counter>,
 }
 
 /// Where one Service's series are made, on their first use.
@@ -233,6 +238,9 @@ impl Origin {
                 CounterSeries::Upstreams(via) => f
                     .upstreams
                     .get_or_create_owned(&ServiceVia { service, via }),
+                CounterSeries::Datagrams(direction) => f
+                    .datagrams
+                    .get_or_create_owned(&ServiceDirection { service, direction }),
             },
             Counter::default,
         )
@@ -244,7 +252,7 @@ impl Origin {
         *retired = true;
         let f = &self.families;
         let service = || self.service.to_string();
-        for path in [Path::http, Path::tcp] {
+        for path in [Path::http, Path::tcp, Path::udp] {
             f.requests.remove(&ServicePath {
                 service: service(),
                 path,
@@ -258,6 +266,10 @@ impl Origin {
         }
         for direction in [Direction::sent, Direction::received] {
             f.bytes.remove(&ServiceDirection {
+                service: service(),
+                direction,
+            });
+            f.datagrams.remove(&ServiceDirection {
                 service: service(),
                 direction,
             });
@@ -281,6 +293,7 @@ enum CounterSeries {
     Errors(Reason),
     Bytes(Direction),
     Upstreams(Via),
+    Datagrams(Direction),
 }
 
 /// A counter whose series is made on its first use.
@@ -404,6 +417,12 @@ pub struct ServiceStats {
     pub bytes_received: LazyCounter,
     /// Endpoints chosen, by where they run: local, edge, cloud.
     pub via: [LazyCounter; 3],
+    /// UDP flows started.
+    pub udp_flows: LazyCounter,
+    /// UDP datagrams client → endpoint.
+    pub datagrams_sent: LazyCounter,
+    /// UDP datagrams endpoint → client.
+    pub datagrams_received: LazyCounter,
     /// By reason; the array itself is made on the first error, as most Services never
     /// see one.
     errors: OnceLock<Box<[OnceLock<Counter>; REASONS]>>,
@@ -438,6 +457,9 @@ impl ServiceStats {
             bytes_sent: counter(CounterSeries::Bytes(Direction::sent)),
             bytes_received: counter(CounterSeries::Bytes(Direction::received)),
             via: [Via::local, Via::edge, Via::cloud].map(|v| counter(CounterSeries::Upstreams(v))),
+            udp_flows: counter(CounterSeries::Requests(Path::udp)),
+            datagrams_sent: counter(CounterSeries::Datagrams(Direction::sent)),
+            datagrams_received: counter(CounterSeries::Datagrams(Direction::received)),
             errors: OnceLock::new(),
             origin,
         }
@@ -525,6 +547,7 @@ impl Default for Metrics {
             active: Family::default(),
             bytes: Family::default(),
             upstreams: Family::default(),
+            datagrams: Family::default(),
         };
         let dns = Family::<DnsAnswer, Counter>::default();
         let dns_malformed = Counter::default();
@@ -536,7 +559,7 @@ impl Default for Metrics {
         );
         registry.register(
             "requests",
-            "HTTP requests and TCP connections, by Service and path",
+            "HTTP requests, TCP connections and UDP flows, by Service and path",
             families.requests.clone(),
         );
         registry.register(
@@ -551,7 +574,7 @@ impl Default for Metrics {
         );
         registry.register(
             "active_connections",
-            "Client connections open now, by Service",
+            "Client connections and UDP flows open now, by Service",
             families.active.clone(),
         );
         registry.register(
@@ -561,8 +584,13 @@ impl Default for Metrics {
         );
         registry.register(
             "bytes",
-            "Bytes relayed as TCP (and upgraded HTTP), by Service and direction",
+            "Bytes relayed as TCP (and upgraded HTTP) and UDP, by Service and direction",
             families.bytes.clone(),
+        );
+        registry.register(
+            "datagrams",
+            "UDP datagrams relayed, by Service and direction",
+            families.datagrams.clone(),
         );
         registry.register(
             "dns_queries",

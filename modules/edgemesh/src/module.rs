@@ -27,6 +27,7 @@ use crate::proxy;
 use crate::shared::{Limits, Shared};
 use crate::spread::Spread;
 use crate::tunnel::{Acceptor, Tunnel};
+use crate::udp::{self, UdpProxy};
 use crate::upstream::{H2, Pool, Upstream};
 use proto::stream::{Carriage, MESH_LANE};
 
@@ -499,11 +500,25 @@ impl Module for EdgeMesh {
         // `iptables::unhook`).
         let rules_stop = CancellationToken::new();
         let _rules_stop_when_dropped = rules_stop.clone().drop_guard();
+        let udp = (this.config.iptables && this.config.udp.enable).then(|| {
+            Arc::new(UdpProxy::new(
+                addr.ip(),
+                udp::Ports {
+                    catalog: this.catalog.clone(),
+                    upstream: this.shared().upstream,
+                    default_idle: Duration::from_millis(this.config.udp.idle_timeout_ms),
+                    budget: Arc::new(udp::Budget::new(this.config.udp.max_flows)),
+                    unknown: this.kept.metrics.service(UNKNOWN),
+                },
+                stop.child_token(),
+            ))
+        });
         let rules = this.config.iptables.then(|| {
             tokio::spawn(keep_rules(
                 this.catalog.clone(),
                 generation.subscribe(),
                 port,
+                udp.clone(),
                 Duration::from_millis(this.config.iptables_sync_ms),
                 rules_stop.clone(),
             ))
@@ -585,6 +600,7 @@ async fn keep_rules(
     catalog: Arc<ArcSwap<Catalog>>,
     mut generation: watch::Receiver<u64>,
     port: u16,
+    udp: Option<Arc<UdpProxy>>,
     every: Duration,
     stop: CancellationToken,
 ) -> bool {
@@ -601,11 +617,20 @@ async fn keep_rules(
                 log::warn!("iptables rules of {} were changed from outside: repairing", iptables::CHAIN);
             }
         }
-        let vips = catalog.load().vips();
-        match iptables::apply(&vips, port).await {
+        let now = catalog.load();
+        // The UDP sockets are open before their rules send datagrams there.
+        let to = iptables::Redirects {
+            tcp: now.vips(),
+            port,
+            udp: udp.as_ref().map(|u| u.reconcile(&now)).unwrap_or_default(),
+        };
+        match iptables::apply(&to).await {
             Ok(()) => {
-                let count = vips.iter().filter(|v| v.is_ipv4()).count();
-                log::info!("iptables: {count} service port(s) redirected to :{port}");
+                let count = to.rules();
+                log::info!(
+                    "iptables: {count} service port(s) redirected (TCP to :{port}, {} UDP)",
+                    to.udp.len()
+                );
                 installed = Some(count);
             }
             Err(e) => log::error!("{e}"),

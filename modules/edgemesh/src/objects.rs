@@ -22,7 +22,7 @@ pub struct Service {
     pub ip: IpAddr,
     /// Its edgemesh annotations, boxed since most Services have none.
     pub annotations: Option<Box<Annotations>>,
-    /// Its TCP ports (other protocols are not proxied).
+    /// Its TCP and UDP ports (SCTP is not proxied).
     pub ports: Vec<ServicePort>,
     /// Which endpoints a node may send to, from Kubernetes' own fields.
     pub topology: Topology,
@@ -65,6 +65,8 @@ pub struct Annotations {
     pub qps: Option<String>,
     /// `edgemesh.io/circuit-breaker`.
     pub breaker: Option<String>,
+    /// `edgemesh.io/udp-idle-timeout`.
+    pub udp_idle_timeout: Option<String>,
 }
 
 /// What a Service without edgemesh annotations has.
@@ -73,9 +75,10 @@ static NO_ANNOTATIONS: Annotations = Annotations {
     hash_key: None,
     qps: None,
     breaker: None,
+    udp_idle_timeout: None,
 };
 
-/// One TCP port of a Service.
+/// One TCP or UDP port of a Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
     /// The port's name (may be empty).
@@ -84,6 +87,8 @@ pub struct ServicePort {
     pub port: u16,
     /// `appProtocol` names something other than HTTP: relay as bytes without looking.
     pub opaque: bool,
+    /// A UDP port (`protocol: UDP`); TCP otherwise.
+    pub udp: bool,
 }
 
 impl Service {
@@ -106,9 +111,11 @@ impl Service {
             .flatten()
             .filter_map(|port| {
                 let number = port["port"].as_u64().and_then(|p| u16::try_from(p).ok())?;
-                if port["protocol"].as_str().unwrap_or("TCP") != "TCP" {
-                    return None;
-                }
+                let udp = match port["protocol"].as_str().unwrap_or("TCP") {
+                    "TCP" => false,
+                    "UDP" => true,
+                    _ => return None,
+                };
                 let opaque = port["appProtocol"].as_str().is_some_and(|p| {
                     !matches!(
                         p.to_ascii_lowercase().as_str(),
@@ -124,6 +131,7 @@ impl Service {
                     name: port["name"].as_str().unwrap_or_default().to_owned(),
                     port: number,
                     opaque,
+                    udp,
                 })
             })
             .collect();
@@ -132,6 +140,7 @@ impl Service {
             hash_key: annotation(HASH_KEY_ANNOTATION),
             qps: annotation(QPS_ANNOTATION),
             breaker: annotation(BREAKER_ANNOTATION),
+            udp_idle_timeout: annotation(crate::udp::IDLE_ANNOTATION),
         };
         Some(Service {
             topology: Topology::of(&svc["spec"]),
@@ -240,8 +249,15 @@ mod tests {
         assert_eq!((svc.namespace.as_str(), svc.name.as_str()), ("shop", "web"));
         assert_eq!(svc.annotations().qps.as_deref(), Some("10"));
         assert_eq!(svc.annotations().lb_strategy, None);
-        let ports: Vec<_> = svc.ports.iter().map(|p| (p.port, p.opaque)).collect();
-        assert_eq!(ports, [(80, false), (81, true)]);
+        let ports: Vec<_> = svc
+            .ports
+            .iter()
+            .map(|p| (p.port, p.opaque, p.udp))
+            .collect();
+        assert_eq!(
+            ports,
+            [(80, false, false), (81, true, false), (53, false, true)]
+        );
         let headless = json!({"metadata": {"name": "h", "namespace": "shop"},
             "spec": {"clusterIP": "None"}});
         assert_eq!(Service::parse(&headless), None);

@@ -886,6 +886,7 @@ pub mod fuzzing {
                     limiter: None,
                     breaker: crate::breaker::BreakerPolicy::default(),
                     stats: crate::metrics::Metrics::default().service("default/web"),
+                    udp_idle: None,
                 },
                 limits: Limits {
                     max_head,

@@ -129,6 +129,23 @@ impl Upstream {
         key: Option<&[u8]>,
         except: Option<SocketAddr>,
     ) -> Result<Lease<'t>> {
+        self.lease_where(target, key, except, |b| self.reachable(b))
+    }
+
+    /// [`Upstream::lease`] for a UDP flow: only endpoints this node sends datagrams to
+    /// itself (its own, or any with `remoteEndpoints: direct`), since datagrams do not
+    /// travel the tunnel yet.
+    pub fn lease_datagram<'t>(&self, target: &'t Target, key: Option<&[u8]>) -> Result<Lease<'t>> {
+        self.lease_where(target, key, None, |b| self.direct || self.is_local(b))
+    }
+
+    fn lease_where<'t>(
+        &self,
+        target: &'t Target,
+        key: Option<&[u8]>,
+        except: Option<SocketAddr>,
+        reachable: impl Fn(&Backend) -> bool,
+    ) -> Result<Lease<'t>> {
         let allowed = |b: &Backend| Some(b.addr) != except;
         let unreachable = |b: &'t Backend| Error::Remote {
             service: target.service.clone(),
@@ -136,12 +153,7 @@ impl Upstream {
             node: b.node.clone().unwrap_or_default(),
         };
         let pick = match target.topology {
-            Topology::All => choose(
-                target,
-                key,
-                |b| allowed(b) && self.reachable(b),
-                unreachable,
-            ),
+            Topology::All => choose(target, key, |b| allowed(b) && reachable(b), unreachable),
             Topology::Local => choose(
                 target,
                 key,
@@ -149,14 +161,8 @@ impl Upstream {
                 |_| Error::NotLocal(target.service.clone()),
             ),
             Topology::PreferClose => {
-                choose(target, key, |b| allowed(b) && self.is_local(b), unreachable).or_else(|_| {
-                    choose(
-                        target,
-                        key,
-                        |b| allowed(b) && self.reachable(b),
-                        unreachable,
-                    )
-                })
+                choose(target, key, |b| allowed(b) && self.is_local(b), unreachable)
+                    .or_else(|_| choose(target, key, |b| allowed(b) && reachable(b), unreachable))
             }
         }?;
         if self.is_local(pick.backend)
@@ -403,6 +409,7 @@ pub(crate) mod tests {
             limiter: None,
             breaker,
             stats: Metrics::default().service("default/web"),
+            udp_idle: None,
         }
     }
 

@@ -1,0 +1,225 @@
+//! UDP Services: datagrams to a ClusterIP:port are balanced per flow — a client address and
+//! a Service port — to one endpoint, kept while datagrams flow either way, and answered from
+//! the ClusterIP:port the client addressed.
+//!
+//! **Why a socket per Service port, and not TPROXY.** TCP interception redirects every
+//! Service port to one listener and asks each connection where it was going
+//! (`SO_ORIGINAL_DST`), but the kernel answers that for TCP and SCTP only, and a REDIRECTed
+//! datagram's `IP_ORIGDSTADDR` is the rewritten address. That leaves two ways to know a
+//! datagram's Service: TPROXY (the packet keeps its destination; needs the `xt_TPROXY`
+//! module, a policy-routing rule and table, and, for this host's own traffic, marking in
+//! OUTPUT and rerouting through `lo`; replies must be sent from the ClusterIP with
+//! `IP_TRANSPARENT`), or a listening socket per Service port, each with a nat REDIRECT of
+//! its own. This takes the second, as kube-proxy's userspace mode did: it needs nothing
+//! beyond the nat table the TCP path already uses, conntrack turns the replies' source
+//! back into the ClusterIP:port by itself, and it costs one descriptor per UDP Service port.
+//!
+//! Each flow has a connected socket towards its endpoint, so its replies are told apart
+//! from other flows' by the kernel; a flow is idle when no datagram went either way for
+//! its Service's idle time (`edgemesh.io/udp-idle-timeout`, else `udp.idleTimeoutMs`), and
+//! flows are capped over all Services (`udp.maxFlows`).
+
+mod flow;
+mod pktinfo;
+mod port;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::metrics::ServiceStats;
+use crate::upstream::Upstream;
+
+/// Annotation setting a Service's UDP flow idle time (`30s`, `500ms`, `2m`).
+pub const IDLE_ANNOTATION: &str = "edgemesh.io/udp-idle-timeout";
+
+/// Reads an idle time: a number with `ms`, `s`, `m` or `h`, between 100 ms and a day.
+pub fn parse_idle(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30s or 500ms"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{text:?}: unit must be ms, s, m or h")),
+    };
+    if !(Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) {
+        return Err(format!("{text:?} must be between 100ms and 24h"));
+    }
+    Ok(d)
+}
+
+/// What every UDP port's loop needs.
+pub(crate) struct Ports {
+    pub catalog: Arc<ArcSwap<Catalog>>,
+    pub upstream: Upstream,
+    pub default_idle: Duration,
+    pub budget: Arc<Budget>,
+    /// The label of datagrams for a port that left the catalog.
+    pub unknown: Arc<ServiceStats>,
+}
+
+/// The flow cap over all Services.
+#[derive(Debug)]
+pub struct Budget {
+    live: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    /// A cap of `max` flows.
+    pub fn new(max: usize) -> Self {
+        Budget {
+            live: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Flows live now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+}
+
+/// One flow's place under the cap, given back when dropped.
+struct Slot(Arc<Budget>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One Service port's listening socket.
+struct Listening {
+    port: u16,
+    stop: CancellationToken,
+}
+
+/// The UDP side of edgemesh: a listening socket per UDP Service port.
+pub struct UdpProxy {
+    ip: IpAddr,
+    ports: Arc<Ports>,
+    listening: Mutex<HashMap<SocketAddr, Listening>>,
+    stop: CancellationToken,
+}
+
+impl UdpProxy {
+    /// Listens on `ip` (the interception listener's address), one port per Service port.
+    pub(crate) fn new(ip: IpAddr, ports: Ports, stop: CancellationToken) -> Self {
+        UdpProxy {
+            ip,
+            ports: Arc::new(ports),
+            listening: Mutex::default(),
+            stop,
+        }
+    }
+
+    /// The flow cap and its count.
+    pub fn budget(&self) -> Arc<Budget> {
+        self.ports.budget.clone()
+    }
+
+    /// Opens a socket for every UDP Service port of `catalog` that has none and closes
+    /// those of ports it no longer has (their flows end with them); gives back where each
+    /// ClusterIP:port is to be redirected, for the rules.
+    pub fn reconcile(&self, catalog: &Catalog) -> Vec<(SocketAddr, u16)> {
+        let vips = catalog.udp_vips();
+        let mut listening = self.listening.lock().expect("udp ports poisoned");
+        listening.retain(|vip, l| {
+            let keep = vips.contains(vip);
+            if !keep {
+                l.stop.cancel();
+            }
+            keep
+        });
+        for vip in vips.iter().filter(|v| v.is_ipv4()) {
+            if listening.contains_key(vip) {
+                continue;
+            }
+            match self.open(*vip) {
+                Ok(l) => {
+                    listening.insert(*vip, l);
+                }
+                Err(e) => log::error!("udp: cannot listen for {vip}: {e}"),
+            }
+        }
+        let mut out: Vec<(SocketAddr, u16)> =
+            listening.iter().map(|(vip, l)| (*vip, l.port)).collect();
+        out.sort();
+        out
+    }
+
+    fn open(&self, vip: SocketAddr) -> std::io::Result<Listening> {
+        let std = std::net::UdpSocket::bind(SocketAddr::new(self.ip, 0))?;
+        std.set_nonblocking(true)?;
+        let socket = UdpSocket::from_std(std)?;
+        pktinfo::enable(&socket)?;
+        let port = socket.local_addr()?.port();
+        let stop = self.stop.child_token();
+        tokio::spawn(port::serve(
+            vip,
+            Arc::new(socket),
+            self.ports.clone(),
+            stop.clone(),
+        ));
+        log::debug!("udp: {vip} served on port {port}");
+        Ok(Listening { port, stop })
+    }
+}
+
+impl Drop for UdpProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_times_read_with_their_unit() {
+        assert_eq!(parse_idle("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_idle("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_idle("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_idle("10"), Ok(Duration::from_secs(10)));
+        for bad in ["", "x", "10d", "50ms", "25h", "-1s"] {
+            assert!(parse_idle(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_budget_caps_flows_and_frees_on_drop() {
+        let budget = Arc::new(Budget::new(2));
+        let a = budget.take().unwrap();
+        let _b = budget.take().unwrap();
+        assert!(budget.take().is_none());
+        drop(a);
+        assert_eq!(budget.live(), 1);
+        assert!(budget.take().is_some());
+    }
+}

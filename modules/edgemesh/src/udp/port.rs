@@ -1,0 +1,67 @@
+//! One UDP Service port: takes every datagram its REDIRECT brings, finds or starts the
+//! sender's flow and passes the datagram on to the flow's endpoint.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use super::Ports;
+use super::flow::{self, Flow};
+use super::pktinfo;
+use crate::metrics::Reason;
+
+/// The flows of one port, by client address.
+pub(super) type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
+
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
+/// Serves Service port `vip` on `socket` until `stop`.
+pub(super) async fn serve(
+    vip: SocketAddr,
+    socket: Arc<UdpSocket>,
+    ports: Arc<Ports>,
+    stop: CancellationToken,
+) {
+    static RECV: beehive::Throttle = beehive::Throttle::new(Duration::from_secs(10));
+    let flows: Flows = Arc::default();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut control = pktinfo::control_buffer();
+    loop {
+        let (n, client, local) = tokio::select! {
+            _ = stop.cancelled() => break,
+            got = pktinfo::recv(&socket, &mut buf, &mut control) => match got {
+                Ok(got) => got,
+                // A client's ICMP error lands here on some kernels; the port goes on.
+                Err(e) => {
+                    RECV.warn(format_args!("udp {vip}: receive: {e}"));
+                    continue;
+                }
+            },
+        };
+        let known = flows.lock().expect("flows poisoned").get(&client).cloned();
+        let flow = match known {
+            Some(flow) => flow,
+            None => match flow::start(vip, (client, local), &socket, &ports, &flows, &stop) {
+                Some(flow) => flow,
+                None => continue,
+            },
+        };
+        flow.forward(&buf[..n]).await;
+    }
+    // Flows end with their port (their tasks hold children of `stop`).
+    flows.lock().expect("flows poisoned").clear();
+}
+
+/// Counts a datagram dropped before it had a flow, under the Service it was for (or the
+/// unknown label).
+pub(super) fn dropped(ports: &Ports, vip: SocketAddr, reason: Reason) {
+    match ports.catalog.load().lookup_udp(vip) {
+        Some(target) => target.stats.error(reason),
+        None => ports.unknown.error(reason),
+    }
+}
