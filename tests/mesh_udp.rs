@@ -415,3 +415,97 @@ fn flood(ns: &Netns, dir: &Path, flows: usize) -> usize {
     assert!(out.status.success(), "{out:?}");
     stdout(&out).trim().parse().unwrap()
 }
+
+/// One datagram from a fixed source port, one reply awaited for a second; prints the reply
+/// or nothing.
+const ONESHOT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[3])))
+s.settimeout(1.0)
+s.sendto(b"again", (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recvfrom(65536)[0].decode(), flush=True)
+except socket.timeout:
+    pass
+"#;
+
+/// The redirect of the echo Service port: the port its rule sends datagrams to.
+fn echo_redirect(ns: &Netns) -> Option<String> {
+    let out = ns.output(&["iptables", "-t", "nat", "-S", "EDGE-MESH"]);
+    stdout(&out)
+        .lines()
+        .find(|l| l.contains("-p udp") && l.contains("10.96.9.7"))
+        .and_then(|l| l.split("--to-ports ").nth(1))
+        .map(|p| p.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_sending_is_served_again_after_a_restart() {
+    assert!(
+        is_root(),
+        "this test needs root for namespaces and iptables (CI runs as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create();
+    let script = dir.path().join("oneshot.py");
+    std::fs::write(&script, ONESHOT).unwrap();
+    let (echoes, _seen) = echo_servers(&ns.host_ip, 1).await;
+    let db = dir.path().join("edge.db");
+    common::mesh::store(
+        &db,
+        &[
+            (
+                "default/service/echo",
+                service("echo", "10.96.9.7", 7, json!({})),
+            ),
+            (
+                "default/endpoints/echo",
+                endpoints("echo", &echoes, "edge-t"),
+            ),
+        ],
+    )
+    .await;
+    // Always the same source port, as a syslog or metrics agent keeps.
+    let send = || {
+        let out = ns.output(&[
+            "python3",
+            script.to_str().unwrap(),
+            "10.96.9.7",
+            "7",
+            "40555",
+        ]);
+        stdout(&out).trim().to_owned()
+    };
+    let edgecore = start_edgecore(&ns, dir.path(), &db, "{}");
+    eventually("a UDP rule", || {
+        let r = echo_redirect(&ns);
+        async move { r.is_some() }
+    })
+    .await;
+    let first = echo_redirect(&ns).unwrap();
+    assert_eq!(send(), "0:again");
+    drop(edgecore);
+
+    // A new edgecore redirects the Service port to a new socket; the client's conntrack
+    // entry still names the old one until edgemesh forgets it.
+    let _edgecore = start_edgecore(&ns, dir.path(), &db, "{}");
+    eventually("the rule moved to the new socket", || {
+        let r = echo_redirect(&ns);
+        let first = first.clone();
+        async move { r.is_some_and(|r| r != first) }
+    })
+    .await;
+    let mut answer = String::new();
+    for _ in 0..5 {
+        answer = send();
+        if !answer.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        answer, "0:again",
+        "the same client address is served after the restart"
+    );
+}

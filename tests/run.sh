@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 TOOLS=(python3:python3 ip:iproute2 iptables:iptables iptables-restore:iptables curl:curl
        redis-server:redis-server redis-cli:redis-tools dig:bind9-dnsutils prlimit:util-linux
-       setpriv:util-linux dnsmasq:dnsmasq-base)
+       setpriv:util-linux dnsmasq:dnsmasq-base conntrack:conntrack)
 
 missing=()
 for entry in "${TOOLS[@]}"; do

@@ -29,6 +29,7 @@ pub mod breaker;
 pub mod bus_feed;
 pub mod catalog;
 pub mod config;
+pub mod conntrack;
 pub mod dns;
 pub mod drain;
 pub mod error;

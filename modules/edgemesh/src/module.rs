@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus_feed::BusFeed;
 use crate::catalog::{Catalog, Defaults, Kept};
 use crate::config::{EdgeMeshConfig, RemoteEndpoints, Source};
+use crate::conntrack;
 use crate::dns::{self, Dns};
 use crate::drain::{Drain, Settled};
 use crate::error::Error;
@@ -593,6 +594,27 @@ async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Forgets the tracked UDP flows of every Service port whose redirect is new or moved
+/// (see [`conntrack`]), so their next datagram reaches the socket that serves it now.
+async fn forget_moved(
+    udp: &[(SocketAddr, u16)],
+    last: &mut std::collections::HashMap<SocketAddr, u16>,
+) {
+    static MISSING: beehive::Throttle = beehive::Throttle::new(Duration::from_secs(3600));
+    for (vip, port) in udp {
+        if last.get(vip) == Some(port) {
+            continue;
+        }
+        if let Err(e) = conntrack::forget_udp(*vip).await {
+            MISSING.warn(format_args!(
+                "{e}: a UDP client that kept sending across a restart of edgemesh goes on \
+                 reaching the old port until it pauses for 30 s (install conntrack)"
+            ));
+        }
+    }
+    *last = udp.iter().copied().collect();
+}
+
 /// Installs the rules after each catalog change, repairs them when they go missing, and
 /// at the end removes the jumps to them (see [`iptables::unhook`]); true when rules were
 /// installed, so the chain is left for the caller to remove.
@@ -605,6 +627,8 @@ async fn keep_rules(
     stop: CancellationToken,
 ) -> bool {
     let mut installed: Option<usize> = None;
+    // Where each UDP Service port was last redirected to.
+    let mut udp_ports: std::collections::HashMap<SocketAddr, u16> = Default::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -632,6 +656,7 @@ async fn keep_rules(
                     to.udp.len()
                 );
                 installed = Some(count);
+                forget_moved(&to.udp, &mut udp_ports).await;
             }
             Err(e) => log::error!("{e}"),
         }
