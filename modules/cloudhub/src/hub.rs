@@ -213,7 +213,7 @@ impl Hub {
             .collect();
         self.object_sync
             .queued(prepared.iter().filter_map(|p| match &p.what {
-                What::Object(out) => Some((p.node.id.as_str(), p.rest.as_str(), &out.1)),
+                What::Object(_, change) => Some((p.node.id.as_str(), p.rest.as_str(), change)),
                 What::Direct(..) => None,
             }));
         for p in prepared {
@@ -252,7 +252,7 @@ impl Hub {
                     rv: msg.header.resource_version.clone(),
                     delete: msg.operation() == operation::DELETE,
                 };
-                What::Object(Box::new((text, change)))
+                What::Object(text, change)
             }
             frame => What::Direct(frame, msg.route.operation.clone()),
         };
@@ -264,8 +264,7 @@ impl Hub {
         {
             let mut queue = node.queue.lock().expect("queue poisoned");
             match what {
-                What::Object(object) => {
-                    let (text, change) = *object;
+                What::Object(text, change) => {
                     let out = Outgoing {
                         id: change.id,
                         text,
@@ -493,7 +492,7 @@ struct Prepared {
 
 enum What {
     /// An object change: its text and what it does to the node's holdings.
-    Object(Box<(Utf8Bytes, Change)>),
+    Object(Utf8Bytes, Change),
     /// A one-off frame (a reply), and its operation for the log.
     Direct(WsMessage, CompactString),
 }
