@@ -336,11 +336,20 @@ impl Controller {
             },
             operation::RESYNC => {
                 self.awaiting.remove(&node);
-                // The node's own report wins over cloudhub's record.
-                self.remembered.remove(&node);
+                // The node's own report wins over cloudhub's record, which only adds the
+                // paths the report lacks: objects queued for the node before its link
+                // dropped may still reach it after its report (cloudhub resends what was
+                // not ACKed), so one deleted at the source while the node was away must be
+                // deleted again here, or its queued insert would outlive the resync.
+                let remembered = self.remembered.remove(&node);
                 self.connected.insert(node.clone());
                 match msg.content.decode::<Map<String, Value>>() {
-                    Ok(digest) => self.resync(&node, Some(digest)).await,
+                    Ok(mut digest) => {
+                        for (path, _) in remembered.into_iter().flatten() {
+                            digest.entry(path).or_insert(Value::Null);
+                        }
+                        self.resync(&node, Some(digest)).await
+                    }
                     Err(e) => log::warn!("node {node} sent an unreadable holdings report: {e}"),
                 }
             }
@@ -415,8 +424,9 @@ impl Controller {
                 .map(|v| v.as_str());
             let op = match held {
                 Some(Some(rv)) if rv == obj.rv => None,
-                Some(_) => Some(operation::UPDATE),
-                None => Some(operation::INSERT),
+                Some(Some(_)) => Some(operation::UPDATE),
+                // Not reported (only maybe on its way, per cloudhub's record), or absent.
+                Some(None) | None => Some(operation::INSERT),
             };
             want.insert(path);
             if let Some(op) = op {
