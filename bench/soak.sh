@@ -79,7 +79,7 @@ services 0 > "$WORK/manifests/soak.yaml"
 cat > "$WORK/cloudcore.yaml" <<YAML
 health: {address: "127.0.0.1:10550"}
 modules:
-  cloudHub: {address: "$CLOUD_IP:10000", insecure: true}
+  cloudHub: {address: "$CLOUD_IP:10000", insecure: true, objectSyncDb: "$WORK/object-sync.db"}
   edgeController: {source: manifests, manifests: {dir: "$WORK/manifests"}}
 YAML
 for n in a b; do

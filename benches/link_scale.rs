@@ -91,6 +91,8 @@ async fn cloud(nodes: usize) -> Result<()> {
     config.modules.cloud_hub.node_limit = nodes.max(1);
     // The certificates are the bench's own (`--tls`), or the link is plain: no PKI folder.
     config.pki.dir = Default::default();
+    // cloudhub's record of what nodes hold in memory, as the bench keeps no state.
+    config.modules.cloud_hub.object_sync_db = Default::default();
     config.modules.cloud_hub.insecure = arg("--tls").is_none();
     if let Some(dir) = arg("--tls") {
         let dir = std::path::Path::new(&dir);

@@ -197,7 +197,8 @@ impl CloudCore {
         let hub_addr = listener
             .local_addr()
             .map_err(|e| Error::Io(e.to_string()))?;
-        let module = CloudHub::new(hub_cfg.clone(), listener, tls);
+        let module = CloudHub::new(hub_cfg.clone(), listener, tls)
+            .map_err(|e| Error::Io(format!("cloudhub: {e}")))?;
         let hub = module.hub();
         let mut registry = Registry::default();
         hub.refusals()

@@ -312,6 +312,7 @@ fn configs(dir: &Path, proxy: &str) -> (CloudCoreConfig, EdgeCoreConfig, EdgeCor
     // Secure like a real fleet: the demo's own CA, and each edge joins with a token.
     cloud.pki.dir = dir.join("cloud-pki");
     cloud.pki.address = "127.0.0.1:0".into();
+    cloud.modules.cloud_hub.object_sync_db = dir.join("object-sync.db");
     let controller = &mut cloud.modules.edge_controller;
     controller.source = SourceKind::Manifests;
     controller.manifests.dir = dir.join("manifests");

@@ -197,8 +197,8 @@ async fn a_full_disk_acks_nothing_uncommitted_and_recovers_without_a_restart() {
     let plain = cloud_yaml("127.0.0.1:0", &manifests, ", enable: false");
     // Short ACK timeouts so resends come every 800 ms once they stop doubling.
     let cloud_cfg = plain.replace(
-        "cloudHub: {address: \"127.0.0.1:0\", insecure: true}",
-        "cloudHub: {address: \"127.0.0.1:0\", insecure: true, ackTimeoutMs: 200, maxResends: 2}",
+        "cloudHub: {address: \"127.0.0.1:0\", insecure: true",
+        "cloudHub: {address: \"127.0.0.1:0\", insecure: true, ackTimeoutMs: 200, maxResends: 2",
     );
     assert_ne!(cloud_cfg, plain, "cloud_yaml changed shape");
     let cfg = dir.path().join("cloud.yaml");

@@ -68,10 +68,11 @@ impl Bed {
                 "health: {{address: \"127.0.0.1:0\"}}\n\
                  pki: {{dir: \"{}\", address: \"127.0.0.1:0\", serverNames: [localhost, 127.0.0.1], \
                  nodeCertSeconds: {seconds}}}\n\
-                 modules:\n  cloudHub: {{address: \"127.0.0.1:0\"}}\n  \
+                 modules:\n  cloudHub: {{address: \"127.0.0.1:0\", objectSyncDb: \"{}\"}}\n  \
                  edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}}}\n  \
                  edgeMesh: {{enable: false}}\n",
                 dir.path().join("pki").display(),
+                dir.path().join("object-sync.db").display(),
                 manifests.display()
             ),
         )

@@ -25,6 +25,11 @@ pub mod operation {
     /// `{"<ns>/<type>/<name>": "<resourceVersion>", ...}`. The cloud answers with the inserts,
     /// updates and deletes that make the edge hold exactly what it should.
     pub const RESYNC: &str = "resync";
+    /// Ours, cloudhub → edgecontroller right after a node's `node_connected`: what the
+    /// node was sent and may hold, per cloudhub's record (KubeEdge's ObjectSync), as the
+    /// same `{"<ns>/<type>/<name>": "<resourceVersion>"}` map (`""`: version unknown). Sent
+    /// only for nodes the record knows; resource `node/<nodeID>`.
+    pub const SYNCED: &str = "synced";
 }
 
 /// The cloud link state change edgehub publishes, as KubeEdge shapes it: resource

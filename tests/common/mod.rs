@@ -153,6 +153,8 @@ pub fn cloud_config(address: &str) -> CloudCoreConfig {
     // Plain ws:// unless a test sets TLS up (then it clears `insecure`); no PKI folder.
     config.modules.cloud_hub.insecure = true;
     config.pki.dir = Default::default();
+    // cloudhub's record of what nodes hold stays in memory.
+    config.modules.cloud_hub.object_sync_db = Default::default();
     // The stand-in takes edgecontroller's place.
     config.modules.edge_controller.enable = false;
     config

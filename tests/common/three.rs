@@ -112,13 +112,18 @@ pub fn write_manifests(dir: &Path, objects: &[Value]) {
 }
 
 /// cloudcore's config: cloudhub on `hub` (say 127.0.0.1:0), manifests from `manifests`,
-/// the cloud's explicit proxy on.
+/// its record of what nodes hold next to that folder, the cloud's explicit proxy on.
 pub fn cloud_yaml(hub: &str, manifests: &Path, extra_mesh: &str) -> String {
+    let record = manifests
+        .parent()
+        .unwrap_or(manifests)
+        .join("object-sync.db");
     format!(
         "health: {{address: \"127.0.0.1:0\"}}\n\
-         modules:\n  cloudHub: {{address: \"{hub}\", insecure: true}}\n  \
+         modules:\n  cloudHub: {{address: \"{hub}\", insecure: true, objectSyncDb: \"{}\"}}\n  \
          edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}}}\n  \
          edgeMesh: {{proxyListen: \"127.0.0.1:0\"{extra_mesh}}}\n",
+        record.display(),
         manifests.display()
     )
 }

@@ -73,6 +73,11 @@ pub struct CloudHubConfig {
     /// Tunnel streams one node's link may carry at once; opens beyond it are reset
     /// `too_many_streams`.
     pub max_streams_per_node: usize,
+    /// SQLite file recording what each node was sent and ACKed, kept across restarts (as
+    /// KubeEdge's ObjectSync), so a node that reports no holdings on connect (a KubeEdge
+    /// edgecore) still gets exact deletes. Its folder is created 0700. Empty: kept in
+    /// memory only (tests).
+    pub object_sync_db: PathBuf,
 }
 
 impl Default for CloudHubConfig {
@@ -91,6 +96,7 @@ impl Default for CloudHubConfig {
             handshake_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
             max_streams_per_node: 4096,
+            object_sync_db: "/var/lib/edgemesh/cloudcore/object-sync.db".into(),
         }
     }
 }

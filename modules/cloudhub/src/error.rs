@@ -24,6 +24,14 @@ pub enum Error {
     /// rustls refused the TLS settings.
     #[error("TLS settings: {0}")]
     Tls(#[from] rustls::Error),
+    /// The record of what nodes hold (`objectSyncDb`) could not be opened.
+    #[error("object sync record {path}: {reason}")]
+    ObjectSync {
+        /// The file (or its folder).
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A socket failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),

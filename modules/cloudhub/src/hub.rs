@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CloudHubConfig;
+use crate::object_sync::{Change, ObjectSync};
 use crate::queue::{NodeQueue, Outgoing};
 use crate::refusal::Refusals;
 use crate::router::{PortKey, PortTx, Router, StreamStats};
@@ -93,13 +94,15 @@ pub struct Hub {
     router: Mutex<Router>,
     refusals: Refusals,
     revocation: OnceLock<RevocationCheck>,
+    /// What each node may hold, across restarts.
+    object_sync: ObjectSync,
     /// Parent of every session's cancel token: cancelled at shutdown.
     pub(crate) shutdown: CancellationToken,
 }
 
 impl Hub {
-    /// A hub with no nodes yet.
-    pub fn new(config: CloudHubConfig) -> Arc<Self> {
+    /// A hub with no nodes yet, recording what nodes hold in `object_sync`.
+    pub fn new(config: CloudHubConfig, object_sync: ObjectSync) -> Arc<Self> {
         Arc::new(Hub {
             ctx: OnceLock::new(),
             codec: FrameCodec::new(config.max_frame_len),
@@ -115,6 +118,7 @@ impl Hub {
             generations: AtomicU64::new(0),
             refusals: Refusals::default(),
             revocation: OnceLock::new(),
+            object_sync,
             shutdown: CancellationToken::new(),
         })
     }
@@ -137,6 +141,11 @@ impl Hub {
     /// Connections turned away, by reason (register them for `/metrics`).
     pub fn refusals(&self) -> &Refusals {
         &self.refusals
+    }
+
+    /// The record of what each node may hold.
+    pub fn object_sync(&self) -> &ObjectSync {
+        &self.object_sync
     }
 
     pub(crate) fn config(&self) -> &CloudHubConfig {
@@ -186,19 +195,41 @@ impl Hub {
     /// Takes a message from the bus (resource `node/<id>/...`) into that node's queue.
     /// Object changes are queued for reliable delivery; anything else (replies) goes out
     /// once, and only to a connected node.
-    pub fn deliver(&self, mut msg: Message) {
-        self.deliver_inner(&mut msg);
-        self.delivered.fetch_add(1, Ordering::Relaxed);
+    pub fn deliver(&self, msg: Message) {
+        self.deliver_all(std::iter::once(msg));
     }
 
-    fn deliver_inner(&self, msg: &mut Message) {
+    /// [`Hub::deliver`] for a batch: what the batch does to nodes' holdings is recorded in
+    /// one transaction, committed before any of its messages is queued (so none leaves
+    /// before its row is written).
+    pub fn deliver_all(&self, msgs: impl IntoIterator<Item = Message>) {
+        let mut count = 0u64;
+        let prepared: Vec<Prepared> = msgs
+            .into_iter()
+            .filter_map(|mut msg| {
+                count += 1;
+                self.prepare(&mut msg)
+            })
+            .collect();
+        self.object_sync
+            .queued(prepared.iter().filter_map(|p| match &p.what {
+                What::Object(_, change) => Some((p.node.id.as_str(), p.rest.as_str(), change)),
+                What::Direct(..) => None,
+            }));
+        for p in prepared {
+            self.push(p);
+        }
+        self.delivered.fetch_add(count, Ordering::Relaxed);
+    }
+
+    fn prepare(&self, msg: &mut Message) -> Option<Prepared> {
         let Some((node_id, rest)) = split_node(msg.resource()) else {
             log::warn!(
                 "dropping {} for {:?}: the resource must start with node/<nodeID>/",
                 msg.operation(),
                 msg.resource()
             );
-            return;
+            return None;
         };
         let node = self.node(node_id);
         let rest: CompactString = rest.into();
@@ -207,27 +238,46 @@ impl Hub {
             Ok(frame) => frame,
             Err(e) => {
                 log::error!("cannot encode {} for node {}: {e}", rest, node.id);
-                return;
+                return None;
             }
         };
         let reliable = matches!(
             msg.operation(),
             operation::INSERT | operation::UPDATE | operation::DELETE
         ) && !rest.is_empty();
+        let what = match frame {
+            WsMessage::Text(text) if reliable => {
+                let change = Change {
+                    id: msg.header.id.clone(),
+                    rv: msg.header.resource_version.clone(),
+                    delete: msg.operation() == operation::DELETE,
+                };
+                What::Object(text, change)
+            }
+            frame => What::Direct(frame, msg.route.operation.clone()),
+        };
+        Some(Prepared { node, rest, what })
+    }
+
+    fn push(&self, p: Prepared) {
+        let Prepared { node, rest, what } = p;
         {
             let mut queue = node.queue.lock().expect("queue poisoned");
-            if reliable && let WsMessage::Text(text) = frame {
-                let id = msg.header.id.clone();
-                queue.push(rest, Outgoing { id, text });
-            } else if self.is_connected(&node) {
-                queue.push_direct(frame);
-            } else {
-                log::debug!(
-                    "node {} is away: dropping a {} for {rest}",
-                    node.id,
-                    msg.route.operation
-                );
-                return;
+            match what {
+                What::Object(text, change) => {
+                    let out = Outgoing {
+                        id: change.id,
+                        text,
+                        rv: change.rv,
+                        delete: change.delete,
+                    };
+                    queue.push(rest, out);
+                }
+                What::Direct(frame, _) if self.is_connected(&node) => queue.push_direct(frame),
+                What::Direct(_, op) => {
+                    log::debug!("node {} is away: dropping a {op} for {rest}", node.id);
+                    return;
+                }
             }
         }
         node.wake.notify_one();
@@ -339,6 +389,22 @@ impl Hub {
             format_compact!("node/{node_id}"),
         );
         self.upstream(Message::new(route, content)).await;
+        if up && let Some(held) = self.object_sync.held(node_id) {
+            // What the node was sent and may hold, for edgecontroller to resync from when
+            // the node itself reports nothing (a KubeEdge edgecore never does).
+            let route = Route::new(
+                crate::MODULE,
+                proto::group::RESOURCE,
+                operation::SYNCED,
+                format_compact!("node/{node_id}"),
+            );
+            match proto::Content::from_serialize(&held) {
+                Ok(content) => {
+                    self.upstream(Message::new(route, content)).await;
+                }
+                Err(e) => log::warn!("cannot hand node {node_id}'s record on: {e}"),
+            }
+        }
     }
 
     /// Handles one message a node sent up: keepalives refresh (the caller already did),
@@ -349,10 +415,21 @@ impl Hub {
             operation::KEEPALIVE => return,
             operation::RESPONSE | operation::ERROR => {
                 if let Some(parent) = msg.parent_id()
-                    && let Some(key) = node.queue.lock().expect("queue poisoned").ack(parent)
+                    && let Some((key, out)) = node.queue.lock().expect("queue poisoned").ack(parent)
                 {
                     self.acked.fetch_add(1, Ordering::Relaxed);
                     log::debug!("node {} ACKed {key}", node.id);
+                    // A refusal settles the queue but is no ACK of holdings: the node may
+                    // still hold an older version (or the object it refused to delete),
+                    // so the record keeps what it had.
+                    if msg.operation() == operation::RESPONSE {
+                        let change = Change {
+                            id: out.id,
+                            rv: out.rv,
+                            delete: out.delete,
+                        };
+                        self.object_sync.acked(&node.id, &key, change);
+                    }
                     if msg.operation() == operation::ERROR {
                         log::warn!(
                             "node {} refused {}: {}",
@@ -404,6 +481,20 @@ impl Hub {
             }
         }
     }
+}
+
+/// A message from the bus, checked and encoded, ready for its node's queue.
+struct Prepared {
+    node: Arc<Node>,
+    rest: CompactString,
+    what: What,
+}
+
+enum What {
+    /// An object change: its text and what it does to the node's holdings.
+    Object(Utf8Bytes, Change),
+    /// A one-off frame (a reply), and its operation for the log.
+    Direct(WsMessage, CompactString),
 }
 
 /// Stream payloads (group `mesh`, byte content) go as binary frames, everything else as
@@ -461,10 +552,13 @@ mod tests {
 
     #[tokio::test]
     async fn node_limit_counts_nodes_not_connections() {
-        let hub = Hub::new(CloudHubConfig {
-            node_limit: 1,
-            ..Default::default()
-        });
+        let hub = Hub::new(
+            CloudHubConfig {
+                node_limit: 1,
+                ..Default::default()
+            },
+            ObjectSync::open(std::path::Path::new("")).unwrap(),
+        );
         let first = hub.attach("a").unwrap();
         let again = hub.attach("a").expect("a replacement is not a new node");
         assert!(first.cancel.is_cancelled());

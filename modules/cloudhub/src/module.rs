@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::config::CloudHubConfig;
 use crate::hub::Hub;
+use crate::object_sync::ObjectSync;
 use crate::server;
 use proto::stream::{Carriage, MESH_LANE};
 
@@ -30,18 +31,19 @@ pub struct CloudHub {
 
 impl CloudHub {
     /// A module serving on `listener`, with TLS (client certificates required) when `tls`
-    /// is given.
+    /// is given. Fails when the record of what nodes hold (`objectSyncDb`) cannot be opened.
     pub fn new(
         config: CloudHubConfig,
         listener: TcpListener,
         tls: Option<Arc<ServerConfig>>,
-    ) -> Self {
-        CloudHub {
-            hub: Hub::new(config.clone()),
+    ) -> crate::Result<Self> {
+        let record = ObjectSync::open(&config.object_sync_db)?;
+        Ok(CloudHub {
+            hub: Hub::new(config.clone(), record),
             config,
             listener,
             tls,
-        }
+        })
     }
 
     /// The shared state, for stats.
@@ -78,18 +80,35 @@ impl Module for CloudHub {
             stop.child_token(),
         ));
         let cloud_mesh = tokio::spawn(serve_cloud_mesh(ctx.clone(), this.hub.clone()));
+        let flushing = tokio::spawn(flush_acks(this.hub.clone(), stop.clone()));
         let mut batch = Vec::with_capacity(256);
         while ctx.receive_many(MODULE, &mut batch, 256).await.is_ok() {
-            for msg in batch.drain(..) {
-                this.hub.deliver(msg);
-            }
+            this.hub.deliver_all(batch.drain(..));
         }
         // Closing every session tells each node why its link ends.
         stop.cancel();
         let _ = serving.await;
         cloud_mesh.abort();
+        let _ = flushing.await;
+        this.hub.object_sync().flush();
         this.hub.detach_cloud("cloudcore is shutting down");
         Ok(())
+    }
+}
+
+/// How long ACKs wait in memory before they are written (when no delivery writes them
+/// first). Losing them in a crash only makes the record less precise, never wrong.
+const ACK_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Writes buffered ACKs to the record now and then, until shutdown.
+async fn flush_acks(hub: Arc<Hub>, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(ACK_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => hub.object_sync().flush(),
+        }
     }
 }
 

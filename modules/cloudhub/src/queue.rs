@@ -30,6 +30,10 @@ pub struct Outgoing {
     pub id: MsgId,
     /// The serialized message.
     pub text: Utf8Bytes,
+    /// The object's resourceVersion in it, recorded when the node ACKs it.
+    pub rv: CompactString,
+    /// True for a delete.
+    pub delete: bool,
 }
 
 #[derive(Debug)]
@@ -91,16 +95,17 @@ impl NodeQueue {
         self.direct.push_back(frame);
     }
 
-    /// Marks the object whose message had id `parent` as delivered, and names it. `None`
-    /// when no message in flight has that id (an ACK of a superseded version, or a
-    /// duplicate).
-    pub fn ack(&mut self, parent: &MsgId) -> Option<CompactString> {
+    /// Marks the object whose message had id `parent` as delivered, and gives back its key
+    /// and that message. `None` when no message in flight has that id (an ACK of a
+    /// superseded version, or a duplicate).
+    pub fn ack(&mut self, parent: &MsgId) -> Option<(CompactString, Outgoing)> {
         let key = self.by_id.remove(parent)?;
-        self.inflight.remove(&key);
+        let entry = self.inflight.remove(&key);
         if self.inflight.is_empty() && self.pending.is_empty() {
             self.shrink();
         }
-        Some(key)
+        // by_id and inflight change together, so the entry is there.
+        Some((key, entry?.out))
     }
 
     /// Gives back what a burst (a node's full resync) grew the collections to, so an idle
@@ -230,6 +235,8 @@ mod tests {
         Outgoing {
             id: MsgId::from(id),
             text: Utf8Bytes::from(id.to_owned()),
+            rv: id.into(),
+            delete: false,
         }
     }
 
@@ -329,6 +336,9 @@ mod tests {
             ["a2"],
             "only the newest is resent"
         );
+        // The ACK gives back the message it settles, for the record of holdings.
+        let (key, acked) = q.ack(&MsgId::from("a2")).expect("in flight");
+        assert_eq!((key.as_str(), acked.rv.as_str()), ("ns/service/a", "a2"));
     }
 
     #[test]

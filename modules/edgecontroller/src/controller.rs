@@ -95,6 +95,7 @@ impl Module for EdgeController {
             connected: BTreeSet::new(),
             edge_nodes: BTreeSet::new(),
             awaiting: HashMap::new(),
+            remembered: HashMap::new(),
             next_token: 0,
             refusals: self.refusals,
         };
@@ -134,6 +135,9 @@ struct Controller {
     edge_nodes: BTreeSet<String>,
     /// Nodes whose holdings report is awaited, with the token of the wait.
     awaiting: HashMap<String, u64>,
+    /// What cloudhub's record says each connected node may hold (`synced`), used when the
+    /// node sends no holdings report of its own (a KubeEdge edgecore never does).
+    remembered: HashMap<String, Map<String, Value>>,
     next_token: u64,
     refusals: Refusals,
 }
@@ -305,6 +309,8 @@ impl Controller {
         match msg.operation() {
             operation::CONNECT if msg.content.as_str() == Some(connection::NODE_CONNECTED) => {
                 self.connected.insert(node.clone());
+                // A `synced` for this connection, if any, follows.
+                self.remembered.remove(&node);
                 let token = self.next_token;
                 self.next_token += 1;
                 self.awaiting.insert(node.clone(), token);
@@ -327,12 +333,30 @@ impl Controller {
             operation::CONNECT if msg.content.as_str() == Some(connection::NODE_DISCONNECTED) => {
                 self.connected.remove(&node);
                 self.awaiting.remove(&node);
+                self.remembered.remove(&node);
             }
+            operation::SYNCED => match msg.content.decode::<Map<String, Value>>() {
+                Ok(held) => {
+                    self.remembered.insert(node, held);
+                }
+                Err(e) => log::warn!("cloudhub's record of node {node} is unreadable: {e}"),
+            },
             operation::RESYNC => {
                 self.awaiting.remove(&node);
+                // The node's own report wins over cloudhub's record, which only adds the
+                // paths the report lacks: objects queued for the node before its link
+                // dropped may still reach it after its report (cloudhub resends what was
+                // not ACKed), so one deleted at the source while the node was away must be
+                // deleted again here, or its queued insert would outlive the resync.
+                let remembered = self.remembered.remove(&node);
                 self.connected.insert(node.clone());
                 match msg.content.decode::<Map<String, Value>>() {
-                    Ok(digest) => self.resync(&node, Some(digest)).await,
+                    Ok(mut digest) => {
+                        for (path, _) in remembered.into_iter().flatten() {
+                            digest.entry(path).or_insert(Value::Null);
+                        }
+                        self.resync(&node, Some(digest)).await
+                    }
                     Err(e) => log::warn!("node {node} sent an unreadable holdings report: {e}"),
                 }
             }
@@ -340,8 +364,19 @@ impl Controller {
                 let token = msg.content.decode::<u64>().ok();
                 if token.is_some() && self.awaiting.get(&node) == token.as_ref() {
                     self.awaiting.remove(&node);
-                    log::info!("node {node} reported no holdings: sending it everything");
-                    self.resync(&node, None).await;
+                    match self.remembered.remove(&node) {
+                        Some(held) => {
+                            log::info!(
+                                "node {node} sent no report: resyncing from what it ACKed ({} objects)",
+                                held.len()
+                            );
+                            self.resync(&node, Some(held)).await;
+                        }
+                        None => {
+                            log::info!("node {node} reported no holdings: sending it everything");
+                            self.resync(&node, None).await;
+                        }
+                    }
                 }
             }
             operation::QUERY => {
@@ -403,8 +438,9 @@ impl Controller {
                 .map(|v| v.as_str());
             let op = match held {
                 Some(Some(rv)) if rv == obj.rv => None,
-                Some(_) => Some(operation::UPDATE),
-                None => Some(operation::INSERT),
+                Some(Some(_)) => Some(operation::UPDATE),
+                // Not reported (only maybe on its way, per cloudhub's record), or absent.
+                Some(None) | None => Some(operation::INSERT),
             };
             want.insert(path);
             if let Some(op) = op {
