@@ -504,6 +504,7 @@ impl Module for EdgeMesh {
         let udp = (this.config.iptables && this.config.udp.enable).then(|| {
             Arc::new(UdpProxy::new(
                 addr.ip(),
+                workers,
                 udp::Ports {
                     catalog: this.catalog.clone(),
                     upstream: this.shared().upstream,

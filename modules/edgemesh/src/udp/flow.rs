@@ -41,16 +41,19 @@ impl Flow {
         Duration::from_millis(now.saturating_sub(self.last.load(Ordering::Relaxed)))
     }
 
-    /// Sends a client's datagram to the endpoint.
-    pub(super) async fn forward(&self, datagram: &[u8]) {
+    /// Sends a client's datagram to the endpoint, without waiting: a full socket buffer
+    /// loses it, as a full link would.
+    pub(super) fn forward(&self, datagram: &[u8]) {
         self.touch();
-        match self.upstream.send(datagram).await {
+        // Straight to the socket: tokio's `try_send` answers WouldBlock until its reactor
+        // has seen the new socket writable, which would lose every flow's first datagram.
+        match socket2::SockRef::from(&self.upstream).send(datagram) {
             Ok(n) => {
                 self.stats.datagrams_sent.inc();
                 self.stats.bytes_sent.inc_by(n as u64);
             }
-            // The endpoint's ICMP "port unreachable" from an earlier datagram, or a local
-            // error: this datagram is lost, as it would be on the wire.
+            // The endpoint's ICMP "port unreachable" from an earlier datagram, a full
+            // buffer, or a local error: this datagram is lost.
             Err(_) => self.stats.error(Reason::upstream),
         }
     }

@@ -122,16 +122,19 @@ struct Listening {
 /// The UDP side of edgemesh: a listening socket per UDP Service port.
 pub struct UdpProxy {
     ip: IpAddr,
+    readers: usize,
     ports: Arc<Ports>,
     listening: Mutex<HashMap<SocketAddr, Listening>>,
     stop: CancellationToken,
 }
 
 impl UdpProxy {
-    /// Listens on `ip` (the interception listener's address), one port per Service port.
-    pub(crate) fn new(ip: IpAddr, ports: Ports, stop: CancellationToken) -> Self {
+    /// Listens on `ip` (the interception listener's address), one port per Service port,
+    /// read by `readers` sockets.
+    pub(crate) fn new(ip: IpAddr, readers: usize, ports: Ports, stop: CancellationToken) -> Self {
         UdpProxy {
             ip,
+            readers: readers.max(1),
             ports: Arc::new(ports),
             listening: Mutex::default(),
             stop,
@@ -173,22 +176,44 @@ impl UdpProxy {
         out
     }
 
+    /// Opens `readers` sockets on one new port (`SO_REUSEPORT`), each read by a task of
+    /// its own, so a busy Service port is read on every core. The kernel sends a client
+    /// address's datagrams always to the same socket, so each socket keeps its own flows.
     fn open(&self, vip: SocketAddr) -> std::io::Result<Listening> {
-        let std = std::net::UdpSocket::bind(SocketAddr::new(self.ip, 0))?;
-        std.set_nonblocking(true)?;
-        let socket = UdpSocket::from_std(std)?;
-        pktinfo::enable(&socket)?;
-        let port = socket.local_addr()?.port();
+        let mut sockets = vec![reuse_port_socket(SocketAddr::new(self.ip, 0))?];
+        let bound = sockets[0].local_addr()?;
+        for _ in 1..self.readers {
+            sockets.push(reuse_port_socket(bound)?);
+        }
         let stop = self.stop.child_token();
-        tokio::spawn(port::serve(
-            vip,
-            Arc::new(socket),
-            self.ports.clone(),
-            stop.clone(),
-        ));
-        log::debug!("udp: {vip} served on port {port}");
-        Ok(Listening { port, stop })
+        for socket in sockets {
+            let socket = UdpSocket::from_std(socket)?;
+            pktinfo::enable(&socket)?;
+            tokio::spawn(port::serve(
+                vip,
+                Arc::new(socket),
+                self.ports.clone(),
+                stop.clone(),
+            ));
+        }
+        log::debug!("udp: {vip} served on port {}", bound.port());
+        Ok(Listening {
+            port: bound.port(),
+            stop,
+        })
     }
+}
+
+fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 impl Drop for UdpProxy {

@@ -78,7 +78,7 @@ pub(super) fn try_send(
     local: Option<Ipv4Addr>,
 ) -> io::Result<usize> {
     let SocketAddr::V4(to) = to else {
-        return socket.try_send_to(datagram, to);
+        return socket2::SockRef::from(socket).send_to(datagram, &to.into());
     };
     let dest = SockaddrIn::from(to);
     let info = local.map(|ip| libc::in_pktinfo {
@@ -88,16 +88,16 @@ pub(super) fn try_send(
         },
         ipi_addr: libc::in_addr { s_addr: 0 },
     });
-    socket.try_io(Interest::WRITABLE, || {
-        let iov = [IoSlice::new(datagram)];
-        let cmsg = info.as_ref().map(ControlMessage::Ipv4PacketInfo);
-        sendmsg(
-            socket.as_raw_fd(),
-            &iov,
-            cmsg.as_slice(),
-            MsgFlags::empty(),
-            Some(&dest),
-        )
-        .map_err(io::Error::from)
-    })
+    // Straight to the (non-blocking) socket, not through tokio's readiness: nothing waits
+    // here for room, and the kernel says when there is none.
+    let iov = [IoSlice::new(datagram)];
+    let cmsg = info.as_ref().map(ControlMessage::Ipv4PacketInfo);
+    sendmsg(
+        socket.as_raw_fd(),
+        &iov,
+        cmsg.as_slice(),
+        MsgFlags::empty(),
+        Some(&dest),
+    )
+    .map_err(io::Error::from)
 }

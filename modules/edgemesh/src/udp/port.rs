@@ -51,7 +51,7 @@ pub(super) async fn serve(
                 None => continue,
             },
         };
-        flow.forward(&buf[..n]).await;
+        flow.forward(&buf[..n]);
     }
     // Flows end with their port (their tasks hold children of `stop`).
     flows.lock().expect("flows poisoned").clear();
