@@ -114,6 +114,26 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// One echo server behind Service `echo` (10.96.9.7:7/UDP), stored in `db`.
+async fn one_echo_service(ns: &Netns, db: &Path) -> Seen {
+    let (echoes, seen) = echo_servers(&ns.host_ip, 1).await;
+    common::mesh::store(
+        db,
+        &[
+            (
+                "default/service/echo",
+                service("echo", "10.96.9.7", 7, json!({})),
+            ),
+            (
+                "default/endpoints/echo",
+                endpoints("echo", &echoes, "edge-t"),
+            ),
+        ],
+    )
+    .await;
+    seen
+}
+
 /// UDP rules in our chain inside `ns`.
 fn udp_rules(ns: &Netns) -> usize {
     let out = ns.output(&["iptables", "-t", "nat", "-S", "EDGE-MESH"]);
@@ -328,22 +348,8 @@ async fn a_flood_of_flows_past_the_cap_is_dropped_with_memory_bounded() {
     );
     let dir = tempfile::tempdir().unwrap();
     let ns = Netns::create();
-    let (echoes, _seen) = echo_servers(&ns.host_ip, 1).await;
     let db = dir.path().join("edge.db");
-    common::mesh::store(
-        &db,
-        &[
-            (
-                "default/service/echo",
-                service("echo", "10.96.9.7", 7, json!({})),
-            ),
-            (
-                "default/endpoints/echo",
-                endpoints("echo", &echoes, "edge-t"),
-            ),
-        ],
-    )
-    .await;
+    let _seen = one_echo_service(&ns, &db).await;
     let edgecore = start_edgecore(
         &ns,
         dir.path(),
@@ -451,22 +457,8 @@ async fn a_client_that_keeps_sending_is_served_again_after_a_restart() {
     let ns = Netns::create();
     let script = dir.path().join("oneshot.py");
     std::fs::write(&script, ONESHOT).unwrap();
-    let (echoes, _seen) = echo_servers(&ns.host_ip, 1).await;
     let db = dir.path().join("edge.db");
-    common::mesh::store(
-        &db,
-        &[
-            (
-                "default/service/echo",
-                service("echo", "10.96.9.7", 7, json!({})),
-            ),
-            (
-                "default/endpoints/echo",
-                endpoints("echo", &echoes, "edge-t"),
-            ),
-        ],
-    )
-    .await;
+    let _seen = one_echo_service(&ns, &db).await;
     // Always the same source port, as a syslog or metrics agent keeps.
     let send = || {
         let out = ns.output(&[
