@@ -26,8 +26,16 @@ use crate::state::State;
 pub struct Answer {
     /// The reply for the node.
     pub reply: Message,
-    /// Why something was refused (a `query_refusals_total` reason).
-    pub refused: Option<&'static str>,
+    /// What was refused, if anything.
+    pub refused: Option<Refusal>,
+}
+
+/// A refusal, for the log and the count.
+pub struct Refusal {
+    /// The `query_refusals_total` reason.
+    pub reason: &'static str,
+    /// Why, for people.
+    pub why: String,
 }
 
 /// What the asking node is to this cloudcore.
@@ -84,10 +92,13 @@ fn watch_sync(state: &State, asker: &Asker, msg: &Message) -> Answer {
         Err(e) => {
             // Nothing to name as failed: the edge cannot read this answer either, logs it
             // and sends its report again later (agent.go:192-212).
-            let content = json!(format!("unreadable watch Applications: {e}"));
+            let why = format!("unreadable watch Applications: {e}");
             return Answer {
-                reply: reply(msg, route, content),
-                refused: Some("bad_query"),
+                reply: reply(msg, route, json!(why)),
+                refused: Some(Refusal {
+                    reason: "bad_query",
+                    why,
+                }),
             };
         }
     };
@@ -100,8 +111,8 @@ fn watch_sync(state: &State, asker: &Asker, msg: &Message) -> Answer {
             let why = format!("{:?} in a watch report", app.verb);
             refuse("bad_query", Reason::BadRequest, why)
         };
-        if let (app, Some(reason)) = settle(app, verdict) {
-            refused = Some(reason);
+        if let (app, Some(refusal)) = settle(app, verdict) {
+            refused = Some(refusal);
             failed.insert(id, json!(app));
         }
     }
@@ -123,7 +134,7 @@ fn refuse<T>(
 }
 
 /// Fills in the answer: approved with its body, or rejected with its error.
-fn settle(mut app: Application, verdict: Verdict) -> (Application, Option<&'static str>) {
+fn settle(mut app: Application, verdict: Verdict) -> (Application, Option<Refusal>) {
     app.reason.clear();
     match verdict {
         Ok(body) => {
@@ -138,9 +149,10 @@ fn settle(mut app: Application, verdict: Verdict) -> (Application, Option<&'stat
             let (reason, status) = *refusal;
             app.status = Status::Rejected;
             app.reason = status.message.clone();
+            let why = status.message.clone();
             app.error = StatusError::new(status);
             app.resp_body.clear();
-            (app, Some(reason))
+            (app, Some(Refusal { reason, why }))
         }
     }
 }
@@ -297,7 +309,11 @@ mod tests {
             served: true,
         };
         let a = answer(&state(), &asker, "null", &msg);
-        (a.reply.content.decode().unwrap(), a.refused, a.reply)
+        (
+            a.reply.content.decode().unwrap(),
+            a.refused.map(|r| r.reason),
+            a.reply,
+        )
     }
 
     fn list(resource: &str, options: Value) -> Application {

@@ -490,10 +490,8 @@ impl Controller {
             served: self.serves(node),
         };
         let answer = applications::answer(&self.state, &asker, rest_of(node, msg), msg);
-        if let Some(reason) = answer.refused {
-            let why = proto::api_status::error_in(&answer_content(&answer.reply))
-                .unwrap_or_else(|| "some watches refused".into());
-            self.note_refusal(node, msg, reason, &why);
+        if let Some(refused) = &answer.refused {
+            self.note_refusal(node, msg, refused.reason, &refused.why);
         } else {
             log::debug!("node {node}: Application {} approved", msg.resource());
         }
@@ -504,10 +502,7 @@ impl Controller {
 
     /// The object or list a node asked for, or an error reply saying why not.
     fn answer(&self, node: &str, msg: &Message) -> Message {
-        let rest = msg
-            .resource()
-            .strip_prefix(&format!("node/{node}/"))
-            .unwrap_or_default();
+        let rest = rest_of(node, msg);
         let path = match ResourcePath::parse_edge(rest) {
             Ok(path) => path,
             Err(e) => return self.refuse(node, msg, "bad_query", format!("bad query: {e}")),
@@ -556,11 +551,6 @@ fn rest_of<'a>(node: &str, msg: &'a Message) -> &'a str {
         .and_then(|r| r.strip_prefix(node))
         .and_then(|r| r.strip_prefix('/'))
         .unwrap_or_default()
-}
-
-/// An answer's content as JSON (`null` for bytes).
-fn answer_content(reply: &Message) -> Value {
-    reply.content.decode::<Value>().unwrap_or(Value::Null)
 }
 
 /// What a change of `obj` carries: the object, for a delete too — its last state, as

@@ -13,7 +13,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::pktinfo;
-use super::port::{Flows, dropped};
+use super::port::Flows;
 use super::{Ports, Slot};
 use crate::metrics::{Active, Reason, ServiceStats};
 
@@ -74,7 +74,9 @@ pub(super) fn start(
     static REFUSED: beehive::Throttle = beehive::Throttle::new(Duration::from_secs(10));
     let catalog = ports.catalog.load();
     let Some(target) = catalog.lookup_udp(vip) else {
-        dropped(ports, vip, Reason::unknown_service);
+        // The port left the catalog (its socket closes soon): counted under the label of
+        // traffic no Service took.
+        ports.unknown.error(Reason::unknown_service);
         return None;
     };
     let Some(slot) = ports.budget.take() else {

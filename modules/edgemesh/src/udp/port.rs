@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use super::Ports;
 use super::flow::{self, Flow};
 use super::pktinfo;
-use crate::metrics::Reason;
 
 /// The flows of one port, by client address.
 pub(super) type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
@@ -55,13 +54,4 @@ pub(super) async fn serve(
     }
     // Flows end with their port (their tasks hold children of `stop`).
     flows.lock().expect("flows poisoned").clear();
-}
-
-/// Counts a datagram dropped before it had a flow, under the Service it was for (or the
-/// unknown label).
-pub(super) fn dropped(ports: &Ports, vip: SocketAddr, reason: Reason) {
-    match ports.catalog.load().lookup_udp(vip) {
-        Some(target) => target.stats.error(reason),
-        None => ports.unknown.error(reason),
-    }
 }
