@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use edgemesh::cloudcore::CloudCoreConfig;
 use futures_util::{SinkExt, StreamExt};
 use proto::{Message, Route, group, operation};
 use serde_json::Value;
@@ -16,15 +15,6 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-fn controller_cloud(manifests: &Path) -> CloudCoreConfig {
-    let mut config = cloud_config("127.0.0.1:0");
-    let ctl = &mut config.modules.edge_controller;
-    ctl.enable = true;
-    ctl.manifests.dir = manifests.to_owned();
-    ctl.manifests.poll_interval_ms = 100;
-    config
-}
 
 fn service_yaml(name: &str, ip: &str) -> String {
     format!(
@@ -43,23 +33,6 @@ fn write(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Reads the next message a raw node is sent and ACKs it.
-async fn ack_next(node: &mut WebSocketStream<TcpStream>) -> Message {
-    loop {
-        let frame = tokio::time::timeout(WAIT, node.next())
-            .await
-            .expect("a message in time")
-            .unwrap()
-            .unwrap();
-        if let WsMessage::Text(t) = frame {
-            let msg = Message::from_json(t.as_bytes()).unwrap();
-            let ack = Message::reply(&msg, "OK").to_json().unwrap();
-            node.send(WsMessage::Text(ack.into())).await.unwrap();
-            return msg;
-        }
-    }
 }
 
 /// Sends a query as a node's metamanager would and returns the cloud's reply to it.

@@ -121,12 +121,8 @@ async fn a_kubeedge_edge_is_answered_at_once_in_the_shapes_it_decodes() {
         ),
     )
     .unwrap();
-    let mut config = cloud_config("127.0.0.1:0");
-    let ctl = &mut config.modules.edge_controller;
-    ctl.enable = true;
-    ctl.manifests.dir = manifests.clone();
-    ctl.manifests.poll_interval_ms = 100;
-    ctl.resync_wait_ms = 300;
+    let mut config = controller_cloud(&manifests);
+    config.modules.edge_controller.resync_wait_ms = 300;
     let cloud = Cloud::start(config, HashMap::new()).await;
     let mut ws = kubeedge_edge(cloud.addr, "edge-1").await;
 

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::three::{Proc, cloud_yaml};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use proto::{Message, Route, group, operation};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -47,24 +47,6 @@ fn three_services(dir: &Path) -> std::path::PathBuf {
         );
     }
     manifests
-}
-
-/// The next object a node is sent (replies and binary frames skipped), ACKed as a KubeEdge
-/// edge ACKs: a `response` whose parent is the message.
-async fn ack_next(node: &mut Ws) -> Message {
-    loop {
-        let frame = tokio::time::timeout(WAIT, node.next())
-            .await
-            .expect("a message in time")
-            .expect("the link stays up")
-            .unwrap();
-        if let WsMessage::Text(t) = frame {
-            let msg = Message::from_json(t.as_bytes()).unwrap();
-            let ack = Message::reply(&msg, "OK").to_json().unwrap();
-            node.send(WsMessage::Text(ack.into())).await.unwrap();
-            return msg;
-        }
-    }
 }
 
 /// A node that reports holding nothing, as our edgehub does on connect.
@@ -215,12 +197,8 @@ async fn a_node_that_sends_no_report_gets_exact_deletes_after_a_cloudcore_kill()
 async fn a_node_that_sends_no_report_gets_exact_deletes_from_a_running_cloudcore() {
     let dir = tempfile::tempdir().unwrap();
     let manifests = three_services(dir.path());
-    let mut config = cloud_config("127.0.0.1:0");
-    let ctl = &mut config.modules.edge_controller;
-    ctl.enable = true;
-    ctl.manifests.dir = manifests.clone();
-    ctl.manifests.poll_interval_ms = 100;
-    ctl.resync_wait_ms = 300;
+    let mut config = controller_cloud(&manifests);
+    config.modules.edge_controller.resync_wait_ms = 300;
     let cloud = Cloud::start(config, HashMap::new()).await;
 
     let mut node = raw_node(cloud.addr, Some(NODE), Some("p")).await;

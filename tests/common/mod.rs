@@ -440,3 +440,34 @@ pub fn rss_kib(pid: u32) -> u64 {
 pub fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
+
+/// A cloudcore config whose edgecontroller reads the manifest folder `manifests`, polled
+/// every 100 ms.
+pub fn controller_cloud(manifests: &Path) -> CloudCoreConfig {
+    let mut config = cloud_config("127.0.0.1:0");
+    let ctl = &mut config.modules.edge_controller;
+    ctl.enable = true;
+    ctl.manifests.dir = manifests.to_owned();
+    ctl.manifests.poll_interval_ms = 100;
+    config
+}
+
+/// The next text message a raw node is sent, ACKed as our metamanager and a KubeEdge edge
+/// ACK it: a `response` whose parent is the message.
+pub async fn ack_next(node: &mut WebSocketStream<TcpStream>) -> Message {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    loop {
+        let frame = tokio::time::timeout(WAIT, node.next())
+            .await
+            .expect("a message in time")
+            .expect("the link stays up")
+            .unwrap();
+        if let WsMessage::Text(t) = frame {
+            let msg = Message::from_json(t.as_bytes()).unwrap();
+            let ack = Message::reply(&msg, "OK").to_json().unwrap();
+            node.send(WsMessage::Text(ack.into())).await.unwrap();
+            return msg;
+        }
+    }
+}
