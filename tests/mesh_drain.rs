@@ -120,30 +120,9 @@ fn service(name: &str, ip: &str, port: u16, app_protocol: Option<&str>) -> Value
 /// Starts an edgecore (metamanager + edgemesh, no cloud link) inside `ns` on `db`, with
 /// `drain_ms` of drain and a grace period longer than it.
 fn start_edgecore(ns: &Netns, dir: &Path, db: &Path, drain_ms: u64) -> Process {
-    let config = dir.join("edgecore.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "beehive: {{gracePeriodMs: {}}}\n\
-             health: {{address: \"127.0.0.1:10350\"}}\n\
-             modules:\n  \
-               edgeHub: {{enable: false, nodeId: edge-t}}\n  \
-               metaManager: {{dbPath: \"{}\", socketPath: \"{}\"}}\n  \
-               edgeMesh: {{listen: \"0.0.0.0:40001\", iptablesSyncMs: 200, drainTimeoutMs: {drain_ms}}}\n",
-            drain_ms + 30_000,
-            db.display(),
-            dir.join("mm.sock").display()
-        ),
-    )
-    .unwrap();
-    Process(ns.spawn(
-        &[
-            env!("CARGO_BIN_EXE_edgecore"),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &dir.join("edgecore.log"),
-    ))
+    let top = format!("beehive: {{gracePeriodMs: {}}}\n", drain_ms + 30_000);
+    let mesh = format!(", drainTimeoutMs: {drain_ms}");
+    common::mesh::edgecore_in(ns, dir, db, &top, &mesh)
 }
 
 fn stdout(out: &std::process::Output) -> String {

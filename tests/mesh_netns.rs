@@ -40,28 +40,8 @@ fn start_edgecore(ns: &Netns, dir: &Path, db: &Path) -> Process {
 }
 
 fn start_edgecore_with(ns: &Netns, dir: &Path, db: &Path, mesh: bool) -> Process {
-    let config = dir.join("edgecore.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "health: {{address: \"127.0.0.1:10350\"}}\n\
-             modules:\n  \
-               edgeHub: {{enable: false, nodeId: edge-t}}\n  \
-               metaManager: {{dbPath: \"{}\", socketPath: \"{}\"}}\n  \
-               edgeMesh: {{enable: {mesh}, listen: \"0.0.0.0:40001\", iptablesSyncMs: 200}}\n",
-            db.display(),
-            dir.join("mm.sock").display()
-        ),
-    )
-    .unwrap();
-    Process(ns.spawn(
-        &[
-            env!("CARGO_BIN_EXE_edgecore"),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &dir.join("edgecore.log"),
-    ))
+    let mesh = if mesh { "" } else { ", enable: false" };
+    common::mesh::edgecore_in(ns, dir, db, "", mesh)
 }
 
 /// Rules in our chain inside `ns`.

@@ -86,28 +86,7 @@ fn endpoints(name: &str, addrs: &[SocketAddr], node: &str) -> Value {
 }
 
 fn start_edgecore(ns: &Netns, dir: &Path, db: &Path, udp: &str) -> Process {
-    let config = dir.join("edgecore.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "health: {{address: \"127.0.0.1:10350\"}}\n\
-             modules:\n  \
-               edgeHub: {{enable: false, nodeId: edge-t}}\n  \
-               metaManager: {{dbPath: \"{}\", socketPath: \"{}\"}}\n  \
-               edgeMesh: {{listen: \"0.0.0.0:40001\", iptablesSyncMs: 200, udp: {udp}}}\n",
-            db.display(),
-            dir.join("mm.sock").display()
-        ),
-    )
-    .unwrap();
-    Process(ns.spawn(
-        &[
-            env!("CARGO_BIN_EXE_edgecore"),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &dir.join("edgecore.log"),
-    ))
+    common::mesh::edgecore_in(ns, dir, db, "", &format!(", udp: {udp}"))
 }
 
 fn stdout(out: &std::process::Output) -> String {

@@ -302,3 +302,38 @@ pub async fn paced_clients(
     }
     (per_client, started.elapsed())
 }
+
+/// Starts an edgecore process (metamanager and edgemesh with iptables, no cloud link,
+/// health on the namespace's 127.0.0.1:10350) inside `ns` on the store `db`, logging to
+/// `dir/edgecore.log`. `top` is YAML lines put first (say `beehive:`); `mesh` is more
+/// `edgeMesh:` settings, each starting with a comma.
+pub fn edgecore_in(
+    ns: &super::netns::Netns,
+    dir: &Path,
+    db: &Path,
+    top: &str,
+    mesh: &str,
+) -> super::Process {
+    let config = dir.join("edgecore.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{top}health: {{address: \"127.0.0.1:10350\"}}\n\
+             modules:\n  \
+               edgeHub: {{enable: false, nodeId: edge-t}}\n  \
+               metaManager: {{dbPath: \"{}\", socketPath: \"{}\"}}\n  \
+               edgeMesh: {{listen: \"0.0.0.0:40001\", iptablesSyncMs: 200{mesh}}}\n",
+            db.display(),
+            dir.join("mm.sock").display()
+        ),
+    )
+    .unwrap();
+    super::Process(ns.spawn(
+        &[
+            env!("CARGO_BIN_EXE_edgecore"),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &dir.join("edgecore.log"),
+    ))
+}
