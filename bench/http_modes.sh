@@ -64,28 +64,8 @@ HOST_IP=$NET.1
 H2_IPS=("$NET.3" "$NET.4")
 MANY_IPS=()
 for i in $(seq 10 19); do MANY_IPS+=("$NET.$i"); done
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}" ${EDGECORE:-}; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    ip netns del "$NS" 2>/dev/null || true
-    ip link del "emh$$" 2>/dev/null || true
-    rm -rf "/etc/netns/$NS" "$WORK"
-}
-trap cleanup EXIT
-
-ip netns add "$NS"
-mkdir -p "/etc/netns/$NS" && echo "nameserver 127.0.0.1" > "/etc/netns/$NS/resolv.conf"
-ip link add "emh$$" type veth peer name "emi$$"
-ip link set "emi$$" netns "$NS"
-ip addr add "$HOST_IP/24" dev "emh$$" && ip link set "emh$$" up
-X() { ip netns exec "$NS" "$@"; }
-X ip addr add "$IP/24" dev "emi$$"
-for a in "${H2_IPS[@]}" "${MANY_IPS[@]}"; do X ip addr add "$a/24" dev "emi$$"; done
-X ip link set "emi$$" up
-X ip link set lo up
-X ip route add default via "$HOST_IP"
+EXTRA_IPS=("${H2_IPS[@]}" "${MANY_IPS[@]}")
+source bench/one_host.sh
 # The port state, set once for the namespace and so for every run (see the header).
 X sysctl -qw net.ipv4.tcp_tw_reuse=1 "net.ipv4.ip_local_port_range=10000 65535"
 # With `Connection: close` the server side closes first, so the TIME_WAIT sockets are the

@@ -37,27 +37,7 @@ fi
 NS=embench$$
 IP=10.202.0.2
 HOST_IP=10.202.0.1
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}" ${EDGECORE:-}; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    ip netns del "$NS" 2>/dev/null || true
-    ip link del "emb$$" 2>/dev/null || true
-    rm -rf "/etc/netns/$NS" "$WORK"
-}
-trap cleanup EXIT
-
-ip netns add "$NS"
-mkdir -p "/etc/netns/$NS" && echo "nameserver 127.0.0.1" > "/etc/netns/$NS/resolv.conf"
-ip link add "emb$$" type veth peer name "emn$$"
-ip link set "emn$$" netns "$NS"
-ip addr add "$HOST_IP/24" dev "emb$$" && ip link set "emb$$" up
-X() { ip netns exec "$NS" "$@"; }
-X ip addr add "$IP/24" dev "emn$$"
-X ip link set "emn$$" up
-X ip link set lo up
-X ip route add default via "$HOST_IP"
+source bench/one_host.sh
 
 # Backend: nginx answering a small body from memory; iperf3 for bulk.
 cat > "$WORK/nginx.conf" <<CONF

@@ -31,27 +31,8 @@ LOAD=./target/release/examples/udp_load
 NS=emudp$$
 IP=10.203.0.2
 HOST_IP=10.203.0.1
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}" ${EDGECORE:-}; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    ip netns del "$NS" 2>/dev/null || true
-    ip link del "emu$$" 2>/dev/null || true
-    cp "$WORK/edgecore.log" /tmp/udp-bench-edgecore.log 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-ip netns add "$NS"
-ip link add "emu$$" type veth peer name "emv$$"
-ip link set "emv$$" netns "$NS"
-ip addr add "$HOST_IP/24" dev "emu$$" && ip link set "emu$$" up
-X() { ip netns exec "$NS" "$@"; }
-X ip addr add "$IP/24" dev "emv$$"
-X ip link set "emv$$" up
-X ip link set lo up
-X ip route add default via "$HOST_IP"
+before_cleanup() { cp "$WORK/edgecore.log" /tmp/udp-bench-edgecore.log 2>/dev/null || true; }
+source bench/one_host.sh
 
 # Backends: the echo server (one thread) and iperf3.
 # Ten thousand flows each through two proxies need more ports than the default range.
