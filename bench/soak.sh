@@ -80,7 +80,7 @@ cat > "$WORK/cloudcore.yaml" <<YAML
 health: {address: "127.0.0.1:10550"}
 modules:
   cloudHub: {address: "$CLOUD_IP:10000", insecure: true, objectSyncDb: "$WORK/object-sync.db"}
-  edgeController: {source: manifests, manifests: {dir: "$WORK/manifests"}}
+  edgeController: {source: manifests, manifests: {dir: "$WORK/manifests"}, versionsDb: "$WORK/versions.db"}
 YAML
 for n in a b; do
 cat > "$WORK/edgecore-$n.yaml" <<YAML

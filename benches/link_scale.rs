@@ -103,6 +103,7 @@ async fn cloud(nodes: usize) -> Result<()> {
         });
     }
     config.modules.edge_controller.enable = false;
+    config.modules.edge_controller.versions_db = Default::default();
     if let Some(dir) = arg("--manifests") {
         config.modules.edge_controller.enable = true;
         config.modules.edge_controller.manifests.dir = dir.into();

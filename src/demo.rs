@@ -315,6 +315,7 @@ fn configs(dir: &Path, proxy: &str) -> (CloudCoreConfig, EdgeCoreConfig, EdgeCor
     cloud.modules.cloud_hub.object_sync_db = dir.join("object-sync.db");
     let controller = &mut cloud.modules.edge_controller;
     controller.source = SourceKind::Manifests;
+    controller.versions_db = dir.join("versions.db");
     controller.manifests.dir = dir.join("manifests");
     let edge = |node: &str, proxy: &str| {
         let mut edge = EdgeCoreConfig {

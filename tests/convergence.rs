@@ -241,10 +241,11 @@ async fn edges_converge_on_kubernetes_through_kills_cuts_and_compactions() {
     let config = format!(
         "health: {{address: \"127.0.0.1:0\"}}\n\
          modules:\n  cloudHub: {{address: \"127.0.0.1:0\", insecure: true, objectSyncDb: \"{}\"}}\n  \
-         edgeController: {{source: kubernetes, kubernetes: {{kubeconfig: \"{}\"}}}}\n  \
+         edgeController: {{source: kubernetes, kubernetes: {{kubeconfig: \"{}\"}}, versionsDb: \"{}\"}}\n  \
          edgeMesh: {{enable: false}}\n",
         dir.path().join("object-sync.db").display(),
-        kubeconfig.display()
+        kubeconfig.display(),
+        dir.path().join("versions.db").display()
     );
     converge(dir.path(), config, Source::Kube(double)).await;
 }

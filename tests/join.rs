@@ -69,11 +69,13 @@ impl Bed {
                  pki: {{dir: \"{}\", address: \"127.0.0.1:0\", serverNames: [localhost, 127.0.0.1], \
                  nodeCertSeconds: {seconds}}}\n\
                  modules:\n  cloudHub: {{address: \"127.0.0.1:0\", objectSyncDb: \"{}\"}}\n  \
-                 edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}}}\n  \
+                 edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}, \
+                 versionsDb: \"{}\"}}\n  \
                  edgeMesh: {{enable: false}}\n",
                 dir.path().join("pki").display(),
                 dir.path().join("object-sync.db").display(),
-                manifests.display()
+                manifests.display(),
+                dir.path().join("versions.db").display()
             ),
         )
         .unwrap();

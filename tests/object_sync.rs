@@ -137,8 +137,8 @@ async fn a_node_that_sends_no_report_gets_exact_deletes_after_a_cloudcore_kill()
     let yaml = cloud_yaml("127.0.0.1:0", &manifests, ", enable: false");
     // A short wait for the report the node never sends.
     let fast = yaml.replace(
-        "pollIntervalMs: 100}}",
-        "pollIntervalMs: 100}, resyncWaitMs: 300}",
+        "pollIntervalMs: 100},",
+        "pollIntervalMs: 100}, resyncWaitMs: 300,",
     );
     assert_ne!(fast, yaml, "cloud_yaml changed shape");
     assert!(fast.contains(&db.display().to_string()), "{fast}");

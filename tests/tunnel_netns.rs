@@ -152,9 +152,11 @@ fn edge_a_reaches_pods_on_edge_b_and_in_the_cloud_through_the_cloud_link() {
         format!(
             "health: {{address: \"127.0.0.1:10550\"}}\n\
              modules:\n  cloudHub: {{address: \"{CLOUD_IP}:10000\", insecure: true, objectSyncDb: \"{}\"}}\n  \
-             edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}}}\n",
+             edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}, \
+             versionsDb: \"{}\"}}\n",
             d.join("object-sync.db").display(),
-            manifests.display()
+            manifests.display(),
+            d.join("versions.db").display()
         ),
     )
     .unwrap();

@@ -155,8 +155,9 @@ pub fn cloud_config(address: &str) -> CloudCoreConfig {
     config.pki.dir = Default::default();
     // cloudhub's record of what nodes hold stays in memory.
     config.modules.cloud_hub.object_sync_db = Default::default();
-    // The stand-in takes edgecontroller's place.
+    // The stand-in takes edgecontroller's place; its version ledger stays in memory.
     config.modules.edge_controller.enable = false;
+    config.modules.edge_controller.versions_db = Default::default();
     config
 }
 

@@ -121,10 +121,12 @@ pub fn cloud_yaml(hub: &str, manifests: &Path, extra_mesh: &str) -> String {
     format!(
         "health: {{address: \"127.0.0.1:0\"}}\n\
          modules:\n  cloudHub: {{address: \"{hub}\", insecure: true, objectSyncDb: \"{}\"}}\n  \
-         edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}}}\n  \
+         edgeController: {{source: manifests, manifests: {{dir: \"{}\", pollIntervalMs: 100}}, \
+         versionsDb: \"{}\"}}\n  \
          edgeMesh: {{proxyListen: \"127.0.0.1:0\"{extra_mesh}}}\n",
         record.display(),
-        manifests.display()
+        manifests.display(),
+        record.with_file_name("versions.db").display()
     )
 }
 

@@ -63,6 +63,10 @@ pub struct EdgeControllerConfig {
     /// Milliseconds to wait after a node connects for its report of what it holds; without
     /// one, the node is sent everything it should hold.
     pub resync_wait_ms: u64,
+    /// SQLite file of the numeric resourceVersions edge nodes are sent, kept so an
+    /// unchanged object keeps its number across restarts; empty keeps it in memory (new
+    /// numbers then still exceed old ones, from the clock).
+    pub versions_db: PathBuf,
 }
 
 impl Default for EdgeControllerConfig {
@@ -74,6 +78,7 @@ impl Default for EdgeControllerConfig {
             kubernetes: KubernetesConfig::default(),
             edge_node_label: "node-role.kubernetes.io/edge".into(),
             resync_wait_ms: 3_000,
+            versions_db: "/var/lib/edgemesh/cloudcore/versions.db".into(),
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::object::{Kind, Object};
 use crate::refusal::Refusals;
 use crate::source::{Source, SourceEvent};
 use crate::state::{Delta, State};
+use crate::versions::Versions;
 
 /// Module name on the bus.
 pub const MODULE: &str = "edgecontroller";
@@ -36,13 +37,16 @@ const RESYNC_TIMEOUT: &str = "resync_timeout";
 pub struct EdgeController {
     config: EdgeControllerConfig,
     source: Box<dyn Source>,
+    versions: Versions,
     refusals: Refusals,
 }
 
 impl EdgeController {
     /// A module reading from the source `config` names (for `kubernetes`, the client is
-    /// set up here, so a bad kubeconfig stops cloudcore at start with the reason).
+    /// set up here, so a bad kubeconfig stops cloudcore at start with the reason), with
+    /// its resourceVersion ledger opened (an unusable `versionsDb` stops it too).
     pub async fn new(config: EdgeControllerConfig) -> crate::Result<Self> {
+        let versions = Versions::open(&config.versions_db)?;
         let source: Box<dyn Source> = match config.source {
             SourceKind::Manifests => Box::new(ManifestSource::new(
                 config.manifests.dir.clone(),
@@ -53,14 +57,19 @@ impl EdgeController {
                 Box::new(KubernetesSource::new(client, &config.edge_node_label))
             }
         };
-        Ok(Self::with_source(config, source))
+        Ok(Self::with_source(config, source, versions))
     }
 
-    /// A module reading from `source`.
-    pub fn with_source(config: EdgeControllerConfig, source: Box<dyn Source>) -> Self {
+    /// A module reading from `source`, versioning with `versions`.
+    pub fn with_source(
+        config: EdgeControllerConfig,
+        source: Box<dyn Source>,
+        versions: Versions,
+    ) -> Self {
         EdgeController {
             config,
             source,
+            versions,
             refusals: Refusals::default(),
         }
     }
@@ -92,6 +101,7 @@ impl Module for EdgeController {
             ctx: ctx.clone(),
             config: self.config,
             state: State::default(),
+            versions: self.versions,
             connected: BTreeSet::new(),
             edge_nodes: BTreeSet::new(),
             awaiting: HashMap::new(),
@@ -130,6 +140,7 @@ struct Controller {
     ctx: Context,
     config: EdgeControllerConfig,
     state: State,
+    versions: Versions,
     connected: BTreeSet<String>,
     /// Edge nodes per the source; empty means every connected node is served.
     edge_nodes: BTreeSet<String>,
@@ -168,9 +179,20 @@ impl Controller {
 
     async fn on_source(&mut self, event: SourceEvent) {
         let deltas = match event {
-            SourceEvent::Replace(kind, objects) => self.state.replace(kind, objects),
-            SourceEvent::Apply(obj) => self.state.apply(obj).into_iter().collect(),
-            SourceEvent::Delete(key) => self.state.delete(&key).into_iter().collect(),
+            SourceEvent::Replace(kind, objects) => {
+                let objects = self.versions.stamp_all(objects);
+                let keys: Vec<_> = objects.iter().map(Object::key).collect();
+                self.versions.retain(kind, &keys);
+                self.state.replace(kind, objects)
+            }
+            SourceEvent::Apply(obj) => {
+                let obj = self.versions.stamp(obj);
+                self.state.apply(obj).into_iter().collect()
+            }
+            SourceEvent::Delete(key) => {
+                self.versions.forget(&key);
+                self.state.delete(&key).into_iter().collect()
+            }
         };
         let mut nodes_changed = false;
         for delta in &deltas {

@@ -36,6 +36,14 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// The resourceVersion ledger (`versionsDb`) could not be opened.
+    #[error("resourceVersion ledger {path}: {reason}")]
+    Versions {
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 /// Result with the crate's error.

@@ -13,9 +13,11 @@
 //! nothing. A node that sends no report within `resyncWaitMs` is sent everything. Nothing
 //! is queued for absent nodes: the resync on return covers them.
 //!
-//! **Versions.** Objects from an API server keep their resourceVersion. Objects with no
-//! server behind them (manifest files, derived Endpoints) get a content hash (`h…`), so a
-//! restart of cloudcore changes no version and resends nothing.
+//! **Versions.** The edge gets numeric resourceVersions from one ledger ([`Versions`],
+//! `versionsDb`): an object keeps its number while its source version (an API server's
+//! resourceVersion, or a content hash for manifest files and derived Endpoints) is
+//! unchanged, and gets a larger one when it changes, so a restart of cloudcore resends
+//! nothing and KubeEdge's metaServer, which reads versions as integers, can resume watches.
 //!
 //! **Sources** implement [`Source`]: `manifests` (default) reads a folder of ordinary
 //! Kubernetes YAML; `kubernetes` watches an API server with kube-rs (see [`kubernetes`] for
@@ -41,9 +43,11 @@ pub mod refusal;
 pub mod selector;
 pub mod source;
 pub mod state;
+pub mod versions;
 
 pub use config::{EdgeControllerConfig, KubernetesConfig, ManifestsConfig, SourceKind};
 pub use controller::{EdgeController, GROUP, MODULE};
 pub use error::{Error, Result};
 pub use refusal::Refusals;
 pub use source::{Source, SourceEvent};
+pub use versions::Versions;
