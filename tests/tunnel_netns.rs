@@ -2,7 +2,9 @@
 //! `edge-a` and `edge-b`, each edge routed only to the cloud (proven first). cloudcore runs
 //! in the cloud; an edgecore on each edge, edge-a with real iptables interception. Apps on
 //! edge-a call ClusterIPs with curl and redis-cli and are answered by pods on edge-b and in
-//! the cloud, whose only way there is the cloud link. Needs root, as CI has.
+//! the cloud, whose only way there is the cloud link; `dig` and a UDP client on edge-a are
+//! answered by dnsmasq on edge-b and a UDP echo in the cloud, the same way. Needs root, as
+//! CI has.
 
 mod common;
 
@@ -69,6 +71,56 @@ fn until(host: &Host, args: &[&str], expect: &str, logs: &Path) -> String {
     }
 }
 
+/// A UDP Service with one port, `port`.
+fn udp_service(name: &str, ip: &str, port: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": ip, "ports": [{"name": "main", "port": port, "protocol": "UDP"}]}})
+}
+
+/// Its endpoint at `ip:port` on `node`.
+fn udp_endpoints(name: &str, ip: &str, port: u16, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": name, "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": ip, "nodeName": node}],
+                     "ports": [{"name": "main", "port": port, "protocol": "UDP"}]}]})
+}
+
+/// A UDP echo server: answers each datagram with `echo:` and the datagram, and logs the
+/// size of each it got.
+const ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(65535)
+    print(len(data), flush=True)
+    s.sendto(b"echo:" + data, peer)
+"#;
+
+/// A UDP client: from one connected socket (so only replies from the ClusterIP:port it
+/// addressed are taken), sends datagrams of the sizes given, each of its own bytes, and
+/// prints `ok <size>` for each that came back whole, in order.
+const CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((sys.argv[1], int(sys.argv[2])))
+for i, size in enumerate(int(n) for n in sys.argv[3:]):
+    payload = bytes((i * 7 + k) % 251 for k in range(size))
+    for attempt in range(10):
+        s.send(payload)
+        try:
+            reply = s.recv(65535)
+        except socket.timeout:
+            continue
+        if reply == b"echo:" + payload:
+            print("ok", size, flush=True)
+        else:
+            print("bad", size, len(reply), flush=True)
+        break
+"#;
+
 fn curl(host: &Host, url: &str) -> String {
     let out = host.output(&["curl", "-s", "--max-time", "5", url]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -129,6 +181,28 @@ fn edge_a_reaches_pods_on_edge_b_and_in_the_cloud_through_the_cloud_link() {
         &d.join("redis.log"),
     ));
 
+    // A real DNS server on edge-b, and a UDP echo in the cloud.
+    let _dns = Process(topo.edge_b.spawn(
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--port=5353",
+            &format!("--listen-address={b_ip}"),
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--address=/shop.example/10.1.2.3",
+            &format!("--pid-file={}", d.join("dnsmasq.pid").display()),
+        ],
+        &d.join("dnsmasq.log"),
+    ));
+    let echo_py = d.join("echo.py");
+    std::fs::write(&echo_py, ECHO).unwrap();
+    let _echo = Process(topo.cloud.spawn(
+        &["python3", echo_py.to_str().unwrap(), CLOUD_IP, "7007"],
+        &d.join("echo.log"),
+    ));
+
     let manifests = d.join("manifests");
     write_manifests(
         &manifests,
@@ -144,6 +218,10 @@ fn edge_a_reaches_pods_on_edge_b_and_in_the_cloud_through_the_cloud_link() {
             ),
             service("redis", "10.96.20.4", 6379, None),
             endpoints_at("redis", &[(&b_ip, 6379, Some("edge-b"))]),
+            udp_service("dns", "10.96.20.5", 53),
+            udp_endpoints("dns", &b_ip, 5353, "edge-b"),
+            udp_service("uecho", "10.96.20.6", 7),
+            udp_endpoints("uecho", CLOUD_IP, 7007, "cloud-1"),
         ],
     );
     let cloud_cfg = d.join("cloud.yaml");
@@ -253,6 +331,43 @@ fn edge_a_reaches_pods_on_edge_b_and_in_the_cloud_through_the_cloud_link() {
         String::from_utf8_lossy(&got.stdout).trim(),
         "through the cloud"
     );
+
+    // UDP through the tunnel: dig on edge-a, through a ClusterIP, to dnsmasq on edge-b.
+    until(
+        a,
+        &[
+            "dig",
+            "+short",
+            "+time=1",
+            "+tries=1",
+            "@10.96.20.5",
+            "shop.example",
+        ],
+        "10.1.2.3",
+        d,
+    );
+    // And to the echo in the cloud: datagrams from 1 byte to 8000 come back whole, from
+    // the ClusterIP:port they were sent to, and the echo got each at its size.
+    let client_py = d.join("client.py");
+    std::fs::write(&client_py, CLIENT).unwrap();
+    let sizes = ["1", "512", "1400", "8000"];
+    let mut args = vec!["python3", client_py.to_str().unwrap(), "10.96.20.6", "7"];
+    args.extend(sizes);
+    let out = until(a, &args, "ok 8000", d);
+    let expected: String = sizes.iter().map(|n| format!("ok {n}\n")).collect();
+    assert_eq!(out, expected, "every datagram back whole");
+    let got = std::fs::read_to_string(d.join("echo.log")).unwrap();
+    for size in sizes {
+        assert!(
+            got.lines().any(|l| l.trim() == size),
+            "the echo got a {size}-byte datagram: {got}"
+        );
+    }
+    assert!(
+        !got.lines().any(|l| !sizes.contains(&l.trim())),
+        "nothing else reached the echo: {got}"
+    );
+
     // Still no direct way from edge-a to edge-b: everything above went through the cloud.
     topo.prove_isolated();
     drop(edges);

@@ -132,6 +132,12 @@ impl Catalog {
         self.udp_by_vip.get(&addr)
     }
 
+    /// The UDP Service port `port` of Service `name` in `namespace`.
+    pub fn target_udp(&self, namespace: &str, name: &str, port: u16) -> Option<&Arc<Target>> {
+        let named = self.by_name.get(&(namespace.to_owned(), name.to_owned()))?;
+        self.udp_by_vip.get(&SocketAddr::new(named.ip, port))
+    }
+
     /// Every UDP ClusterIP:port, sorted.
     pub fn udp_vips(&self) -> Vec<SocketAddr> {
         let mut vips: Vec<SocketAddr> = self.udp_by_vip.keys().copied().collect();

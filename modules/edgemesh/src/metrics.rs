@@ -67,6 +67,9 @@ reasons! {
     retried,
     /// A datagram that would have started a UDP flow past `udp.maxFlows`.
     flow_limit,
+    /// A datagram dropped because its tunnel stream had no window left for it (or it was
+    /// still opening with its queue full).
+    tunnel_backlog,
 }
 
 /// How many reasons there are.

@@ -348,6 +348,7 @@ impl Module for EdgeMesh {
                 node: this.node.clone(),
                 connect_timeout: Duration::from_millis(this.config.connect_timeout_ms),
                 idle_timeout: Duration::from_millis(this.config.idle_timeout_ms),
+                udp_idle: Duration::from_millis(this.config.udp.idle_timeout_ms),
                 metrics: this.kept.metrics.clone(),
             };
             Some(tokio::spawn(tunnel.run(lane, acceptor)))

@@ -13,7 +13,7 @@
 //! 8       4     body length: bytes after this field (so a frame is 12 + body length bytes)
 //! 12      ...   body, by kind:
 //!
-//! Open    1     protocol hint: 0 opaque TCP, 1 HTTP/1, 2 HTTP/2, 3 datagrams (reserved for UDP)
+//! Open    1     protocol hint: 0 opaque TCP, 1 HTTP/1, 2 HTTP/2, 3 UDP datagrams
 //!         4     initial window: bytes the acceptor may send before a Window frame, ≤ 2^31-1
 //!         2     service port
 //!         1     endpoint address family: 4 or 6
@@ -110,7 +110,8 @@ pub enum ProtocolHint {
     Http1 = 1,
     /// HTTP/2 (gRPC included).
     Http2 = 2,
-    /// Datagrams (reserved for UDP; not yet carried).
+    /// UDP datagrams: the Service port is a UDP port, and each Data frame is one datagram,
+    /// never split or merged; one that finds no credit is dropped, not queued.
     Datagram = 3,
 }
 

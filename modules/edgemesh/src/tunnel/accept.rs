@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use proto::stream::{Open, ResetCode, StreamId};
+use proto::stream::{Open, ProtocolHint, ResetCode, StreamId};
 use tokio::net::TcpStream;
 
 use super::Tunnel;
+use super::datagram::{self, DatagramStream};
 use super::pipe::pipe;
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
@@ -25,6 +26,9 @@ pub struct Acceptor {
     pub connect_timeout: Duration,
     /// Quiet time after which a stream and its connection are closed.
     pub idle_timeout: Duration,
+    /// Quiet time after which a datagram stream is closed, for Services without their own
+    /// (`edgemesh.io/udp-idle-timeout`); the opener's flow normally ends it first.
+    pub udp_idle: Duration,
     /// Counts per source node.
     pub metrics: Arc<Metrics>,
 }
@@ -56,10 +60,23 @@ impl Acceptor {
             tunnel.refuse(id, code, &reason);
         };
         let catalog = self.catalog.load();
-        let Some(target) = catalog.target(&open.namespace, &open.name, open.port) else {
+        let target = if open.protocol == ProtocolHint::Datagram {
+            catalog.target_udp(&open.namespace, &open.name, open.port)
+        } else {
+            catalog.target(&open.namespace, &open.name, open.port)
+        };
+        let Some(target) = target else {
             return refuse(
                 ResetCode::UnknownService,
-                format!("no Service port {service}:{}", open.port),
+                format!(
+                    "no {} Service port {service}:{}",
+                    if open.protocol == ProtocolHint::Datagram {
+                        "UDP"
+                    } else {
+                        "TCP"
+                    },
+                    open.port
+                ),
             );
         };
         let allowed = target
@@ -92,6 +109,11 @@ impl Acceptor {
             );
         };
         let stats = target.stats.clone();
+        if open.protocol == ProtocolHint::Datagram {
+            let idle = target.udp_idle.unwrap_or(self.udp_idle);
+            drop(catalog);
+            return self.relay_datagrams(tunnel, stream, open, (source, service), idle, stats);
+        }
         drop(catalog);
         let this = self.clone();
         tokio::spawn(async move {
@@ -131,6 +153,41 @@ impl Acceptor {
                     stats.bytes_sent.inc_by(to_endpoint);
                 }
                 Err(e) => log::debug!("tunnel: {source} → {service} ({endpoint}): {e}"),
+            }
+        });
+    }
+
+    /// A datagram stream (a UDP flow elsewhere): a socket connected to the endpoint, the
+    /// acceptance granted at once (UDP has no handshake to wait for), and datagrams relayed
+    /// both ways until the opener ends the flow or it is idle for `idle`.
+    fn relay_datagrams(
+        self: Arc<Self>,
+        tunnel: Arc<Tunnel>,
+        stream: super::TunnelStream,
+        open: Open,
+        (source, service): (String, String),
+        idle: Duration,
+        stats: Arc<crate::metrics::ServiceStats>,
+    ) {
+        let endpoint = open.endpoint;
+        let socket = match datagram::connect_udp(endpoint) {
+            Ok(socket) => socket,
+            Err(e) => {
+                log::warn!("tunnel: datagrams from {source} to {service}: {endpoint}: {e}");
+                self.metrics.tunnel_stream(&open.source_node, "refused");
+                stream.abort(ResetCode::Refused, &format!("socket to {endpoint}: {e}"));
+                return;
+            }
+        };
+        self.metrics.tunnel_stream(&open.source_node, "accepted");
+        tunnel.grant(&stream);
+        stats.udp_flows.inc();
+        log::debug!("tunnel: {source} → {service} ({endpoint}) datagrams");
+        tokio::spawn(async move {
+            let _active = crate::metrics::Active::on(&stats);
+            let stream = DatagramStream::new(stream);
+            if let Err(e) = datagram::relay(socket, stream, idle, &stats).await {
+                log::debug!("tunnel: datagrams {source} → {service} ({endpoint}): {e}");
             }
         });
     }

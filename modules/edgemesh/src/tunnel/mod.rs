@@ -8,10 +8,13 @@
 //!   the stream, and a stream that overruns its window is reset.
 //! - [`stream`]: [`TunnelStream`], a stream as a byte stream.
 //! - [`pipe`]: relays a socket and a stream with no buffer in between.
+//! - [`datagram`]: a stream carrying UDP datagrams, one Data frame each, and the relay
+//!   between such a stream and a UDP socket.
 //! - [`accept`]: the acceptor: a stream opened towards this node is checked against the
 //!   catalog (no open relay), limited by the Service's QPS, dialled and piped.
 
 pub mod accept;
+pub mod datagram;
 pub mod pipe;
 pub mod stream;
 
@@ -27,6 +30,7 @@ use proto::stream::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 pub use accept::Acceptor;
+pub use datagram::DatagramStream;
 pub use stream::TunnelStream;
 
 use stream::Shared;

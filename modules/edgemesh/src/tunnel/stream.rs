@@ -199,6 +199,25 @@ impl TunnelStream {
         .await
     }
 
+    /// Takes exactly `n` bytes of send credit now, or none (`false`) when there is less:
+    /// a datagram is sent whole or not at all, and never waits.
+    pub(crate) fn try_reserve(&self, n: usize) -> io::Result<bool> {
+        let mut state = self.shared.lock();
+        if let Some((code, reason)) = &state.reset {
+            return Err(reset_error(*code, reason));
+        }
+        if state.fin_out {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            ));
+        }
+        if (state.send.credit() as usize) < n {
+            return Ok(false);
+        }
+        Ok(state.send.reserve(n) == n)
+    }
+
     /// Returns credit taken and not used.
     pub(crate) fn give_back(&self, n: usize) {
         if n > 0 {

@@ -1,12 +1,13 @@
 //! One UDP flow: a client address talking to one Service port, pinned to the endpoint the
-//! Service's strategy chose for its first datagram. Its connected socket towards the
-//! endpoint carries the client's datagrams; a task relays the endpoint's replies back
-//! through the port's socket (so they leave from the redirected port, which conntrack
-//! turns back into the ClusterIP:port) and ends the flow once it has been idle.
+//! Service's strategy chose for its first datagram. An endpoint this node reaches itself
+//! gets a connected socket; one on another node or in the cloud gets a datagram stream
+//! through the tunnel. A task relays the endpoint's replies back through the port's socket
+//! (so they leave from the redirected port, which conntrack turns back into the
+//! ClusterIP:port) and ends the flow once it has been idle.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -16,10 +17,37 @@ use super::pktinfo;
 use super::port::Flows;
 use super::{Ports, Slot};
 use crate::metrics::{Active, Reason, ServiceStats};
+use crate::tunnel::DatagramStream;
+use crate::tunnel::datagram::{Sent, connect_udp};
+use crate::upstream::{Claim, TunnelRoute};
+
+/// Datagrams a tunnelled flow keeps while its stream opens; beyond, they are dropped.
+const OPENING_QUEUE: usize = 16;
+
+/// New flows refused, logged at most every 10 s.
+static REFUSED: beehive::Throttle = beehive::Throttle::new(Duration::from_secs(10));
+
+/// Where a flow's datagrams go.
+enum Way {
+    /// A socket connected to the endpoint (this node's, or a routed pod network's).
+    Socket(UdpSocket),
+    /// A datagram stream through the tunnel to the endpoint's node or the cloud.
+    Tunnel(Mutex<Tunneled>),
+}
+
+/// A tunnelled flow's stream.
+enum Tunneled {
+    /// Being opened: the datagrams that came meanwhile.
+    Opening(Vec<Box<[u8]>>),
+    /// Open.
+    Open(Arc<DatagramStream>),
+    /// Ended; datagrams that still arrive before the flow leaves the table are lost.
+    Closed,
+}
 
 /// A live flow.
 pub(super) struct Flow {
-    upstream: UdpSocket,
+    way: Way,
     /// The address the client's datagrams arrived at, which replies leave from.
     local: Option<Ipv4Addr>,
     stats: Arc<ServiceStats>,
@@ -41,27 +69,70 @@ impl Flow {
         Duration::from_millis(now.saturating_sub(self.last.load(Ordering::Relaxed)))
     }
 
-    /// Sends a client's datagram to the endpoint, without waiting: a full socket buffer
-    /// loses it, as a full link would.
+    /// Sends a client's datagram towards the endpoint, without waiting: a full socket
+    /// buffer or tunnel window loses it, as a full link would.
     pub(super) fn forward(&self, datagram: &[u8]) {
         self.touch();
-        // Straight to the socket: tokio's `try_send` answers WouldBlock until its reactor
-        // has seen the new socket writable, which would lose every flow's first datagram.
-        match socket2::SockRef::from(&self.upstream).send(datagram) {
+        let sent = match &self.way {
+            // Straight to the socket: tokio's `try_send` answers WouldBlock until its
+            // reactor has seen the new socket writable, which would lose every flow's first
+            // datagram.
+            Way::Socket(socket) => match socket2::SockRef::from(socket).send(datagram) {
+                Ok(n) => Ok(n),
+                // The endpoint's ICMP "port unreachable" from an earlier datagram, a full
+                // buffer, or a local error: this datagram is lost.
+                Err(_) => Err(Reason::upstream),
+            },
+            Way::Tunnel(tunneled) => match &mut *tunneled.lock().expect("flow poisoned") {
+                Tunneled::Opening(queue) if queue.len() < OPENING_QUEUE => {
+                    queue.push(datagram.into());
+                    return;
+                }
+                Tunneled::Opening(_) => Err(Reason::tunnel_backlog),
+                Tunneled::Open(stream) => sent_on(stream, datagram),
+                Tunneled::Closed => Err(Reason::tunnel),
+            },
+        };
+        self.count(sent);
+    }
+
+    fn count(&self, sent: Result<usize, Reason>) {
+        match sent {
             Ok(n) => {
                 self.stats.datagrams_sent.inc();
                 self.stats.bytes_sent.inc_by(n as u64);
             }
-            // The endpoint's ICMP "port unreachable" from an earlier datagram, a full
-            // buffer, or a local error: this datagram is lost.
-            Err(_) => self.stats.error(Reason::upstream),
+            Err(reason) => self.stats.error(reason),
+        }
+    }
+
+    /// A datagram from the endpoint goes back to `client` from the address it addressed.
+    fn reply(&self, port: &UdpSocket, datagram: &[u8], client: SocketAddr) {
+        self.touch();
+        match pktinfo::try_send(port, datagram, client, self.local) {
+            Ok(_) => {
+                self.stats.datagrams_received.inc();
+                self.stats.bytes_received.inc_by(datagram.len() as u64);
+            }
+            // The client's side is full or gone: lost, as on the wire.
+            Err(_) => self.stats.error(Reason::client_aborted),
         }
     }
 }
 
+/// One datagram onto a stream: its length, or why it was lost.
+fn sent_on(stream: &DatagramStream, datagram: &[u8]) -> Result<usize, Reason> {
+    match stream.send(datagram) {
+        Ok(Sent::Sent) => Ok(datagram.len()),
+        Ok(Sent::Dropped) => Err(Reason::tunnel_backlog),
+        Err(_) => Err(Reason::tunnel),
+    }
+}
+
 /// Starts `client`'s flow to Service port `vip`: chooses its endpoint, connects a socket to
-/// it and starts relaying replies. `None` (the datagram dropped and counted) when the flow
-/// cap is reached, the Service has no usable endpoint, or its QPS limit refuses a new flow.
+/// it (or starts opening a datagram stream to its node) and starts relaying replies. `None`
+/// (the datagram dropped and counted) when the flow cap is reached, the Service has no
+/// usable endpoint, or its QPS limit refuses a new flow.
 pub(super) fn start(
     vip: SocketAddr,
     (client, local): (SocketAddr, Option<Ipv4Addr>),
@@ -71,7 +142,6 @@ pub(super) fn start(
     stop: &CancellationToken,
 ) -> Option<Arc<Flow>> {
     static CAP: beehive::Throttle = beehive::Throttle::new(Duration::from_secs(60));
-    static REFUSED: beehive::Throttle = beehive::Throttle::new(Duration::from_secs(10));
     let catalog = ports.catalog.load();
     let Some(target) = catalog.lookup_udp(vip) else {
         // The port left the catalog (its socket closes soon): counted under the label of
@@ -93,26 +163,35 @@ pub(super) fn start(
         std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
         std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
     };
-    let endpoint = match ports.upstream.lease_datagram(target, Some(&key)) {
-        // The lease only chooses: a flow is not a request in flight, and its breaker claim
-        // is given back unsettled.
-        Ok(lease) => lease.addr(),
+    let mut lease = match ports.upstream.lease_datagram(target, Some(&key)) {
+        Ok(lease) => lease,
         Err(e) => {
             target.stats.failed(&e);
             REFUSED.warn(format_args!("udp {vip} from {client}: {e}"));
             return None;
         }
     };
-    let upstream = match connect(endpoint) {
-        Ok(socket) => socket,
-        Err(e) => {
-            target.stats.error(Reason::connect_failed);
-            REFUSED.warn(format_args!("udp {vip}: socket towards {endpoint}: {e}"));
-            return None;
-        }
+    let endpoint = lease.addr();
+    // A flow is not a request in flight. A local flow gives its breaker claim back
+    // unsettled; a tunnelled one settles it on the open's outcome.
+    let route = ports
+        .upstream
+        .tunnel_route(&lease)
+        .map(|route| (route, lease.claim()));
+    drop(lease);
+    let way = match &route {
+        Some(_) => Way::Tunnel(Mutex::new(Tunneled::Opening(Vec::new()))),
+        None => match connect_udp(endpoint) {
+            Ok(socket) => Way::Socket(socket),
+            Err(e) => {
+                target.stats.error(Reason::connect_failed);
+                REFUSED.warn(format_args!("udp {vip}: socket towards {endpoint}: {e}"));
+                return None;
+            }
+        },
     };
     let flow = Arc::new(Flow {
-        upstream,
+        way,
         local,
         stats: target.stats.clone(),
         last: AtomicU64::new(0),
@@ -121,32 +200,55 @@ pub(super) fn start(
         _active: Active::on(&target.stats),
     });
     target.stats.udp_flows.inc();
-    let idle = target.udp_idle.unwrap_or(ports.default_idle);
     flows
         .lock()
         .expect("flows poisoned")
         .insert(client, flow.clone());
-    tokio::spawn(replies(
-        flow.clone(),
+    let ends = Ends {
+        flow: flow.clone(),
         client,
-        port.clone(),
-        flows.clone(),
-        idle,
-        stop.child_token(),
-    ));
+        port: port.clone(),
+        flows: flows.clone(),
+        idle: target.udp_idle.unwrap_or(ports.default_idle),
+        stop: stop.child_token(),
+    };
+    match route {
+        Some((route, claim)) => tokio::spawn(tunnelled(ends, ports.clone(), route, claim, vip)),
+        None => tokio::spawn(replies(ends)),
+    };
     Some(flow)
 }
 
-fn connect(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
-    let any: SocketAddr = if endpoint.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = std::net::UdpSocket::bind(any)?;
-    socket.connect(endpoint)?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
+/// What a flow's task holds.
+struct Ends {
+    flow: Arc<Flow>,
+    client: SocketAddr,
+    port: Arc<UdpSocket>,
+    flows: Flows,
+    idle: Duration,
+    stop: CancellationToken,
+}
+
+impl Ends {
+    /// How long the flow may stay quiet from now; `None` once it is idle.
+    fn quiet_left(&self) -> Option<Duration> {
+        let quiet = self.flow.idle_for();
+        (quiet < self.idle).then(|| self.idle - quiet)
+    }
+
+    /// The flow leaves its port's table (unless a newer flow of the client took its place).
+    fn end(self) {
+        if let Way::Tunnel(t) = &self.flow.way {
+            *t.lock().expect("flow poisoned") = Tunneled::Closed;
+        }
+        let mut table = self.flows.lock().expect("flows poisoned");
+        if table
+            .get(&self.client)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flow))
+        {
+            table.remove(&self.client);
+        }
+    }
 }
 
 thread_local! {
@@ -155,25 +257,17 @@ thread_local! {
     static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 65_536]);
 }
 
-/// Relays the endpoint's datagrams to `client` until the flow is idle for `idle` or its
-/// port closes; then the flow leaves the table.
-async fn replies(
-    flow: Arc<Flow>,
-    client: SocketAddr,
-    port: Arc<UdpSocket>,
-    flows: Flows,
-    idle: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        let quiet = flow.idle_for();
-        if quiet >= idle {
-            break;
-        }
+/// Relays the endpoint's datagrams to the client until the flow is idle or its port
+/// closes; then the flow leaves the table.
+async fn replies(ends: Ends) {
+    let Way::Socket(upstream) = &ends.flow.way else {
+        return ends.end();
+    };
+    while let Some(left) = ends.quiet_left() {
         tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(idle - quiet) => continue,
-            ready = flow.upstream.readable() => {
+            _ = ends.stop.cancelled() => break,
+            _ = tokio::time::sleep(left) => continue,
+            ready = upstream.readable() => {
                 if ready.is_err() {
                     break;
                 }
@@ -182,30 +276,70 @@ async fn replies(
         // Everything that is there, without holding the buffer across an await.
         BUF.with_borrow_mut(|buf| {
             loop {
-                match flow.upstream.try_recv(buf) {
-                    Ok(n) => {
-                        flow.touch();
-                        match pktinfo::try_send(&port, &buf[..n], client, flow.local) {
-                            Ok(_) => {
-                                flow.stats.datagrams_received.inc();
-                                flow.stats.bytes_received.inc_by(n as u64);
-                            }
-                            // The client's side is full or gone: lost, as on the wire.
-                            Err(_) => flow.stats.error(Reason::client_aborted),
-                        }
-                    }
+                match upstream.try_recv(buf) {
+                    Ok(n) => ends.flow.reply(&ends.port, &buf[..n], ends.client),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     // ICMP "port unreachable" from the endpoint: nothing listens there (now).
                     Err(_) => {
-                        flow.stats.error(Reason::upstream);
+                        ends.flow.stats.error(Reason::upstream);
                         break;
                     }
                 }
             }
         });
     }
-    let mut table = flows.lock().expect("flows poisoned");
-    if table.get(&client).is_some_and(|f| Arc::ptr_eq(f, &flow)) {
-        table.remove(&client);
+    ends.end();
+}
+
+/// A tunnelled flow: opens its datagram stream, sends what queued meanwhile, then relays
+/// the far side's datagrams to the client until the flow is idle, the stream ends (its
+/// node went away) or the port closes. A failed open ends the flow — the client's next
+/// datagram starts another, which may choose another endpoint — and counts against the
+/// endpoint's breaker when the failure is on the endpoint's side.
+async fn tunnelled(
+    ends: Ends,
+    ports: Arc<Ports>,
+    route: TunnelRoute,
+    claim: Claim,
+    vip: SocketAddr,
+) {
+    let opened = tokio::select! {
+        _ = ends.stop.cancelled() => return ends.end(),
+        opened = ports.upstream.open_datagrams(&route) => opened,
+    };
+    let stream = match opened {
+        Ok(stream) => {
+            claim.report(Ok(()));
+            Arc::new(stream)
+        }
+        Err(e) => {
+            claim.report(Err(&e));
+            ends.flow.stats.failed(&e);
+            REFUSED.warn(format_args!("udp {vip} from {}: {e}", ends.client));
+            return ends.end();
+        }
+    };
+    if let Way::Tunnel(t) = &ends.flow.way {
+        let mut state = t.lock().expect("flow poisoned");
+        let queued = std::mem::replace(&mut *state, Tunneled::Open(stream.clone()));
+        if let Tunneled::Opening(queue) = queued {
+            for datagram in queue {
+                ends.flow.count(sent_on(&stream, &datagram));
+            }
+        }
     }
+    while let Some(left) = ends.quiet_left() {
+        tokio::select! {
+            _ = ends.stop.cancelled() => break,
+            _ = tokio::time::sleep(left) => continue,
+            got = stream.recv() => match got {
+                Ok(Some(datagram)) => {
+                    ends.flow.reply(&ends.port, &datagram, ends.client);
+                    stream.delivered(datagram.len());
+                }
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    ends.end();
 }

@@ -15,7 +15,8 @@
 //! back into the ClusterIP:port by itself, and it costs one descriptor per UDP Service port.
 //!
 //! Each flow has a connected socket towards its endpoint, so its replies are told apart
-//! from other flows' by the kernel; a flow is idle when no datagram went either way for
+//! from other flows' by the kernel, or, for an endpoint on another node or in the cloud, a
+//! datagram stream through the tunnel ([`crate::tunnel::datagram`]); a flow is idle when no datagram went either way for
 //! its Service's idle time (`edgemesh.io/udp-idle-timeout`, else `udp.idleTimeoutMs`), and
 //! flows are capped over all Services (`udp.maxFlows`).
 

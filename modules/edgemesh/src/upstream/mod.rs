@@ -32,7 +32,7 @@ use crate::error::{Error, Result, Side};
 use crate::lb::{Backend, InFlight};
 use crate::metrics::Via;
 use crate::objects::Topology;
-use crate::tunnel::{OpenError, OpenRequest, Tunnel};
+use crate::tunnel::{DatagramStream, OpenError, OpenRequest, Tunnel};
 use proto::stream::ProtocolHint;
 use std::sync::Arc;
 
@@ -132,11 +132,41 @@ impl Upstream {
         self.lease_where(target, key, except, |b| self.reachable(b))
     }
 
-    /// [`Upstream::lease`] for a UDP flow: only endpoints this node sends datagrams to
-    /// itself (its own, or any with `remoteEndpoints: direct`), since datagrams do not
-    /// travel the tunnel yet.
+    /// [`Upstream::lease`] for a UDP flow: any endpoint this node reaches, as for TCP.
+    /// [`Upstream::tunnel_route`] tells whether its datagrams go through the tunnel.
     pub fn lease_datagram<'t>(&self, target: &'t Target, key: Option<&[u8]>) -> Result<Lease<'t>> {
-        self.lease_where(target, key, None, |b| self.direct || self.is_local(b))
+        self.lease(target, key)
+    }
+
+    /// Where a lease's datagrams go through the tunnel: `None` when this node sends them
+    /// to the endpoint itself.
+    pub fn tunnel_route(&self, lease: &Lease<'_>) -> Option<TunnelRoute> {
+        if self.is_local(lease.backend) {
+            return None;
+        }
+        Some(TunnelRoute {
+            tunnel: self.tunnel.clone()?,
+            node: lease.backend.node.clone().unwrap_or_default(),
+            service: lease.target.service.clone(),
+            port: lease.target.port,
+            endpoint: lease.backend.addr,
+        })
+    }
+
+    /// Opens a datagram stream along `route`, waiting up to the connect timeout for the
+    /// far side to take it.
+    pub async fn open_datagrams(&self, route: &TunnelRoute) -> Result<DatagramStream> {
+        let request = OpenRequest {
+            node: &route.node,
+            service: &route.service,
+            port: route.port,
+            endpoint: route.endpoint,
+            protocol: ProtocolHint::Datagram,
+        };
+        match route.tunnel.open(&request, self.connect_timeout).await {
+            Ok(stream) => Ok(DatagramStream::new(stream)),
+            Err(e) => Err(open_error(&route.service, route.endpoint, &route.node, e)),
+        }
     }
 
     fn lease_where<'t>(
@@ -298,24 +328,62 @@ impl Upstream {
                 ProtocolHint::Http1
             },
         };
-        let via = if node.is_empty() {
+        match tunnel.open(&request, self.connect_timeout).await {
+            Ok(stream) => Ok(Conn::Tunnel(stream)),
+            Err(e) => Err(open_error(&target.service, backend.addr, node, e)),
+        }
+    }
+}
+
+/// A failed open as the error counted and reported: the far side's code when it refused.
+fn open_error(service: &str, endpoint: SocketAddr, node: &str, e: OpenError) -> Error {
+    Error::Tunnel {
+        service: service.to_owned(),
+        endpoint,
+        via: if node.is_empty() {
             "the cloud".to_owned()
         } else {
             format!("node {node}")
-        };
-        match tunnel.open(&request, self.connect_timeout).await {
-            Ok(stream) => Ok(Conn::Tunnel(stream)),
-            Err(e) => Err(Error::Tunnel {
-                service: target.service.clone(),
-                endpoint: backend.addr,
-                via,
-                code: match &e {
-                    OpenError::Reset(code, _) => Some(*code),
-                    _ => None,
-                },
-                reason: e.to_string(),
-            }),
-        }
+        },
+        code: match &e {
+            OpenError::Reset(code, _) => Some(*code),
+            _ => None,
+        },
+        reason: e.to_string(),
+    }
+}
+
+/// A UDP flow's way through the tunnel, owned, for the flow's task.
+#[derive(Debug, Clone)]
+pub struct TunnelRoute {
+    tunnel: Arc<Tunnel>,
+    node: String,
+    service: String,
+    port: u16,
+    endpoint: SocketAddr,
+}
+
+/// A lease's breaker claim, taken out of it to be settled later (a UDP flow's tunnel open,
+/// in the flow's own task).
+#[derive(Debug)]
+pub struct Claim(Option<Verdict>);
+
+impl Claim {
+    /// Settles the claim as [`Lease::report`] does.
+    pub fn report(mut self, outcome: Result<(), &Error>) {
+        settle(&mut self.0, outcome);
+    }
+}
+
+fn settle(verdict: &mut Option<Verdict>, outcome: Result<(), &Error>) {
+    let Some(verdict) = verdict.take() else {
+        return;
+    };
+    match outcome {
+        Ok(()) => verdict.success(),
+        Err(e) if e.side() == Side::Upstream => verdict.failure(),
+        // Dropped unsettled: a probe gives its slot back.
+        Err(_) => {}
     }
 }
 
@@ -348,15 +416,12 @@ impl Lease<'_> {
     /// Settles the breaker claim: success restores the endpoint's count, an upstream
     /// fault counts against it, anything else (the client's fault, a refusal) is neutral.
     pub fn report(&mut self, outcome: Result<(), &Error>) {
-        let Some(verdict) = self.verdict.take() else {
-            return;
-        };
-        match outcome {
-            Ok(()) => verdict.success(),
-            Err(e) if e.side() == Side::Upstream => verdict.failure(),
-            // Dropped unsettled: a probe gives its slot back.
-            Err(_) => {}
-        }
+        settle(&mut self.verdict, outcome);
+    }
+
+    /// Takes the breaker claim out, to be settled after the lease is gone.
+    pub fn claim(&mut self) -> Claim {
+        Claim(self.verdict.take())
     }
 
     /// Settles the claim by an HTTP status: 5xx is the endpoint's fault.
