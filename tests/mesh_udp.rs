@@ -10,36 +10,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
+use common::mesh::{Seen, udp_echoes};
 use common::netns::{Netns, is_root};
 use common::{Process, eventually, rss_kib};
 use serde_json::{Value, json};
-use tokio::net::UdpSocket;
-
-/// What reached an echo server: (server id, client address, payload).
-type Seen = Arc<Mutex<Vec<(usize, SocketAddr, Vec<u8>)>>>;
-
-/// UDP echo servers on `ip`, each answering `<id>:<payload>` and logging what came.
-async fn echo_servers(ip: &str, n: usize) -> (Vec<SocketAddr>, Seen) {
-    let seen: Seen = Arc::default();
-    let mut addrs = Vec::new();
-    for id in 0..n {
-        let socket = UdpSocket::bind((ip, 0)).await.unwrap();
-        addrs.push(socket.local_addr().unwrap());
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-                seen.lock().unwrap().push((id, from, buf[..len].to_vec()));
-                let mut reply = format!("{id}:").into_bytes();
-                reply.extend_from_slice(&buf[..len]);
-                let _ = socket.send_to(&reply, from).await;
-            }
-        });
-    }
-    (addrs, seen)
-}
 
 /// A client run inside the namespace: `flows` sockets, each sending `count` datagrams to
 /// `target` and reading the replies; prints one JSON object per flow.
@@ -95,7 +70,7 @@ fn stdout(out: &std::process::Output) -> String {
 
 /// One echo server behind Service `echo` (10.96.9.7:7/UDP), stored in `db`.
 async fn one_echo_service(ns: &Netns, db: &Path) -> Seen {
-    let (echoes, seen) = echo_servers(&ns.host_ip, 1).await;
+    let (echoes, seen) = udp_echoes(&ns.host_ip, 1).await;
     common::mesh::store(
         db,
         &[
@@ -208,7 +183,7 @@ async fn udp_services_are_balanced_per_flow_through_iptables() {
         &dir.path().join("dnsmasq.log"),
     ));
     let dns_endpoint: SocketAddr = format!("{}:5353", ns.ip).parse().unwrap();
-    let (echoes, seen) = echo_servers(&ns.host_ip, 2).await;
+    let (echoes, seen) = udp_echoes(&ns.host_ip, 2).await;
 
     let db = dir.path().join("edge.db");
     common::mesh::store(

@@ -16,6 +16,7 @@ use common::mesh::{run, tcp_echo, tunnel};
 use common::three::{Proc, cloud_yaml, edge_yaml, endpoints, service, write_manifests};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 
 const CLOUDCORE: &str = env!("CARGO_BIN_EXE_cloudcore");
 const EDGECORE: &str = env!("CARGO_BIN_EXE_edgecore");
@@ -464,4 +465,148 @@ async fn a_remote_services_qps_limit_holds_through_the_tunnel() {
     );
     assert_rate(accepted, 2, 20.0, elapsed);
     let _ = (&c.cloud, &c.b);
+}
+
+/// A SOCKS5 UDP association through `proxy`: its control connection (the association
+/// lasts while it is open), a client socket, and the relay to send to.
+async fn associate(proxy: SocketAddr) -> (TcpStream, UdpSocket, SocketAddr) {
+    let mut control = TcpStream::connect(proxy).await.unwrap();
+    control.write_all(&[5, 1, 0]).await.unwrap();
+    let mut chosen = [0u8; 2];
+    control.read_exact(&mut chosen).await.unwrap();
+    assert_eq!(chosen, [5, 0], "no authentication");
+    // UDP ASSOCIATE, from an address the client does not know yet.
+    control
+        .write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let mut reply = [0u8; 10];
+    control.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[..4], [5, 0, 0, 1], "granted, with an IPv4 relay");
+    let relay = SocketAddr::from((
+        [reply[4], reply[5], reply[6], reply[7]],
+        u16::from_be_bytes([reply[8], reply[9]]),
+    ));
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    (control, client, relay)
+}
+
+/// A datagram for Service `name`'s port `port`, in the SOCKS5 UDP header (FRAG `frag`).
+fn to_service(name: &str, port: u16, frag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut d = vec![0, 0, frag, 3, name.len() as u8];
+    d.extend_from_slice(name.as_bytes());
+    d.extend_from_slice(&port.to_be_bytes());
+    d.extend_from_slice(payload);
+    d
+}
+
+/// Sends `payload` to Service `name` through the association until a reply comes (the
+/// first ones may go before the proxy has the Service), and returns it.
+async fn exchange(client: &UdpSocket, relay: SocketAddr, name: &str, payload: &[u8]) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        client
+            .send_to(&to_service(name, 7, 0, payload), relay)
+            .await
+            .unwrap();
+        if let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await
+        {
+            assert_eq!(from, relay, "replies come from the relay");
+            return buf[..n].to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no reply through {relay}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_udp_reaches_udp_services_on_other_edges_and_from_the_cloud() {
+    use common::mesh::udp_echoes;
+    let (on_b, seen_b) = udp_echoes("127.0.0.1", 1).await;
+    let (on_a, seen_a) = udp_echoes("127.0.0.1", 1).await;
+    let udp = |name: &str, ip: &str| {
+        let mut svc = service(name, ip, 7, json!({}));
+        svc["spec"]["ports"][0]["protocol"] = json!("UDP");
+        svc
+    };
+    let objects = vec![
+        udp("uecho", "10.96.7.20"),
+        endpoints("uecho", &[(on_b[0], Some("edge-b"))]),
+        udp("uecho-a", "10.96.7.21"),
+        endpoints("uecho-a", &[(on_a[0], Some("edge-a"))]),
+    ];
+    let c = cluster(&objects).await;
+
+    // edge-a → a UDP Service whose only endpoint is on edge-b: every size comes back whole
+    // with a header naming the ClusterIP:port, and the endpoint got exactly what was sent.
+    let (_control, client, relay) = associate(c.a_proxy).await;
+    let header = [0, 0, 0, 1, 10, 96, 7, 20, 0, 7];
+    let mut sent = Vec::new();
+    for size in [1usize, 1400, 8000] {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        let reply = exchange(&client, relay, "uecho", &payload).await;
+        assert_eq!(reply[..10], header, "the reply names the Service's address");
+        assert_eq!(&reply[10..12], b"0:");
+        assert_eq!(&reply[12..], &payload[..], "{size} bytes back whole");
+        sent.push(payload);
+    }
+    // A fragment and a datagram for no Service are dropped; the association goes on.
+    client
+        .send_to(&to_service("uecho", 7, 1, b"fragment"), relay)
+        .await
+        .unwrap();
+    client
+        .send_to(&to_service("nosuch", 7, 0, b"lost"), relay)
+        .await
+        .unwrap();
+    let reply = exchange(&client, relay, "uecho", b"after").await;
+    assert_eq!(&reply[10..], b"0:after");
+    let reached: Vec<Vec<u8>> = seen_b.lock().unwrap().iter().map(|s| s.2.clone()).collect();
+    for payload in &sent {
+        assert!(
+            reached.contains(payload),
+            "the endpoint got each datagram whole"
+        );
+    }
+    assert!(
+        reached.iter().all(|r| sent.contains(r) || r == b"after"),
+        "nothing else reached it (no fragment, no header)"
+    );
+
+    // It went through the tunnel: edge-a chose an endpoint on edge-b, and edge-b accepted
+    // the stream from edge-a and counts the flow's datagrams.
+    let (_, metrics) = common::mesh::get(c.a.logged_addr("/metrics on http://").await, "/metrics")
+        .await
+        .unwrap();
+    let series = r#"edgemesh_upstreams_total{service="default/uecho",via="edge"}"#;
+    assert!(
+        common::mesh::sample(&metrics, series).is_some_and(|v| v > 0.0),
+        "{series} in {metrics}"
+    );
+    let (_, metrics) = common::mesh::get(c.b.logged_addr("/metrics on http://").await, "/metrics")
+        .await
+        .unwrap();
+    let series = r#"edgemesh_datagrams_total{service="default/uecho",direction="sent"}"#;
+    assert!(
+        common::mesh::sample(&metrics, series).is_some_and(|v| v >= 4.0),
+        "{series} in {metrics}"
+    );
+
+    // The cloud → a UDP Service on edge-a, through cloudcore's proxy.
+    let (_control, client, relay) = associate(c.cloud_proxy).await;
+    let reply = exchange(&client, relay, "uecho-a", b"from the cloud").await;
+    assert_eq!(reply[..10], [0, 0, 0, 1, 10, 96, 7, 21, 0, 7]);
+    assert_eq!(&reply[10..], b"0:from the cloud");
+    assert!(
+        seen_a
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.2 == b"from the cloud")
+    );
+    let _ = &c.b;
 }

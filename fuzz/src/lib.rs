@@ -81,6 +81,7 @@ pub fn shared() -> Shared {
             Pool::new(4, Duration::from_secs(60)),
             H2::new(Duration::from_secs(60)),
         ),
+        udp: None,
         limits: Limits {
             max_head: 16 * 1024,
             head_timeout: Duration::from_secs(1),

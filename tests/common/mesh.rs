@@ -13,8 +13,10 @@ use metamanager::Store;
 use metamanager::object::changes;
 use proto::ResourcePath;
 use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -336,4 +338,28 @@ pub fn edgecore_in(
         ],
         &dir.join("edgecore.log"),
     ))
+}
+
+/// What reached an echo server: (server id, client address, payload).
+pub type Seen = Arc<Mutex<Vec<(usize, SocketAddr, Vec<u8>)>>>;
+
+/// UDP echo servers on `ip`, each answering `<id>:<payload>` and logging what came.
+pub async fn udp_echoes(ip: &str, n: usize) -> (Vec<SocketAddr>, Seen) {
+    let seen: Seen = Arc::default();
+    let mut addrs = Vec::new();
+    for id in 0..n {
+        let socket = UdpSocket::bind((ip, 0)).await.unwrap();
+        addrs.push(socket.local_addr().unwrap());
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                seen.lock().unwrap().push((id, from, buf[..len].to_vec()));
+                let mut reply = format!("{id}:").into_bytes();
+                reply.extend_from_slice(&buf[..len]);
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+    }
+    (addrs, seen)
 }

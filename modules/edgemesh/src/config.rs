@@ -165,7 +165,8 @@ pub struct DnsConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct UdpConfig {
-    /// Intercept and balance the UDP ports of Services (with `iptables`).
+    /// Balance the UDP ports of Services: intercepted (with `iptables`), and through the
+    /// explicit proxy's SOCKS5 UDP ASSOCIATE.
     pub enable: bool,
     /// Milliseconds a flow (client address and Service port) keeps its endpoint without a
     /// datagram either way; a Service may set its own (`edgemesh.io/udp-idle-timeout`).

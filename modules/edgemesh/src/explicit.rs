@@ -1,6 +1,7 @@
 //! The explicit proxy: one listener for apps that iptables does not cover, and for use
 //! without root. It speaks HTTP CONNECT, absolute-URI HTTP (`curl -x`) and SOCKS5
-//! (`curl --socks5-hostname`); names are Service names. Once a connection knows its
+//! (`curl --socks5-hostname`), and SOCKS5 UDP ASSOCIATE for UDP Services
+//! ([`crate::udp::associate`]); names are Service names. Once a connection knows its
 //! Service it takes the same path as an intercepted one: same balancing, same policies.
 //!
 //! It reaches cluster Services only: it is not an open proxy to the outside world.
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -22,6 +23,7 @@ use crate::prefixed::Prefixed;
 use crate::proxy::{accept_each, dispatch};
 use crate::refusal;
 use crate::shared::Shared;
+use crate::udp::associate;
 
 /// How long a client may take to say where it is going.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +46,8 @@ enum Opening {
     Tunnel(SocketAddr, Vec<u8>),
     /// Plain proxy HTTP: the bytes read so far belong to the first request.
     Http(Vec<u8>),
+    /// A SOCKS5 UDP association; the address the client said it would send from.
+    Associate(SocketAddr),
 }
 
 async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Result<()> {
@@ -57,6 +61,20 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) ->
         Opening::Tunnel(vip, early) => Box::pin(dispatch(stream, early, peer, vip, shared)).await,
         Opening::Http(head) => {
             Box::pin(serve_http(Prefixed::new(head, stream), peer, shared)).await;
+            Ok(())
+        }
+        Opening::Associate(expect) => {
+            // The relay listens where the client reached this proxy, so it can reach that.
+            let relay = match UdpSocket::bind((stream.local_addr()?.ip(), 0)).await {
+                Ok(relay) => relay,
+                Err(e) => {
+                    // 1: general failure.
+                    socks_reply(&mut stream, 1).await?;
+                    return Err(e.into());
+                }
+            };
+            socks_reply_from(&mut stream, 0, relay.local_addr()?).await?;
+            Box::pin(associate::serve(stream, relay, peer, expect, shared)).await;
             Ok(())
         }
     }
@@ -170,25 +188,49 @@ fn resolve_authority(
 
 /// The Service address of a host name or ClusterIP and a port.
 pub fn resolve(host: &str, port: u16, shared: &Shared) -> Result<SocketAddr> {
+    resolve_port(host, port, shared, false)
+}
+
+/// The Service address of a host name or ClusterIP and a UDP port.
+pub fn resolve_udp(host: &str, port: u16, shared: &Shared) -> Result<SocketAddr> {
+    resolve_port(host, port, shared, true)
+}
+
+fn resolve_port(host: &str, port: u16, shared: &Shared, udp: bool) -> Result<SocketAddr> {
     let catalog = shared.catalog.load();
     let unknown = || {
         shared.unknown.error(Reason::unknown_service);
         Error::UnknownName(format!(
-            "{host}:{port} (this proxy reaches cluster Services only)"
+            "{host}:{port}{} (this proxy reaches cluster Services only)",
+            if udp { "/udp" } else { "" }
         ))
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<IpAddr>() {
         let vip = SocketAddr::new(ip, port);
-        return catalog.lookup(vip).map(|_| vip).ok_or_else(unknown);
+        let known = if udp {
+            catalog.lookup_udp(vip).is_some()
+        } else {
+            catalog.lookup(vip).is_some()
+        };
+        return known.then_some(vip).ok_or_else(unknown);
     }
     let name = shared.names.service(host).ok_or_else(unknown)?;
+    if udp {
+        let ip = catalog.cluster_ip(&name.namespace, &name.name);
+        return catalog
+            .target_udp(&name.namespace, &name.name, port)
+            .and(ip)
+            .map(|ip| SocketAddr::new(ip, port))
+            .ok_or_else(unknown);
+    }
     catalog
         .vip(&name.namespace, &name.name, &port.to_string())
         .ok_or_else(unknown)
 }
 
-/// The SOCKS5 greeting and CONNECT request (RFC 1928), without authentication.
+/// The SOCKS5 greeting and a CONNECT or UDP ASSOCIATE request (RFC 1928), without
+/// authentication.
 async fn socks5<S>(stream: &mut S, shared: &Shared) -> Result<Opening>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -234,10 +276,15 @@ where
         }
     };
     let port = stream.read_u16().await?;
+    if command == 3 && shared.udp.is_some() {
+        // DST here is where the client will send from; zeros when it does not know.
+        let ip = host.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        return Ok(Opening::Associate(SocketAddr::new(ip, port)));
+    }
     if command != 1 {
         socks_reply(stream, 7).await?;
         return Err(Error::Protocol(format!(
-            "SOCKS5 command {command} (only CONNECT)"
+            "SOCKS5 command {command} (CONNECT, and UDP ASSOCIATE with udp on)"
         )));
     }
     match resolve(&host, port, shared) {
@@ -258,6 +305,28 @@ async fn socks_reply<S: AsyncWrite + Unpin>(stream: &mut S, code: u8) -> Result<
     Ok(())
 }
 
+/// A reply naming an address (BND.ADDR and BND.PORT): the relay of a UDP association.
+async fn socks_reply_from<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    code: u8,
+    addr: SocketAddr,
+) -> Result<()> {
+    let mut reply = vec![5, code, 0];
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            reply.push(1);
+            reply.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            reply.push(4);
+            reply.extend_from_slice(&ip.octets());
+        }
+    }
+    reply.extend_from_slice(&addr.port().to_be_bytes());
+    stream.write_all(&reply).await?;
+    Ok(())
+}
+
 /// Entry points for the fuzz targets in `fuzz/` (not an API: it may change at any time).
 #[doc(hidden)]
 pub mod fuzzing {
@@ -265,7 +334,8 @@ pub mod fuzzing {
 
     /// Reads a client's proxy request from `client` (all it sends before closing) as the
     /// listener does: the Service address of a tunnel with the bytes sent after the
-    /// request, or `None` for plain proxy HTTP. Also returns what the proxy wrote back.
+    /// request, or `None` for plain proxy HTTP or a UDP association. Also returns what the
+    /// proxy wrote back.
     pub async fn open(
         client: &[u8],
         shared: &Shared,
@@ -281,7 +351,7 @@ pub mod fuzzing {
         let (_, written) = stream.into_inner();
         let opened = opened.map(|o| match o {
             Opening::Tunnel(vip, early) => Some((vip, early)),
-            Opening::Http(_) => None,
+            Opening::Http(_) | Opening::Associate(_) => None,
         });
         (opened, written)
     }

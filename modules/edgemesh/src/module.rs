@@ -233,10 +233,23 @@ struct Parts {
     kept: Arc<Kept>,
     drain: Drain,
     tunnel: Option<Arc<Tunnel>>,
+    /// The cap on UDP flows, shared by intercepted flows and SOCKS5 UDP associations.
+    udp_budget: Arc<udp::Budget>,
 }
 
 impl Parts {
-    fn shared(&self) -> Shared {
+    /// What every UDP flow needs (intercepted, or from the explicit proxy).
+    fn udp_ports(&self) -> udp::Ports {
+        udp::Ports {
+            catalog: self.catalog.clone(),
+            upstream: self.upstream(),
+            default_idle: Duration::from_millis(self.config.udp.idle_timeout_ms),
+            budget: self.udp_budget.clone(),
+            unknown: self.kept.metrics.service(UNKNOWN),
+        }
+    }
+
+    fn upstream(&self) -> Upstream {
         let config = &self.config;
         let mut upstream = Upstream::new(
             &self.node,
@@ -254,9 +267,15 @@ impl Parts {
         {
             upstream = upstream.dialling_remote();
         }
+        upstream
+    }
+
+    fn shared(&self) -> Shared {
+        let config = &self.config;
         Shared {
             catalog: self.catalog.clone(),
-            upstream,
+            upstream: self.upstream(),
+            udp: config.udp.enable.then(|| Arc::new(self.udp_ports())),
             limits: Limits {
                 max_head: config.max_head_bytes,
                 head_timeout: Duration::from_millis(config.head_timeout_ms),
@@ -327,6 +346,7 @@ impl Module for EdgeMesh {
             bus_fed,
             feed_status,
         } = *self;
+        let config_udp_max_flows = config.udp.max_flows;
         let this = Parts {
             config,
             node,
@@ -334,6 +354,7 @@ impl Module for EdgeMesh {
             kept,
             drain: drain.clone(),
             tunnel,
+            udp_budget: Arc::new(udp::Budget::new(config_udp_max_flows)),
         };
         let tunnelling = this.tunnel.clone().and_then(|tunnel| {
             let lane = match ctx.take_lane::<Carriage>(MESH_LANE) {
@@ -506,13 +527,7 @@ impl Module for EdgeMesh {
             Arc::new(UdpProxy::new(
                 addr.ip(),
                 workers,
-                udp::Ports {
-                    catalog: this.catalog.clone(),
-                    upstream: this.shared().upstream,
-                    default_idle: Duration::from_millis(this.config.udp.idle_timeout_ms),
-                    budget: Arc::new(udp::Budget::new(this.config.udp.max_flows)),
-                    unknown: this.kept.metrics.service(UNKNOWN),
-                },
+                this.udp_ports(),
                 stop.child_token(),
             ))
         });

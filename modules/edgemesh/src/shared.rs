@@ -19,6 +19,8 @@ pub struct Shared {
     /// Choosing, admitting and dialling endpoints, and the kept connections (HTTP/1 and
     /// HTTP/2).
     pub upstream: Upstream,
+    /// UDP flows for the explicit proxy's SOCKS5 UDP ASSOCIATE; `None` with `udp` off.
+    pub udp: Option<Arc<crate::udp::Ports>>,
     /// Limits on what clients send.
     pub limits: Limits,
     /// Limit on a silent connection.

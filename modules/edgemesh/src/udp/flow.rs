@@ -45,11 +45,27 @@ enum Tunneled {
     Closed,
 }
 
+/// Where a flow's replies go, and the key of the flow in its table.
+pub(super) struct Return {
+    /// The client.
+    pub client: SocketAddr,
+    /// The address the client's datagrams arrived at, which replies leave from (an
+    /// intercepted flow's ClusterIP, after conntrack).
+    pub local: Option<Ipv4Addr>,
+    /// The flow's key in its table: the client for an intercepted port, the Service
+    /// address for a SOCKS5 association (whose client is fixed).
+    pub key: SocketAddr,
+    /// Bytes put before each reply (a SOCKS5 UDP header naming the Service).
+    pub header: Option<Box<[u8]>>,
+}
+
 /// A live flow.
 pub(super) struct Flow {
     way: Way,
     /// The address the client's datagrams arrived at, which replies leave from.
     local: Option<Ipv4Addr>,
+    /// Bytes put before each reply.
+    header: Option<Box<[u8]>>,
     stats: Arc<ServiceStats>,
     /// Milliseconds since `born` of the last datagram either way.
     last: AtomicU64,
@@ -109,7 +125,16 @@ impl Flow {
     /// A datagram from the endpoint goes back to `client` from the address it addressed.
     fn reply(&self, port: &UdpSocket, datagram: &[u8], client: SocketAddr) {
         self.touch();
-        match pktinfo::try_send(port, datagram, client, self.local) {
+        let sent = match &self.header {
+            None => pktinfo::try_send(port, datagram, client, self.local),
+            Some(header) => {
+                let mut wrapped = Vec::with_capacity(header.len() + datagram.len());
+                wrapped.extend_from_slice(header);
+                wrapped.extend_from_slice(datagram);
+                port.try_send_to(&wrapped, client)
+            }
+        };
+        match sent {
             Ok(_) => {
                 self.stats.datagrams_received.inc();
                 self.stats.bytes_received.inc_by(datagram.len() as u64);
@@ -135,7 +160,7 @@ fn sent_on(stream: &DatagramStream, datagram: &[u8]) -> Result<usize, Reason> {
 /// usable endpoint, or its QPS limit refuses a new flow.
 pub(super) fn start(
     vip: SocketAddr,
-    (client, local): (SocketAddr, Option<Ipv4Addr>),
+    to: Return,
     port: &Arc<UdpSocket>,
     ports: &Arc<Ports>,
     flows: &Flows,
@@ -158,6 +183,7 @@ pub(super) fn start(
         ));
         return None;
     };
+    let client = to.client;
     // ConsistentHash keys a flow on its client's address, as TCP does.
     let key = match client.ip() {
         std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
@@ -192,7 +218,8 @@ pub(super) fn start(
     };
     let flow = Arc::new(Flow {
         way,
-        local,
+        local: to.local,
+        header: to.header,
         stats: target.stats.clone(),
         last: AtomicU64::new(0),
         born: Instant::now(),
@@ -203,10 +230,11 @@ pub(super) fn start(
     flows
         .lock()
         .expect("flows poisoned")
-        .insert(client, flow.clone());
+        .insert(to.key, flow.clone());
     let ends = Ends {
         flow: flow.clone(),
         client,
+        key: to.key,
         port: port.clone(),
         flows: flows.clone(),
         idle: target.udp_idle.unwrap_or(ports.default_idle),
@@ -223,6 +251,7 @@ pub(super) fn start(
 struct Ends {
     flow: Arc<Flow>,
     client: SocketAddr,
+    key: SocketAddr,
     port: Arc<UdpSocket>,
     flows: Flows,
     idle: Duration,
@@ -243,10 +272,10 @@ impl Ends {
         }
         let mut table = self.flows.lock().expect("flows poisoned");
         if table
-            .get(&self.client)
+            .get(&self.key)
             .is_some_and(|f| Arc::ptr_eq(f, &self.flow))
         {
-            table.remove(&self.client);
+            table.remove(&self.key);
         }
     }
 }

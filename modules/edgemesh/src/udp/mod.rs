@@ -20,6 +20,7 @@
 //! its Service's idle time (`edgemesh.io/udp-idle-timeout`, else `udp.idleTimeoutMs`), and
 //! flows are capped over all Services (`udp.maxFlows`).
 
+pub mod associate;
 mod flow;
 mod pktinfo;
 mod port;
@@ -64,11 +65,16 @@ pub fn parse_idle(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// What every UDP port's loop needs.
-pub(crate) struct Ports {
+/// What every UDP flow needs, intercepted or from the explicit proxy.
+#[derive(Debug)]
+pub struct Ports {
+    /// The Services.
     pub catalog: Arc<ArcSwap<Catalog>>,
+    /// Chooses endpoints, and opens datagram streams to other nodes.
     pub upstream: Upstream,
+    /// Idle time of a flow whose Service sets none.
     pub default_idle: Duration,
+    /// The cap on live flows.
     pub budget: Arc<Budget>,
     /// The label of datagrams for a port that left the catalog.
     pub unknown: Arc<ServiceStats>,

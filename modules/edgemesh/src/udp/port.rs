@@ -45,7 +45,14 @@ pub(super) async fn serve(
         let known = flows.lock().expect("flows poisoned").get(&client).cloned();
         let flow = match known {
             Some(flow) => flow,
-            None => match flow::start(vip, (client, local), &socket, &ports, &flows, &stop) {
+            None => match flow::start(
+                vip,
+                intercepted(client, local),
+                &socket,
+                &ports,
+                &flows,
+                &stop,
+            ) {
                 Some(flow) => flow,
                 None => continue,
             },
@@ -54,4 +61,14 @@ pub(super) async fn serve(
     }
     // Flows end with their port (their tasks hold children of `stop`).
     flows.lock().expect("flows poisoned").clear();
+}
+
+/// An intercepted client's flow: keyed by the client, answered from the address it sent to.
+fn intercepted(client: SocketAddr, local: Option<std::net::Ipv4Addr>) -> flow::Return {
+    flow::Return {
+        client,
+        local,
+        key: client,
+        header: None,
+    }
 }
