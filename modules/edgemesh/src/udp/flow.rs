@@ -292,10 +292,20 @@ async fn replies(ends: Ends) {
     let Way::Socket(upstream) = &ends.flow.way else {
         return ends.end();
     };
-    while let Some(left) = ends.quiet_left() {
+    // One timer and one cancellation wait for the flow's life, not one per datagram.
+    let cancelled = ends.stop.clone().cancelled_owned();
+    let quiet = tokio::time::sleep(ends.idle);
+    tokio::pin!(cancelled, quiet);
+    loop {
         tokio::select! {
-            _ = ends.stop.cancelled() => break,
-            _ = tokio::time::sleep(left) => continue,
+            _ = &mut cancelled => break,
+            _ = &mut quiet => match ends.quiet_left() {
+                Some(left) => {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + left);
+                    continue;
+                }
+                None => break,
+            },
             ready = upstream.readable() => {
                 if ready.is_err() {
                     break;
@@ -357,10 +367,19 @@ async fn tunnelled(
             }
         }
     }
-    while let Some(left) = ends.quiet_left() {
+    let cancelled = ends.stop.clone().cancelled_owned();
+    let quiet = tokio::time::sleep(ends.idle);
+    tokio::pin!(cancelled, quiet);
+    loop {
         tokio::select! {
-            _ = ends.stop.cancelled() => break,
-            _ = tokio::time::sleep(left) => continue,
+            _ = &mut cancelled => break,
+            _ = &mut quiet => match ends.quiet_left() {
+                Some(left) => {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + left);
+                    continue;
+                }
+                None => break,
+            },
             got = stream.recv() => match got {
                 Ok(Some(datagram)) => {
                     ends.flow.reply(&ends.port, &datagram, ends.client);

@@ -30,9 +30,11 @@ pub(super) async fn serve(
     let flows: Flows = Arc::default();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut control = pktinfo::control_buffer();
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let (n, client, local) = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = &mut cancelled => break,
             got = pktinfo::recv(&socket, &mut buf, &mut control) => match got {
                 Ok(got) => got,
                 // A client's ICMP error lands here on some kernels; the port goes on.
