@@ -472,6 +472,8 @@ impl Module for EdgeMesh {
             }
         }
         let mut threads = Vec::with_capacity(workers);
+        // Each worker's runtime, so UDP Service ports are served on the workers too.
+        let (runtimes_tx, runtimes_rx) = std::sync::mpsc::channel();
         for (i, (listener, seat)) in listeners
             .into_iter()
             .zip(Spread::seats(workers))
@@ -485,6 +487,7 @@ impl Module for EdgeMesh {
             let mut shared = this.shared();
             shared.drain = drain;
             let serving = Serving::on(&liveness);
+            let runtimes_tx = runtimes_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("edgemesh-{i}"))
                 .spawn(move || {
@@ -499,6 +502,8 @@ impl Module for EdgeMesh {
                             return;
                         }
                     };
+                    let _ = runtimes_tx.send((i, runtime.handle().clone()));
+                    drop(runtimes_tx);
                     runtime.block_on(async move {
                         let shared = Arc::new(shared);
                         tokio::spawn(sweep(shared.clone(), stop.clone()));
@@ -510,6 +515,10 @@ impl Module for EdgeMesh {
                 })?;
             threads.push(thread);
         }
+        drop(runtimes_tx);
+        let mut runtimes: Vec<(usize, tokio::runtime::Handle)> = runtimes_rx.iter().collect();
+        runtimes.sort_by_key(|(i, _)| *i);
+        let runtimes: Vec<tokio::runtime::Handle> = runtimes.into_iter().map(|(_, h)| h).collect();
         liveness
             .started
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -526,7 +535,7 @@ impl Module for EdgeMesh {
         let udp = (this.config.iptables && this.config.udp.enable).then(|| {
             Arc::new(UdpProxy::new(
                 addr.ip(),
-                workers,
+                runtimes,
                 this.udp_ports(),
                 stop.child_token(),
             ))

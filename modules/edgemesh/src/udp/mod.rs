@@ -129,7 +129,8 @@ struct Listening {
 /// The UDP side of edgemesh: a listening socket per UDP Service port.
 pub struct UdpProxy {
     ip: IpAddr,
-    readers: usize,
+    /// The worker runtimes: one socket of each port per worker, served there.
+    runtimes: Vec<tokio::runtime::Handle>,
     ports: Arc<Ports>,
     listening: Mutex<HashMap<SocketAddr, Listening>>,
     stop: CancellationToken,
@@ -137,11 +138,22 @@ pub struct UdpProxy {
 
 impl UdpProxy {
     /// Listens on `ip` (the interception listener's address), one port per Service port,
-    /// read by `readers` sockets.
-    pub(crate) fn new(ip: IpAddr, readers: usize, ports: Ports, stop: CancellationToken) -> Self {
+    /// with a socket of it on each of `runtimes` (the workers'; the current runtime when
+    /// empty).
+    pub(crate) fn new(
+        ip: IpAddr,
+        runtimes: Vec<tokio::runtime::Handle>,
+        ports: Ports,
+        stop: CancellationToken,
+    ) -> Self {
+        let runtimes = if runtimes.is_empty() {
+            vec![tokio::runtime::Handle::current()]
+        } else {
+            runtimes
+        };
         UdpProxy {
             ip,
-            readers: readers.max(1),
+            runtimes,
             ports: Arc::new(ports),
             listening: Mutex::default(),
             stop,
@@ -183,25 +195,33 @@ impl UdpProxy {
         out
     }
 
-    /// Opens `readers` sockets on one new port (`SO_REUSEPORT`), each read by a task of
-    /// its own, so a busy Service port is read on every core. The kernel sends a client
-    /// address's datagrams always to the same socket, so each socket keeps its own flows.
+    /// Opens a socket per worker on one new port (`SO_REUSEPORT`), each read by a task on
+    /// its worker's runtime, so a busy Service port is read on every core and a flow's
+    /// datagrams, its socket towards the endpoint and its task stay on one thread, with no
+    /// wake-ups across cores (as the TCP path does). The kernel sends a client address's
+    /// datagrams always to the same socket, so each socket keeps its own flows.
     fn open(&self, vip: SocketAddr) -> std::io::Result<Listening> {
         let mut sockets = vec![reuse_port_socket(SocketAddr::new(self.ip, 0))?];
         let bound = sockets[0].local_addr()?;
-        for _ in 1..self.readers {
+        for _ in 1..self.runtimes.len() {
             sockets.push(reuse_port_socket(bound)?);
         }
         let stop = self.stop.child_token();
-        for socket in sockets {
-            let socket = UdpSocket::from_std(socket)?;
-            pktinfo::enable(&socket)?;
-            tokio::spawn(port::serve(
-                vip,
-                Arc::new(socket),
-                self.ports.clone(),
-                stop.clone(),
-            ));
+        for (socket, runtime) in sockets.into_iter().zip(&self.runtimes) {
+            let (ports, stop) = (self.ports.clone(), stop.clone());
+            // Registered with the worker's reactor, so made there.
+            runtime.spawn(async move {
+                let socket = match UdpSocket::from_std(socket)
+                    .and_then(|s| pktinfo::enable(&s).map(|()| s))
+                {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        log::error!("udp: {vip}: {e}");
+                        return;
+                    }
+                };
+                port::serve(vip, Arc::new(socket), ports, stop).await;
+            });
         }
         log::debug!("udp: {vip} served on port {}", bound.port());
         Ok(Listening {
