@@ -9,7 +9,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(to) = parse_header(data) {
         assert!(to.data_at <= data.len());
-        assert!(to.data_at >= 4 + 1 + 2, "at least a header's fixed fields and a port");
+        assert!(
+            to.data_at >= 4 + 1 + 2,
+            "at least a header's fixed fields and a port"
+        );
         assert_eq!(data[2], 0, "fragments are refused");
     }
 });

@@ -312,17 +312,7 @@ async fn socks_reply_from<S: AsyncWrite + Unpin>(
     addr: SocketAddr,
 ) -> Result<()> {
     let mut reply = vec![5, code, 0];
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            reply.push(1);
-            reply.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            reply.push(4);
-            reply.extend_from_slice(&ip.octets());
-        }
-    }
-    reply.extend_from_slice(&addr.port().to_be_bytes());
+    reply.extend_from_slice(&associate::socks_address(addr));
     stream.write_all(&reply).await?;
     Ok(())
 }

@@ -71,20 +71,27 @@ pub fn parse_header(datagram: &[u8]) -> Result<Destination, &'static str> {
     })
 }
 
+/// An address as SOCKS5 writes it: `ATYP ADDR PORT`.
+pub(crate) fn socks_address(addr: SocketAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 16 + 2);
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(1);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+    out
+}
+
 /// The header put before each reply from Service address `vip`.
 fn reply_header(vip: SocketAddr) -> Box<[u8]> {
     let mut header = vec![0, 0, 0];
-    match vip.ip() {
-        IpAddr::V4(ip) => {
-            header.push(1);
-            header.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            header.push(4);
-            header.extend_from_slice(&ip.octets());
-        }
-    }
-    header.extend_from_slice(&vip.port().to_be_bytes());
+    header.extend_from_slice(&socks_address(vip));
     header.into_boxed_slice()
 }
 

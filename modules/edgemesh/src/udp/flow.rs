@@ -6,12 +6,14 @@
 //! ClusterIP:port) and ends the flow once it has been idle.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::pktinfo;
 use super::port::Flows;
@@ -280,6 +282,36 @@ impl Ends {
     }
 }
 
+/// The end of a flow's life: its port closing, or the flow going idle. One timer and one
+/// cancellation wait for the whole life, not one per datagram.
+struct Life {
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    quiet: Pin<Box<Sleep>>,
+}
+
+impl Life {
+    fn new(ends: &Ends) -> Self {
+        Life {
+            cancelled: Box::pin(ends.stop.clone().cancelled_owned()),
+            quiet: Box::pin(tokio::time::sleep(ends.idle)),
+        }
+    }
+
+    /// Returns when the flow is over. Cancel-safe: a datagram that wins the race leaves
+    /// the timer and the wait as they were.
+    async fn over(&mut self, ends: &Ends) {
+        loop {
+            tokio::select! {
+                _ = &mut self.cancelled => return,
+                _ = &mut self.quiet => match ends.quiet_left() {
+                    Some(left) => self.quiet.as_mut().reset(tokio::time::Instant::now() + left),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
 thread_local! {
     /// One receive buffer per worker thread, not per flow: ten thousand idle flows hold
     /// no buffers.
@@ -292,20 +324,10 @@ async fn replies(ends: Ends) {
     let Way::Socket(upstream) = &ends.flow.way else {
         return ends.end();
     };
-    // One timer and one cancellation wait for the flow's life, not one per datagram.
-    let cancelled = ends.stop.clone().cancelled_owned();
-    let quiet = tokio::time::sleep(ends.idle);
-    tokio::pin!(cancelled, quiet);
+    let mut life = Life::new(&ends);
     loop {
         tokio::select! {
-            _ = &mut cancelled => break,
-            _ = &mut quiet => match ends.quiet_left() {
-                Some(left) => {
-                    quiet.as_mut().reset(tokio::time::Instant::now() + left);
-                    continue;
-                }
-                None => break,
-            },
+            _ = life.over(&ends) => break,
             ready = upstream.readable() => {
                 if ready.is_err() {
                     break;
@@ -367,19 +389,10 @@ async fn tunnelled(
             }
         }
     }
-    let cancelled = ends.stop.clone().cancelled_owned();
-    let quiet = tokio::time::sleep(ends.idle);
-    tokio::pin!(cancelled, quiet);
+    let mut life = Life::new(&ends);
     loop {
         tokio::select! {
-            _ = &mut cancelled => break,
-            _ = &mut quiet => match ends.quiet_left() {
-                Some(left) => {
-                    quiet.as_mut().reset(tokio::time::Instant::now() + left);
-                    continue;
-                }
-                None => break,
-            },
+            _ = life.over(&ends) => break,
             got = stream.recv() => match got {
                 Ok(Some(datagram)) => {
                     ends.flow.reply(&ends.port, &datagram, ends.client);
