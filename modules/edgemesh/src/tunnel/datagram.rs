@@ -36,11 +36,6 @@ impl DatagramStream {
         DatagramStream(stream)
     }
 
-    /// Where the stream goes, for logs.
-    pub fn peer(&self) -> &str {
-        self.0.peer()
-    }
-
     /// Sends one datagram now, or drops it when the window has no room for all of it. An
     /// error means the stream is over (reset, or the link is down).
     pub fn send(&self, datagram: &[u8]) -> io::Result<Sent> {

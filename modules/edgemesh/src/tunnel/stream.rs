@@ -215,7 +215,8 @@ impl TunnelStream {
         if (state.send.credit() as usize) < n {
             return Ok(false);
         }
-        Ok(state.send.reserve(n) == n)
+        state.send.reserve(n);
+        Ok(true)
     }
 
     /// Returns credit taken and not used.
