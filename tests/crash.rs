@@ -66,12 +66,39 @@ fn acked(cloud: &Proc, node: &str) -> Vec<String> {
         .collect()
 }
 
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+async fn until(what: &str, cond: impl FnMut() -> bool) {
+    until_else(what, cond, String::new).await
+}
+
+/// [`until`], with `report` saying what stands when the wait fails.
+async fn until_else(what: &str, mut cond: impl FnMut() -> bool, report: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            report()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The lines of `proc`'s log about the link, the resync and trouble: what a failed wait
+/// needs to be understood.
+fn story(name: &str, proc: &Proc) -> String {
+    let lines: Vec<String> = proc
+        .text()
+        .lines()
+        .filter(|l| !l.contains("ACKed") && !l.contains("insecure"))
+        .filter(|l| {
+            ["connect", "resync", "reported", "link", "WARN", "ERROR"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .map(str::to_owned)
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(25)..];
+    format!("--- {name} ({} lines)\n{}\n", lines.len(), tail.join("\n"))
 }
 
 /// Kills the edge, then checks its store against what cloudhub saw ACKed: every object
@@ -182,14 +209,32 @@ async fn a_killed_edge_keeps_every_acked_object_and_resync_completes_it() {
     })
     .await;
     kill_and_check(edge, &cloud, &db, before, "2");
-    let _edge = start(3);
-    until("every object at its new version", || {
+    let edge = start(3);
+    let behind = || -> (usize, Vec<String>) {
         let rows = sqlite_rows(&db);
-        rows.len() == all
-            && rows
-                .iter()
-                .filter(|(k, _)| k.contains("/service/"))
-                .all(|(_, v)| v["metadata"]["annotations"]["gen"] == "2")
-    })
+        let old = rows
+            .iter()
+            .filter(|(k, v)| k.contains("/service/") && v["metadata"]["annotations"]["gen"] != "2")
+            .map(|(k, _)| k.clone())
+            .collect();
+        (rows.len(), old)
+    };
+    until_else(
+        "every object at its new version",
+        || {
+            let (rows, old) = behind();
+            rows == all && old.is_empty()
+        },
+        || {
+            let (rows, old) = behind();
+            format!(
+                "{rows} rows of {all}; {} Service(s) not at generation 2, e.g. {:?}\n{}{}",
+                old.len(),
+                &old[..old.len().min(3)],
+                story("cloudcore", &cloud),
+                story("edgecore", &edge)
+            )
+        },
+    )
     .await;
 }

@@ -1,5 +1,6 @@
-//! Follows metamanager's watch of Services and Endpoints and swaps a new [`Catalog`] in on
-//! every change, once both initial lists are complete. Each object is parsed once, as it
+//! Follows metamanager's watch of Services and Endpoints and swaps a new [`Catalog`] in
+//! after changes (a burst gathered into few builds, see [`crate::rebuild`]), once both
+//! initial lists are complete. Each object is parsed once, as it
 //! arrives, into the compact form the catalog reads ([`crate::objects`]); its JSON tree is
 //! dropped there.
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, Defaults, Kept};
 use crate::objects::{Endpoints, Service};
+use crate::rebuild::{self, Rebuild};
 
 /// One watched kind, held parsed.
 pub(crate) struct Side<T> {
@@ -93,17 +95,24 @@ pub async fn follow(
     let mut endpoints = Side::new(|v| Some(Endpoints::parse(v)));
     let mut svc_watch = Watch::new(&socket, None, ResourceType::Service);
     let mut ep_watch = Watch::new(&socket, None, ResourceType::Endpoints);
+    let mut rebuild = Rebuild::default();
     loop {
         let changed = tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             event = svc_watch.next() => services.apply(event),
             event = ep_watch.next() => endpoints.apply(event),
+            _ = rebuild::ready(rebuild.due()) => {
+                let next = Catalog::build(&services.objects, &endpoints.objects, &defaults, &kept);
+                log::debug!("catalog: {} service port(s)", next.vips().len());
+                catalog.store(Arc::new(next));
+                generation.send_modify(|g| *g += 1);
+                rebuild.built();
+                false
+            }
         };
         if changed && services.synced && endpoints.synced {
-            let next = Catalog::build(&services.objects, &endpoints.objects, &defaults, &kept);
-            log::debug!("catalog: {} service port(s)", next.vips().len());
-            catalog.store(Arc::new(next));
-            generation.send_modify(|g| *g += 1);
+            rebuild.mark();
         }
     }
 }

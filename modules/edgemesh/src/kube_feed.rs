@@ -35,6 +35,7 @@ use crate::catalog::{Catalog, Defaults, Kept};
 use crate::config::KubernetesConfig;
 use crate::follow::Side;
 use crate::objects::{Address, Endpoints, Service, Subset};
+use crate::rebuild::{self, Rebuild};
 
 /// Label on an EndpointSlice naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -273,8 +274,10 @@ pub async fn follow(
         )
         .default_backoff()
     );
+    let mut rebuild = Rebuild::default();
     loop {
         let changed = tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             Some(next) = svc_stream.next() => match next {
                 Ok(next) => {
@@ -298,7 +301,19 @@ pub async fn follow(
                     false
                 }
             },
-            else => return,
+            _ = rebuild::ready(rebuild.due()) => {
+                let next = Catalog::build(
+                    &services.objects,
+                    &merged(&slices.objects),
+                    &defaults,
+                    &kept,
+                );
+                log::debug!("catalog: {} service port(s)", next.vips().len());
+                catalog.store(Arc::new(next));
+                generation.send_modify(|g| *g += 1);
+                rebuild.built();
+                false
+            }
         };
         if !changed {
             continue;
@@ -308,15 +323,7 @@ pub async fn follow(
             s.slices = slices.synced;
         });
         if services.synced && slices.synced {
-            let next = Catalog::build(
-                &services.objects,
-                &merged(&slices.objects),
-                &defaults,
-                &kept,
-            );
-            log::debug!("catalog: {} service port(s)", next.vips().len());
-            catalog.store(Arc::new(next));
-            generation.send_modify(|g| *g += 1);
+            rebuild.mark();
         }
     }
 }

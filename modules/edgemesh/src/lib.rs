@@ -48,6 +48,7 @@ pub mod objects;
 pub mod prefixed;
 pub mod proxy;
 pub mod qps;
+mod rebuild;
 pub mod refusal;
 pub mod relay;
 pub mod shared;
