@@ -6,7 +6,8 @@
 # already in its SQLite store, as the cloud would have left them: realistic Kubernetes
 # objects (uid, labels, selector, clusterIPs, targetRef...), one TCP port each. Once
 # /readyz says edgemesh has loaded the Services, and a second of idleness later, it prints
-# the process's VmRSS and VmHWM (its peak) from /proc/PID/status, its thread count, and
+# the process's VmRSS, its anonymous part (heap, stacks) and its file-backed part (the
+# binary's resident code), VmHWM (its peak) from /proc/PID/status, its thread count, and
 # the line count of /metrics (scraped after RSS is read, so the scrape's own buffers are
 # not counted; RSS after the scrape is printed too).
 # How: no root needed: edgemesh without iptables, every listener on 127.0.0.1; no cloud
@@ -39,7 +40,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 status_kib() { awk -v k="$1:" '$1==k{print $2}' "/proc/$PID/status"; }
 
-printf '%-9s %-4s %10s %10s %8s %14s %14s\n' services run "VmRSS KiB" "VmHWM KiB" threads "/metrics lines" "RSS after KiB"
+printf '%-9s %-4s %10s %10s %10s %10s %8s %14s %14s\n' services run "VmRSS KiB" "anon KiB" "file KiB" "VmHWM KiB" threads "/metrics lines" "RSS after KiB"
 for count in "${COUNTS[@]}"; do
     for run in $(seq "$RUNS"); do
         dir="$WORK/$count-$run"
@@ -105,11 +106,13 @@ CONF
         fi
         sleep 1 # idle: whatever the start-up left behind has settled
         rss=$(status_kib VmRSS)
+        anon=$(status_kib RssAnon)
+        file=$(status_kib RssFile)
         hwm=$(status_kib VmHWM)
         threads=$(status_kib Threads)
         lines=$(curl -fsS "http://127.0.0.1:$health/metrics" | wc -l)
         after=$(status_kib VmRSS)
-        printf '%-9s %-4s %10s %10s %8s %14s %14s\n' "$count" "$run" "$rss" "$hwm" "$threads" "$lines" "$after"
+        printf '%-9s %-4s %10s %10s %10s %10s %8s %14s %14s\n' "$count" "$run" "$rss" "$anon" "$file" "$hwm" "$threads" "$lines" "$after"
         kill "$PID"
         wait "$PID" 2>/dev/null || true
         PID=

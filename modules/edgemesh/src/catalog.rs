@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::breaker::{BREAKER_ANNOTATION, BreakerPolicy, Breakers};
 use crate::lb::{Backend, Balancer, Load, Strategy};
-use crate::metrics::{Metrics, ServiceStats};
+use crate::metrics::{LazyStats, Metrics};
 use crate::objects::{Endpoints, Service};
 use crate::qps::{self, Limiter, Limiters, QPS_ANNOTATION};
 
@@ -41,7 +41,7 @@ pub struct Target {
     /// When endpoints are ejected (`edgemesh.io/circuit-breaker`).
     pub breaker: BreakerPolicy,
     /// The Service's metrics.
-    pub stats: Arc<ServiceStats>,
+    pub stats: Arc<LazyStats>,
     /// A UDP port's flows end after this long without a datagram either way
     /// (`edgemesh.io/udp-idle-timeout`); `None`: the config's default.
     pub udp_idle: Option<std::time::Duration>,
@@ -183,7 +183,7 @@ impl Catalog {
                     defaults.breaker
                 }),
             };
-            let stats = kept.metrics.catalogued(&service);
+            let stats = Arc::new(LazyStats::new(kept.metrics.clone(), &service));
             let udp_idle = annotations.udp_idle_timeout.as_deref().and_then(|v| {
                 crate::udp::parse_idle(v)
                     .inspect_err(|e| {

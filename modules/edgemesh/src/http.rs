@@ -302,7 +302,7 @@ async fn send(
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let service = target.service.clone();
-        let stats = target.stats.clone();
+        let stats = target.stats.handle();
         tokio::spawn(shared.drain.run(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((a, b)) => {

@@ -885,7 +885,10 @@ pub mod fuzzing {
                     topology: crate::objects::Topology::All,
                     limiter: None,
                     breaker: crate::breaker::BreakerPolicy::default(),
-                    stats: crate::metrics::Metrics::default().service("default/web"),
+                    stats: Arc::new(crate::metrics::LazyStats::new(
+                        Arc::default(),
+                        "default/web",
+                    )),
                     udp_idle: None,
                 },
                 limits: Limits {

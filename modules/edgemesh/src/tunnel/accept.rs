@@ -108,7 +108,7 @@ impl Acceptor {
                 "this node has its limit of tunnel streams open".to_owned(),
             );
         };
-        let stats = target.stats.clone();
+        let stats = target.stats.handle();
         if open.protocol == ProtocolHint::Datagram {
             let idle = target.udp_idle.unwrap_or(self.udp_idle);
             drop(catalog);

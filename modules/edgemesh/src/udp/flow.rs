@@ -222,7 +222,7 @@ pub(super) fn start(
         way,
         local: to.local,
         header: to.header,
-        stats: target.stats.clone(),
+        stats: target.stats.handle(),
         last: AtomicU64::new(0),
         born: Instant::now(),
         _slot: slot,

@@ -441,7 +441,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::breaker::BreakerPolicy;
     use crate::lb::{Balancer, Strategy};
-    use crate::metrics::Metrics;
 
     /// Awaits `cond` with a deadline (no fixed sleeps in tests).
     pub async fn until(mut cond: impl FnMut() -> bool) {
@@ -473,7 +472,10 @@ pub(crate) mod tests {
             topology: Topology::All,
             limiter: None,
             breaker,
-            stats: Metrics::default().service("default/web"),
+            stats: Arc::new(crate::metrics::LazyStats::new(
+                Arc::default(),
+                "default/web",
+            )),
             udp_idle: None,
         }
     }
