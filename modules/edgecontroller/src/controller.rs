@@ -106,6 +106,8 @@ impl Module for EdgeController {
             edge_nodes: BTreeSet::new(),
             awaiting: HashMap::new(),
             remembered: HashMap::new(),
+            listed: BTreeSet::new(),
+            deferred: HashMap::new(),
             next_token: 0,
             refusals: self.refusals,
         };
@@ -146,6 +148,11 @@ struct Controller {
     edge_nodes: BTreeSet<String>,
     /// Nodes whose holdings report is awaited, with the token of the wait.
     awaiting: HashMap<String, u64>,
+    /// Kinds the source has given a complete list of (its first `Replace` of each).
+    listed: BTreeSet<Kind>,
+    /// Resyncs asked for before the source had listed every kind, by node, run once it has
+    /// (the latest request of a node wins).
+    deferred: HashMap<String, Option<Map<String, Value>>>,
     /// What cloudhub's record says each connected node may hold (`synced`), used when the
     /// node sends no holdings report of its own (a KubeEdge edgecore never does).
     remembered: HashMap<String, Map<String, Value>>,
@@ -178,8 +185,10 @@ impl Controller {
     }
 
     async fn on_source(&mut self, event: SourceEvent) {
+        let was_ready = self.source_ready();
         let deltas = match event {
             SourceEvent::Replace(kind, objects) => {
+                self.listed.insert(kind);
                 let objects = self.versions.stamp_all(objects);
                 let keys: Vec<_> = objects.iter().map(Object::key).collect();
                 self.versions.retain(kind, &keys);
@@ -209,6 +218,27 @@ impl Controller {
         if nodes_changed {
             self.refresh_edge_nodes().await;
         }
+        if !was_ready && self.source_ready() {
+            let deferred = std::mem::take(&mut self.deferred);
+            log::info!(
+                "the source has listed every kind: {} deferred resync(s) now",
+                deferred.len()
+            );
+            for (node, digest) in deferred {
+                if self.connected.contains(&node) {
+                    self.resync(&node, digest).await;
+                }
+            }
+        }
+    }
+
+    /// Whether the source has given a complete list of every kind. Before that, its state
+    /// is partial (empty after a cloudcore restart), and a resync computed from it would
+    /// delete from a node everything the source has not listed yet.
+    fn source_ready(&self) -> bool {
+        [Kind::Service, Kind::Endpoints, Kind::Pod, Kind::Node]
+            .iter()
+            .all(|k| self.listed.contains(k))
     }
 
     async fn refresh_edge_nodes(&mut self) {
@@ -356,6 +386,7 @@ impl Controller {
                 self.connected.remove(&node);
                 self.awaiting.remove(&node);
                 self.remembered.remove(&node);
+                self.deferred.remove(&node);
             }
             operation::SYNCED => match msg.content.decode::<Map<String, Value>>() {
                 Ok(held) => {
@@ -439,8 +470,14 @@ impl Controller {
 
     /// Brings `node` in line with what it should hold. With its report (`digest`: path →
     /// version), only differences travel and what it holds beyond its share is deleted;
-    /// without one, everything it should hold is sent.
-    async fn resync(&self, node: &str, digest: Option<Map<String, Value>>) {
+    /// without one, everything it should hold is sent. Deferred until the source has
+    /// listed every kind (live changes reach the node meanwhile).
+    async fn resync(&mut self, node: &str, digest: Option<Map<String, Value>>) {
+        if !self.source_ready() {
+            log::info!("node {node}: resync deferred until the source has listed every kind");
+            self.deferred.insert(node.to_owned(), digest);
+            return;
+        }
         if !self.serves(node) {
             log::warn!(
                 "node {node} is not labelled {} in the source: it gets nothing",
@@ -597,4 +634,131 @@ fn gone_content(path: &ResourcePath, name: &str) -> Value {
         "kind": kind,
         "metadata": {"name": name, "namespace": path.namespace.as_str()},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beehive::{Core, CoreConfig};
+    use tokio::sync::oneshot;
+
+    /// A source whose first lists wait for `open`, as a Kubernetes API slow to answer
+    /// after a cloudcore restart.
+    struct Gated {
+        open: oneshot::Receiver<()>,
+        objects: Vec<Value>,
+    }
+
+    #[async_trait]
+    impl Source for Gated {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+        async fn run(self: Box<Self>, events: mpsc::Sender<SourceEvent>, stop: CancellationToken) {
+            let Gated { open, objects } = *self;
+            let _ = open.await;
+            let objects: Vec<Object> = objects
+                .into_iter()
+                .filter_map(|v| Object::from_value(v, true).unwrap())
+                .collect();
+            for kind in [Kind::Node, Kind::Service, Kind::Endpoints, Kind::Pod] {
+                let set = objects.iter().filter(|o| o.kind == kind).cloned().collect();
+                let _ = events.send(SourceEvent::Replace(kind, set)).await;
+            }
+            stop.cancelled().await;
+        }
+    }
+
+    fn service(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "default", "resourceVersion": "7"},
+               "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}})
+    }
+
+    fn to_node(operation: &str, resource: &str, content: Value) -> Message {
+        Message::new(
+            Route::new(HUB, group::RESOURCE, operation, resource),
+            content,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_reports_before_the_source_has_listed_loses_nothing_it_should_keep() {
+        let (open, gate) = oneshot::channel();
+        let source = Gated {
+            open: gate,
+            objects: vec![service("web")],
+        };
+        let versions = Versions::open(std::path::Path::new("")).unwrap();
+        let module = EdgeController::with_source(
+            EdgeControllerConfig::default(),
+            Box::new(source),
+            versions,
+        );
+        let mut core = Core::new(CoreConfig::default()).unwrap();
+        core.register(Box::new(module)).unwrap();
+        let ctx = core.context();
+        ctx.add_module(HUB, HUB).unwrap();
+        let stop = core.shutdown_handle();
+        tokio::spawn(core.run_until(std::future::pending()));
+
+        // The node comes back holding `web`, which the source still has, and `gone`, which
+        // it no longer has; it reports both before the source has listed anything.
+        let node = "node/edge-a";
+        ctx.send(
+            MODULE,
+            to_node(operation::CONNECT, node, json!(connection::NODE_CONNECTED)),
+        )
+        .await
+        .unwrap();
+        let report = json!({"default/service/web": "1", "default/service/gone": "1"});
+        ctx.send(MODULE, to_node(operation::RESYNC, node, report))
+            .await
+            .unwrap();
+        // A query's answer comes after everything the report made the controller send.
+        let query = to_node(
+            operation::QUERY,
+            "node/edge-a/default/service/web",
+            Value::Null,
+        );
+        let asked = query.id().clone();
+        ctx.send(MODULE, query).await.unwrap();
+        let next = || async {
+            tokio::time::timeout(Duration::from_secs(10), ctx.receive(HUB))
+                .await
+                .expect("cloudhub heard nothing")
+                .unwrap()
+        };
+        let answer = next().await;
+        assert_eq!(
+            answer.parent_id(),
+            Some(&asked),
+            "before the source listed, the report made the controller send {} {}",
+            answer.operation(),
+            answer.resource()
+        );
+
+        // Once it has listed, the resync runs: `web` updated, only `gone` deleted.
+        open.send(()).unwrap();
+        let mut heard = Vec::new();
+        loop {
+            let msg = next().await;
+            heard.push(format!("{} {}", msg.operation(), msg.resource()));
+            if msg.operation() == operation::DELETE {
+                break;
+            }
+        }
+        assert_eq!(
+            heard.last().map(String::as_str),
+            Some("delete node/edge-a/default/service/gone"),
+            "{heard:?}"
+        );
+        assert!(
+            heard
+                .iter()
+                .any(|h| h.ends_with("default/service/web") && !h.starts_with("delete")),
+            "{heard:?}"
+        );
+        stop.shutdown();
+    }
 }
