@@ -100,16 +100,19 @@ pub async fn follow(
         let changed = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            event = svc_watch.next() => services.apply(event),
-            event = ep_watch.next() => endpoints.apply(event),
-            _ = rebuild::ready(rebuild.due()) => {
-                let next = Catalog::build(&services.objects, &endpoints.objects, &defaults, &kept);
-                log::debug!("catalog: {} service port(s)", next.vips().len());
-                catalog.store(Arc::new(next));
-                generation.send_modify(|g| *g += 1);
-                rebuild.built();
-                false
-            }
+            // Before taking more: a burst that never pauses still gets its catalog.
+            _ = std::future::ready(()), if rebuild.overdue() => None,
+            event = svc_watch.next() => Some(services.apply(event)),
+            event = ep_watch.next() => Some(endpoints.apply(event)),
+            _ = rebuild::ready(rebuild.due()) => None,
+        };
+        let Some(changed) = changed else {
+            let next = Catalog::build(&services.objects, &endpoints.objects, &defaults, &kept);
+            log::debug!("catalog: {} service port(s)", next.vips().len());
+            catalog.store(Arc::new(next));
+            generation.send_modify(|g| *g += 1);
+            rebuild.built();
+            continue;
         };
         if changed && services.synced && endpoints.synced {
             rebuild.mark();

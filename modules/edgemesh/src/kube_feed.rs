@@ -279,7 +279,9 @@ pub async fn follow(
         let changed = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            Some(next) = svc_stream.next() => match next {
+            // Before taking more: a burst that never pauses still gets its catalog.
+            _ = std::future::ready(()), if rebuild.overdue() => None,
+            Some(next) = svc_stream.next() => Some(match next {
                 Ok(next) => {
                     status.clear_error();
                     event("service", next).is_some_and(|e| services.apply(e))
@@ -289,8 +291,8 @@ pub async fn follow(
                     status.update(|s| s.error = Some(format!("services: {e}")));
                     false
                 }
-            },
-            Some(next) = slice_stream.next() => match next {
+            }),
+            Some(next) = slice_stream.next() => Some(match next {
                 Ok(next) => {
                     status.clear_error();
                     event("endpointslice", next).is_some_and(|e| slices.apply(e))
@@ -300,20 +302,21 @@ pub async fn follow(
                     status.update(|s| s.error = Some(format!("endpointslices: {e}")));
                     false
                 }
-            },
-            _ = rebuild::ready(rebuild.due()) => {
-                let next = Catalog::build(
-                    &services.objects,
-                    &merged(&slices.objects),
-                    &defaults,
-                    &kept,
-                );
-                log::debug!("catalog: {} service port(s)", next.vips().len());
-                catalog.store(Arc::new(next));
-                generation.send_modify(|g| *g += 1);
-                rebuild.built();
-                false
-            }
+            }),
+            _ = rebuild::ready(rebuild.due()) => None,
+        };
+        let Some(changed) = changed else {
+            let next = Catalog::build(
+                &services.objects,
+                &merged(&slices.objects),
+                &defaults,
+                &kept,
+            );
+            log::debug!("catalog: {} service port(s)", next.vips().len());
+            catalog.store(Arc::new(next));
+            generation.send_modify(|g| *g += 1);
+            rebuild.built();
+            continue;
         };
         if !changed {
             continue;

@@ -3,7 +3,8 @@
 //! reconnect) cost N² work: with 3,000 Services that kept a core busy for a minute, long
 //! enough for metamanager to drop the watch as a reader that stopped reading. Changes are
 //! instead gathered while more are ready, and builds come at most once per [`MIN_GAP`];
-//! a lone change after a quiet spell is built at once.
+//! a lone change after a quiet spell is built at once, and a change waits no longer than
+//! [`MAX_WAIT`] however long the burst lasts.
 
 use std::time::Duration;
 
@@ -13,30 +14,38 @@ use tokio::time::Instant;
 /// catalog may be during a burst (kube-proxy's own minimum sync period is a second).
 pub(crate) const MIN_GAP: Duration = Duration::from_millis(100);
 
-/// Whether changes await a build, and when the last one was made.
+/// Longest a change waits for its build while changes keep coming faster than they are
+/// taken (a feed that always has one at hand would otherwise never build).
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether changes await a build, since when, and when the last build was made.
 #[derive(Debug, Default)]
 pub(crate) struct Rebuild {
-    dirty: bool,
+    dirty: Option<Instant>,
     last: Option<Instant>,
 }
 
 impl Rebuild {
     /// Notes a change the catalog does not have yet.
     pub(crate) fn mark(&mut self) {
-        self.dirty = true;
+        self.dirty.get_or_insert_with(Instant::now);
+    }
+
+    /// True when the oldest change not built yet has waited [`MAX_WAIT`]: build now,
+    /// before taking more.
+    pub(crate) fn overdue(&self) -> bool {
+        self.dirty.is_some_and(|since| since.elapsed() >= MAX_WAIT)
     }
 
     /// The earliest instant a build may start, if one is owed.
     pub(crate) fn due(&self) -> Option<Instant> {
-        if !self.dirty {
-            return None;
-        }
+        self.dirty?;
         Some(self.last.map_or_else(Instant::now, |last| last + MIN_GAP))
     }
 
     /// Notes a build just made.
     pub(crate) fn built(&mut self) {
-        self.dirty = false;
+        self.dirty = None;
         self.last = Some(Instant::now());
     }
 }
