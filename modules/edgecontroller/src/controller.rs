@@ -151,7 +151,7 @@ struct Controller {
     /// Kinds the source has given a complete list of (its first `Replace` of each).
     listed: BTreeSet<Kind>,
     /// Resyncs asked for before the source had listed every kind, by node, run once it has
-    /// (the latest request of a node wins).
+    /// (the latest report of a node wins).
     deferred: HashMap<String, Option<Map<String, Value>>>,
     /// What cloudhub's record says each connected node may hold (`synced`), used when the
     /// node sends no holdings report of its own (a KubeEdge edgecore never does).
@@ -475,7 +475,11 @@ impl Controller {
     async fn resync(&mut self, node: &str, digest: Option<Map<String, Value>>) {
         if !self.source_ready() {
             log::info!("node {node}: resync deferred until the source has listed every kind");
-            self.deferred.insert(node.to_owned(), digest);
+            // A report says more than none (it lets the resync delete): a later request
+            // without one (the node newly labelled) does not replace it.
+            if digest.is_some() || !self.deferred.contains_key(node) {
+                self.deferred.insert(node.to_owned(), digest);
+            }
             return;
         }
         if !self.serves(node) {
