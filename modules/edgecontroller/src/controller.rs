@@ -236,9 +236,7 @@ impl Controller {
     /// is partial (empty after a cloudcore restart), and a resync computed from it would
     /// delete from a node everything the source has not listed yet.
     fn source_ready(&self) -> bool {
-        [Kind::Service, Kind::Endpoints, Kind::Pod, Kind::Node]
-            .iter()
-            .all(|k| self.listed.contains(k))
+        Kind::ALL.iter().all(|k| self.listed.contains(k))
     }
 
     async fn refresh_edge_nodes(&mut self) {
@@ -665,7 +663,7 @@ mod tests {
                 .into_iter()
                 .filter_map(|v| Object::from_value(v, true).unwrap())
                 .collect();
-            for kind in [Kind::Node, Kind::Service, Kind::Endpoints, Kind::Pod] {
+            for kind in Kind::ALL {
                 let set = objects.iter().filter(|o| o.kind == kind).cloned().collect();
                 let _ = events.send(SourceEvent::Replace(kind, set)).await;
             }

@@ -287,7 +287,7 @@ impl Source for ManifestSource {
                 Ok(Some(scan)) => {
                     unreadable = false;
                     let mut objects = scan.objects;
-                    for kind in [Kind::Node, Kind::Service, Kind::Endpoints, Kind::Pod] {
+                    for kind in Kind::ALL {
                         let set = objects.remove(&kind).unwrap_or_default();
                         if events.send(SourceEvent::Replace(kind, set)).await.is_err() {
                             return;

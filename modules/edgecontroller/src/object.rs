@@ -20,6 +20,9 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, Nodes first (which nodes are edge nodes decides who gets the rest).
+    pub const ALL: [Kind; 4] = [Kind::Node, Kind::Service, Kind::Endpoints, Kind::Pod];
+
     /// The kind for a manifest's `kind:` field.
     pub fn from_k8s(kind: &str) -> Option<Kind> {
         Some(match kind {

@@ -108,9 +108,7 @@ pub async fn follow(
         };
         let Some(changed) = changed else {
             let next = Catalog::build(&services.objects, &endpoints.objects, &defaults, &kept);
-            log::debug!("catalog: {} service port(s)", next.vips().len());
-            catalog.store(Arc::new(next));
-            generation.send_modify(|g| *g += 1);
+            rebuild::publish(&catalog, &generation, next);
             rebuild.built();
             continue;
         };

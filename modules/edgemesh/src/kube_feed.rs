@@ -312,9 +312,7 @@ pub async fn follow(
                 &defaults,
                 &kept,
             );
-            log::debug!("catalog: {} service port(s)", next.vips().len());
-            catalog.store(Arc::new(next));
-            generation.send_modify(|g| *g += 1);
+            rebuild::publish(&catalog, &generation, next);
             rebuild.built();
             continue;
         };

@@ -637,9 +637,12 @@ impl LazyStats {
 
     /// The handles, shared, for a task that outlives the catalog entry.
     pub fn handle(&self) -> Arc<ServiceStats> {
+        self.made().clone()
+    }
+
+    fn made(&self) -> &Arc<ServiceStats> {
         self.stats
             .get_or_init(|| self.metrics.catalogued(&self.service))
-            .clone()
     }
 }
 
@@ -647,8 +650,7 @@ impl std::ops::Deref for LazyStats {
     type Target = ServiceStats;
 
     fn deref(&self) -> &ServiceStats {
-        self.stats
-            .get_or_init(|| self.metrics.catalogued(&self.service))
+        self.made()
     }
 }
 

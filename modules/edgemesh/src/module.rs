@@ -563,9 +563,8 @@ impl Module for EdgeMesh {
                 }
             }
             if changed && let Some(feed) = &feed {
-                this.catalog
-                    .store(Arc::new(feed.catalog(&defaults, &this.kept)));
-                generation.send_modify(|g| *g += 1);
+                let next = feed.catalog(&defaults, &this.kept);
+                crate::rebuild::publish(&this.catalog, &generation, next);
             }
         }
         // The drain's deadline counts from here, as beehive's grace period does.

@@ -6,9 +6,22 @@
 //! a lone change after a quiet spell is built at once, and a change waits no longer than
 //! [`MAX_WAIT`] however long the burst lasts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
 use tokio::time::Instant;
+
+use crate::catalog::Catalog;
+
+/// Swaps `next` in for the proxy's readers and counts it in `generation` (the first swap
+/// marks the initial sync, and the rule keeper follows the count).
+pub(crate) fn publish(catalog: &ArcSwap<Catalog>, generation: &watch::Sender<u64>, next: Catalog) {
+    log::debug!("catalog: {} service port(s)", next.vips().len());
+    catalog.store(Arc::new(next));
+    generation.send_modify(|g| *g += 1);
+}
 
 /// Shortest time between two builds while changes keep coming: a bound on how stale the
 /// catalog may be during a burst (kube-proxy's own minimum sync period is a second).
