@@ -179,7 +179,13 @@ impl Handler {
     /// Tells the cloud what this node holds, so it sends only what changed while the link
     /// was down and deletes what no longer exists.
     async fn report_holdings(&self) {
-        let rows = self.store.list(&Filter::default());
+        let rows = match self.store.list(&Filter::default()) {
+            Ok(rows) => rows,
+            Err(e) => {
+                log::warn!("cannot report holdings to the cloud: {e}");
+                return;
+            }
+        };
         let digest: serde_json::Map<String, Value> = rows
             .iter()
             .map(|row| {
@@ -274,13 +280,14 @@ impl Handler {
         };
         let answer = match Filter::of(&path) {
             None => match self.store.get(&path.to_string()) {
-                Some(row) => Ok(row.json()),
-                None => self.remote_query(&msg, &path).await,
+                Ok(Some(row)) => Ok(row.json()),
+                Ok(None) => self.remote_query(&msg, &path).await,
+                Err(e) => Err(e.to_string()),
             },
-            Some(filter) => {
-                let rows = self.store.list(&filter);
-                Ok(Value::Array(rows.iter().map(|r| r.json()).collect()))
-            }
+            Some(filter) => match self.store.list(&filter) {
+                Ok(rows) => Ok(Value::Array(rows.iter().map(|r| r.json()).collect())),
+                Err(e) => Err(e.to_string()),
+            },
         };
         match answer {
             Ok(v) => self.succeed(&msg, Content::Json(v)),
@@ -478,7 +485,7 @@ mod tests {
         assert_eq!(ack.operation(), operation::RESPONSE);
         let event = next(&ctx, "healthz").await;
         assert_eq!(event.content.as_str(), Some(store_state::WRITABLE));
-        assert!(store.get("default/service/big").is_none());
+        assert!(store.get("default/service/big").unwrap().is_none());
         stop.shutdown();
     }
 }

@@ -374,13 +374,13 @@ impl Server {
         match target {
             Target::One(path) => {
                 let key = path.to_string();
-                match self.store.get(&key) {
+                match self.store.get(&key).map_err(|e| e.to_string())? {
                     Some(row) => Ok(row.json()),
                     None => Ok(self.ask_bus(&key).await),
                 }
             }
             Target::Many(filter) => {
-                let rows = self.store.list(&filter);
+                let rows = self.store.list(&filter).map_err(|e| e.to_string())?;
                 Ok(Value::Array(rows.iter().map(|r| r.json()).collect()))
             }
         }

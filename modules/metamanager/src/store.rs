@@ -1,15 +1,16 @@
-//! The SQLite store, owned by one worker thread, with an in-memory copy for readers.
+//! The SQLite store: one worker thread writes, readers share a read-only connection.
 //!
 //! Writers (async tasks) send commands over a crossbeam channel and await a oneshot reply, so
-//! no task ever blocks on SQLite. The worker takes whatever commands are queued (up to
-//! [`MAX_BATCH`]) and runs them in one transaction: under load, many writes share one commit
-//! and one fsync. After the commit it updates the in-memory copy, then replies (and with them
-//! the cloud's ACKs go out), then hands the changes to watchers in commit order.
+//! no task ever blocks on a write's fsync. The worker takes whatever commands are queued (up
+//! to [`MAX_BATCH`]) and runs them in one transaction: under load, many writes share one
+//! commit and one fsync. After the commit it replies (and with them the cloud's ACKs go out),
+//! then hands the changes to watchers in commit order.
 //!
-//! Readers never touch SQLite: `get` and `list` read the in-memory copy of what is committed
-//! (one writer, many cheap readers), so a lookup costs a map access, not a trip to the
-//! worker. The copy is loaded from the file at open, which is also what serves a restarted
-//! node at once.
+//! `get` and `list` read the file through a connection of their own: in WAL mode a reader
+//! sees every committed transaction and never waits for the writer's fsync. The rows are not
+//! also kept in memory: that copy was 1.5 MiB of heap for 1,000 Services and their Endpoints,
+//! on boxes that may have 64 MiB, while reads are few (a watcher's first list, a query, the
+//! resync report) and the file's pages sit in the kernel's cache anyway.
 //!
 //! A write that cannot commit because of the store itself (disk full, an I/O error) fails the
 //! whole transaction: nothing of it is kept, every command in it gets
@@ -17,15 +18,14 @@
 //! The next commit that succeeds flips it back; while no write comes, the worker tries a probe
 //! write every [`PROBE_INTERVAL`], so the state recovers by itself once space returns.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use proto::{ResourcePath, ResourceType};
-use rusqlite::{Connection, ErrorCode, Transaction, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
@@ -129,11 +129,15 @@ impl Filter {
     }
 
     fn matches(&self, row: &Row) -> bool {
-        self.kind.is_none_or(|k| k.as_str() == row.kind)
+        self.covers(&row.key, &row.kind)
+    }
+
+    fn covers(&self, key: &str, kind: &str) -> bool {
+        self.kind.is_none_or(|k| k.as_str() == kind)
             && self
                 .namespace
                 .as_deref()
-                .is_none_or(|ns| row.key.split('/').next() == Some(ns))
+                .is_none_or(|ns| key.split('/').next() == Some(ns))
     }
 }
 
@@ -149,17 +153,17 @@ enum Command {
     Pragma(&'static str, i64, oneshot::Sender<Result<()>>),
 }
 
-/// Committed rows by key; written only by the worker, after each commit.
-type Snapshot = Arc<RwLock<BTreeMap<String, Arc<Row>>>>;
-
-/// SQLite's page cache, in KiB (a negative `cache_size` is KiB, a positive one pages).
+/// SQLite's page cache of each connection, in KiB (a negative `cache_size` is KiB, a
+/// positive one pages): the writer's serves the B-tree walks of writes, the reader's a list's
+/// scan, which streams through the table once; at the default (2 MiB each) a scan would keep
+/// the whole table resident for nothing.
 const CACHE_KIB: i64 = 256;
 
 /// A cheap handle on the store; the worker stops when the last handle is dropped.
 #[derive(Clone)]
 pub struct Store {
     tx: Sender<Command>,
-    rows: Snapshot,
+    reader: Arc<Mutex<Connection>>,
     state: watch::Receiver<StoreState>,
     worker: Arc<Worker>,
 }
@@ -170,7 +174,7 @@ struct Worker {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, loads it, and starts the worker.
+    /// Opens (creating if needed) the database at `path` and starts the worker.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_probing(path, PROBE_INTERVAL)
     }
@@ -181,44 +185,27 @@ impl Store {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(path)?;
-        // WAL lets readers of the file (sqlite3 by hand, backups) coexist with the writer;
+        // WAL lets readers (ours, sqlite3 by hand, backups) read while the writer commits;
         // FULL sync because an ACKed change must survive a power cut, which edge boxes get.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        // Every row is also held in memory (the snapshot), so SQLite's page cache serves
-        // only the B-tree walks of writes; at its default (2 MiB) the load below would fill
-        // it with the whole table and keep it resident for nothing.
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, type TEXT NOT NULL, value TEXT NOT NULL);",
         )?;
-        let mut rows = BTreeMap::new();
-        {
-            let mut stmt = conn.prepare("SELECT key, type, value FROM meta")?;
-            let mut q = stmt.query([])?;
-            while let Some(r) = q.next()? {
-                let value: String = r.get(2)?;
-                let row = Row {
-                    key: r.get(0)?,
-                    kind: r.get(1)?,
-                    resource_version: stored_version(&value),
-                    value,
-                };
-                rows.insert(row.key.clone(), Arc::new(row));
-            }
-        }
-        log::info!(
-            "metadata store {} holds {} object(s)",
-            path.display(),
-            rows.len()
-        );
-        let rows: Snapshot = Arc::new(RwLock::new(rows));
+        // Opened after the writer made the file WAL and the table exists, so it reads both.
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.pragma_update(None, "cache_size", -CACHE_KIB)?;
+        let held: i64 = reader.query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?;
+        log::info!("metadata store {} holds {held} object(s)", path.display());
         let (tx, rx) = crossbeam_channel::unbounded();
         let (state_tx, state) = watch::channel(StoreState::Writable);
         let writer = Writer {
             conn,
             path: path.to_owned(),
-            rows: rows.clone(),
             state: state_tx,
             watchers: Vec::new(),
             probe_every,
@@ -228,7 +215,7 @@ impl Store {
             .spawn(move || writer.run(rx))?;
         Ok(Store {
             tx,
-            rows,
+            reader: Arc::new(Mutex::new(reader)),
             state,
             worker: Arc::new(Worker {
                 path: path.to_owned(),
@@ -285,23 +272,32 @@ impl Store {
     }
 
     /// One committed row by key.
-    pub fn get(&self, key: &str) -> Option<Arc<Row>> {
-        read(&self.rows).get(key).cloned()
+    pub fn get(&self, key: &str) -> Result<Option<Arc<Row>>> {
+        Ok(get(&self.reader(), key)?.map(Arc::new))
     }
 
     /// Committed rows matching `filter`, ordered by key.
-    pub fn list(&self, filter: &Filter) -> Vec<Arc<Row>> {
-        list(&self.rows, filter)
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Arc<Row>>> {
+        Ok(list(&self.reader(), filter)?)
     }
 
     /// Number of committed rows.
-    pub fn len(&self) -> usize {
-        read(&self.rows).len()
+    pub fn len(&self) -> Result<usize> {
+        let n: i64 = self
+            .reader()
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// True when nothing is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The connection holds no state a panicking holder could leave half-made: each read
+    /// is one statement.
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The rows matching `filter` now, and from then on every committed change to them on
@@ -332,28 +328,42 @@ impl Store {
     }
 }
 
-/// The snapshot holds no invariant a panicking holder could break.
-fn read(rows: &Snapshot) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Row>>> {
-    rows.read().unwrap_or_else(|p| p.into_inner())
+/// A row as read from the file; its resourceVersion is the one inside its JSON.
+fn row(key: String, kind: String, value: String) -> Row {
+    Row {
+        resource_version: stored_version(&value),
+        key,
+        kind,
+        value,
+    }
 }
 
-fn list(rows: &Snapshot, filter: &Filter) -> Vec<Arc<Row>> {
-    let rows = read(rows);
-    match (&filter.kind, &filter.namespace) {
-        // Keys of one namespace and type share the prefix `ns/type/`.
-        (Some(kind), Some(ns)) => {
-            let prefix = format!("{ns}/{kind}/");
-            rows.range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(_, r)| r.clone())
-                .collect()
+fn get(conn: &Connection, key: &str) -> rusqlite::Result<Option<Row>> {
+    conn.prepare_cached("SELECT type, value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| Ok(row(key.to_owned(), r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+fn list(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Arc<Row>>> {
+    // Keys of one namespace and type share the prefix `ns/type/`, and '0' follows '/'.
+    let (sql, bounds) = match (&filter.kind, &filter.namespace) {
+        (Some(kind), Some(ns)) => (
+            "SELECT key, type, value FROM meta WHERE key >= ?1 AND key < ?2 ORDER BY key",
+            vec![format!("{ns}/{kind}/"), format!("{ns}/{kind}0")],
+        ),
+        _ => ("SELECT key, type, value FROM meta ORDER BY key", Vec::new()),
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(bounds))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (key, kind): (String, String) = (r.get(0)?, r.get(1)?);
+        // The value is read only for rows the filter keeps.
+        if filter.covers(&key, &kind) {
+            out.push(Arc::new(row(key, kind, r.get(2)?)));
         }
-        _ => rows
-            .values()
-            .filter(|r| filter.matches(r))
-            .cloned()
-            .collect(),
     }
+    Ok(out)
 }
 
 struct Watcher {
@@ -365,14 +375,10 @@ struct Watcher {
 struct Writer {
     conn: Connection,
     path: PathBuf,
-    rows: Snapshot,
     state: watch::Sender<StoreState>,
     watchers: Vec<Watcher>,
     probe_every: Duration,
 }
-
-/// Rows written in the current transaction, over the committed snapshot (`None`: deleted).
-type Overlay = HashMap<String, Option<Arc<Row>>>;
 
 type Applies = Vec<(Vec<Change>, oneshot::Sender<Result<Vec<Outcome>>>)>;
 
@@ -403,9 +409,15 @@ impl Writer {
                 match cmd {
                     Command::Watch(filter, events, reply) => {
                         self.run_segment(std::mem::take(&mut segment));
-                        let initial = list(&self.rows, &filter);
-                        self.watchers.push(Watcher { filter, tx: events });
-                        let _ = reply.send(Ok(initial));
+                        match list(&self.conn, &filter) {
+                            Ok(initial) => {
+                                self.watchers.push(Watcher { filter, tx: events });
+                                let _ = reply.send(Ok(initial));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                            }
+                        }
                     }
                     Command::Apply(changes, reply) => segment.push((changes, reply)),
                     #[cfg(test)]
@@ -487,13 +499,11 @@ impl Writer {
         }
         let (work, replies): (Vec<Vec<Change>>, Vec<_>) = cmds.into_iter().unzip();
         let mut events = Vec::new();
-        let mut overlay = Overlay::new();
-        let rows = &self.rows;
         let committed = (|| -> rusqlite::Result<Vec<Result<Vec<Outcome>>>> {
             let mut tx = self.conn.transaction()?;
             let mut results = Vec::with_capacity(work.len());
             for changes in work {
-                match apply(&mut tx, rows, &mut overlay, changes, &mut events) {
+                match apply(&mut tx, changes, &mut events) {
                     // The store, not this command, failed: SQLite may already have rolled
                     // the whole transaction back, so no command of it may count as written.
                     Err(Error::Sqlite(e)) if store_failure(&e) => return Err(e),
@@ -521,15 +531,6 @@ impl Writer {
             }
         };
         self.found(StoreState::Writable);
-        {
-            let mut snapshot = self.rows.write().unwrap_or_else(|p| p.into_inner());
-            for (key, row) in overlay {
-                match row {
-                    Some(row) => snapshot.insert(key, row),
-                    None => snapshot.remove(&key),
-                };
-            }
-        }
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
@@ -574,58 +575,49 @@ fn publish(watchers: &mut Vec<Watcher>, events: Vec<Event>) {
 /// nothing else in the batch (a savepoint when there is more than one statement).
 fn apply(
     tx: &mut Transaction<'_>,
-    rows: &Snapshot,
-    overlay: &mut Overlay,
     changes: Vec<Change>,
     events: &mut Vec<Event>,
 ) -> Result<Vec<Outcome>> {
-    let mut local = Overlay::new();
     let mut outcomes = Vec::with_capacity(changes.len());
     let mut new_events = Vec::new();
     if changes.len() == 1 {
         for change in changes {
-            let (outcome, event) = apply_one(tx, rows, overlay, &mut local, change)?;
+            let (outcome, event) = apply_one(tx, change)?;
             outcomes.push(outcome);
             new_events.extend(event);
         }
     } else {
         let sp = tx.savepoint()?;
         for change in changes {
-            let (outcome, event) = apply_one(&sp, rows, overlay, &mut local, change)?;
+            let (outcome, event) = apply_one(&sp, change)?;
             outcomes.push(outcome);
             new_events.extend(event);
         }
         sp.commit()?;
     }
-    overlay.extend(local);
     events.extend(new_events);
     Ok(outcomes)
 }
 
-fn apply_one(
-    conn: &Connection,
-    rows: &Snapshot,
-    overlay: &Overlay,
-    local: &mut Overlay,
-    change: Change,
-) -> Result<(Outcome, Option<Event>)> {
-    let existing = match local.get(&change.key).or_else(|| overlay.get(&change.key)) {
-        Some(row) => row.clone(),
-        None => read(rows).get(&change.key).cloned(),
-    };
+/// One change, against what the transaction sees (earlier changes of the batch included).
+fn apply_one(conn: &Connection, change: Change) -> Result<(Outcome, Option<Event>)> {
     let kind = change.kind.clone();
     let Some(value) = change.value else {
-        let Some(old) = existing else {
+        let Some(old) = get(conn, &change.key)? else {
             return Ok((Outcome::Ignored, None));
         };
         conn.prepare_cached("DELETE FROM meta WHERE key = ?1")?
             .execute([&change.key])?;
-        local.insert(change.key, None);
-        return Ok((Outcome::Deleted, Some(Event::Deleted(old))));
+        return Ok((Outcome::Deleted, Some(Event::Deleted(Arc::new(old)))));
     };
+    // Only the stored text, and its version parsed only when the change has one to compare.
+    let existing: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([&change.key], |r| r.get(0))
+        .optional()?;
     if let (Some(incoming), Some(old)) = (&change.resource_version, &existing)
-        && let Some(stored) = &old.resource_version
-        && is_older(incoming, stored)
+        && let Some(stored) = stored_version(old)
+        && is_older(incoming, &stored)
     {
         log::debug!(
             "ignoring {} at version {incoming}: {stored} is stored",
@@ -633,16 +625,14 @@ fn apply_one(
         );
         return Ok((Outcome::Ignored, None));
     }
-    let text = value;
     conn.prepare_cached("INSERT OR REPLACE INTO meta(key, type, value) VALUES (?1, ?2, ?3)")?
-        .execute(params![change.key, kind, text])?;
+        .execute(params![change.key, kind, value])?;
     let row = Arc::new(Row {
-        key: change.key.clone(),
+        key: change.key,
         kind,
-        value: text,
+        value,
         resource_version: change.resource_version,
     });
-    local.insert(change.key, Some(row.clone()));
     Ok(if existing.is_some() {
         (Outcome::Updated, Some(Event::Updated(row)))
     } else {
@@ -688,6 +678,84 @@ mod tests {
         store.pragma("max_page_count", 1 << 30).await.unwrap();
     }
 
+    /// A Service at resourceVersion `rv` with a marker to tell its texts apart.
+    fn versioned(name: &str, rv: &str, mark: &str) -> Change {
+        let value = serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": rv},
+            "mark": mark,
+        });
+        Change {
+            key: format!("default/service/{name}"),
+            kind: ResourceType::Service.as_str().into(),
+            value: Some(value.to_string()),
+            resource_version: Some(rv.into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_of_one_batch_see_each_other_and_readers_see_only_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("edge.db")).unwrap();
+        let (events_tx, mut events) = mpsc::channel(16);
+        assert!(
+            store
+                .watch(Filter::default(), events_tx)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let delete = Change {
+            value: None,
+            resource_version: None,
+            ..versioned("a", "", "")
+        };
+        // One command: each change is checked against the one before it, not the file.
+        let outcomes = store
+            .apply(vec![
+                versioned("a", "5", "first"),
+                versioned("a", "7", "second"),
+                versioned("a", "6", "older"),
+                delete.clone(),
+                delete,
+                versioned("b", "1", "kept"),
+            ])
+            .await
+            .unwrap();
+        use Outcome::*;
+        assert_eq!(
+            outcomes,
+            [Inserted, Updated, Ignored, Deleted, Ignored, Inserted]
+        );
+        // Watchers hear of a commit after its writer does.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let next = tokio::time::timeout(Duration::from_secs(10), events.recv());
+            seen.push(next.await.expect("no event").expect("watch closed"));
+        }
+        let Event::Deleted(gone) = &seen[2] else {
+            panic!("not a delete: {:?}", seen[2]);
+        };
+        assert!(
+            gone.value.contains("second"),
+            "the delete carries the last text"
+        );
+        assert_eq!(gone.resource_version.as_deref(), Some("7"));
+        // What the reader connection sees once the write has resolved.
+        assert!(store.get("default/service/a").unwrap().is_none());
+        let b = store.get("default/service/b").unwrap().unwrap();
+        assert_eq!(b.resource_version.as_deref(), Some("1"));
+        let listed = store
+            .list(&Filter::of(&ResourcePath::parse_edge("default/service").unwrap()).unwrap())
+            .unwrap();
+        assert_eq!(listed, [b]);
+        let other_ns = Filter {
+            namespace: Some("other".into()),
+            ..Filter::default()
+        };
+        assert!(store.list(&other_ns).unwrap().is_empty());
+        assert_eq!(store.len().unwrap(), 1);
+    }
+
     #[tokio::test]
     async fn a_write_the_full_store_cannot_commit_leaves_nothing_and_the_next_commit_recovers() {
         let dir = tempfile::tempdir().unwrap();
@@ -716,8 +784,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Unwritable(_)), "{err:?}");
-        assert!(store.get("default/service/big").is_none());
-        assert!(store.get("default/service/fits").is_none());
+        assert!(store.get("default/service/big").unwrap().is_none());
+        assert!(store.get("default/service/fits").unwrap().is_none());
         assert_eq!(keys_in_file(&db), ["default/service/small"]);
         assert!(
             !state.has_changed().unwrap(),
@@ -739,7 +807,7 @@ mod tests {
                 "default/service/small"
             ]
         );
-        assert_eq!(store.len(), 3);
+        assert_eq!(store.len().unwrap(), 3);
     }
 
     #[tokio::test]

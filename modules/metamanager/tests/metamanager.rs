@@ -42,7 +42,7 @@ async fn rows_survive_a_restart() {
     store.close();
 
     let store = Store::open(&db).unwrap();
-    let row = store.get("default/service/a").unwrap();
+    let row = store.get("default/service/a").unwrap().unwrap();
     assert_eq!(row.kind, "service");
     assert_eq!(ip_of(&row.value), "10.96.0.1");
     let mode: String = rusqlite_journal_mode(&db);
@@ -96,7 +96,7 @@ async fn an_older_version_never_replaces_a_newer_one() {
         .await
         .unwrap();
     assert_eq!(out, vec![Outcome::Updated]);
-    let row = store.get("default/service/a").unwrap();
+    let row = store.get("default/service/a").unwrap().unwrap();
     assert_eq!(ip_of(&row.value), "10.0.0.11");
     let gone = Change {
         value: None,
@@ -190,7 +190,7 @@ async fn a_watch_in_namespace_sees_only_its_rows() {
     let ev = rx.recv().await.unwrap();
     assert_eq!(ev.row().key, "prod/endpoints/e");
     assert!(rx.try_recv().is_err());
-    assert_eq!(store.list(&filter).len(), 1);
+    assert_eq!(store.list(&filter).unwrap().len(), 1);
 }
 
 /// A bus with metamanager and a stand-in for edgehub (module `websocket`, group `hub`).
