@@ -9,6 +9,7 @@ pub mod demo;
 pub mod edgecore;
 pub mod error;
 pub mod health;
+pub mod malloc;
 pub mod pki;
 pub mod standalone;
 pub mod tls;
