@@ -610,14 +610,20 @@ fn apply_one(conn: &Connection, change: Change) -> Result<(Outcome, Option<Event
             .execute([&change.key])?;
         return Ok((Outcome::Deleted, Some(Event::Deleted(Arc::new(old)))));
     };
-    // Only the stored text, and its version parsed only when the change has one to compare.
-    let existing: Option<String> = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+    // Whether a row exists and its version, as `stored_version` reads it (a string at
+    // metadata.resourceVersion of valid JSON), taken out by SQLite: building a JSON tree of
+    // the stored text here cost a third of the upsert rate.
+    let existing: Option<Option<String>> = conn
+        .prepare_cached(
+            "SELECT CASE WHEN json_valid(value) \
+                 AND json_type(value, '$.metadata.resourceVersion') = 'text' \
+                 THEN json_extract(value, '$.metadata.resourceVersion') END \
+             FROM meta WHERE key = ?1",
+        )?
         .query_row([&change.key], |r| r.get(0))
         .optional()?;
-    if let (Some(incoming), Some(old)) = (&change.resource_version, &existing)
-        && let Some(stored) = stored_version(old)
-        && is_older(incoming, &stored)
+    if let (Some(incoming), Some(Some(stored))) = (&change.resource_version, &existing)
+        && is_older(incoming, stored)
     {
         log::debug!(
             "ignoring {} at version {incoming}: {stored} is stored",
