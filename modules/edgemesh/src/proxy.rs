@@ -89,10 +89,11 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Where an intercepted connection was going (`SO_ORIGINAL_DST`).
-pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+/// Where an intercepted connection from `peer` was going (`SO_ORIGINAL_DST`). The peer's
+/// address family is the socket's, so no `getsockname` is needed to pick the option.
+pub fn original_dst(stream: &TcpStream, peer: SocketAddr) -> std::io::Result<SocketAddr> {
     let sock = SockRef::from(stream);
-    let addr = match stream.local_addr()? {
+    let addr = match peer {
         SocketAddr::V4(_) => sock.original_dst_v4()?,
         SocketAddr::V6(_) => sock.original_dst_v6()?,
     };
@@ -106,7 +107,7 @@ async fn handle(
     local: Option<SocketAddr>,
     shared: Arc<Shared>,
 ) -> Result<()> {
-    let dst = original_dst(&client)?;
+    let dst = original_dst(&client, peer)?;
     if Some(dst) == local {
         // Dialled directly, not redirected: there is no Service to go to.
         shared.unknown.error(Reason::unknown_service);
