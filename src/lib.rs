@@ -9,7 +9,6 @@ pub mod demo;
 pub mod edgecore;
 pub mod error;
 pub mod health;
-pub mod malloc;
 pub mod pki;
 pub mod standalone;
 pub mod tls;

@@ -22,6 +22,7 @@ pub mod context;
 pub mod core;
 pub mod error;
 pub mod lane;
+pub mod memory;
 pub mod module;
 mod pending;
 pub mod throttle;

@@ -60,7 +60,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    edgemesh::malloc::limit_arenas(edgemesh::malloc::EDGE_ARENAS);
     let cli = Cli::parse();
     let Some(Command::Join {
         cloud,

@@ -87,7 +87,6 @@ fn demo() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    edgemesh::malloc::limit_arenas(edgemesh::malloc::EDGE_ARENAS);
     let command = Cli::parse().command;
     if let Command::Demo = command {
         return demo();

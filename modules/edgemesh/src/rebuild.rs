@@ -21,6 +21,9 @@ pub(crate) fn publish(catalog: &ArcSwap<Catalog>, generation: &watch::Sender<u64
     log::debug!("catalog: {} service port(s)", next.vips().len());
     catalog.store(Arc::new(next));
     generation.send_modify(|g| *g += 1);
+    // A build follows a burst of changes (at start, the whole store): what the burst freed
+    // would otherwise stay resident.
+    beehive::memory::trim_after_burst();
 }
 
 /// Shortest time between two builds while changes keep coming: a bound on how stale the
