@@ -316,7 +316,7 @@ impl Source for ManifestSource {
 fn watch(dir: PathBuf, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| is_change(&e)) {
             // Full means a wake-up is already pending.
             let _ = wake.try_send(());
         }
@@ -332,6 +332,18 @@ fn watch(dir: PathBuf, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatc
             );
             None
         }
+    }
+}
+
+/// Whether `event` may mean that the folder's content changed. Opening, reading and closing
+/// without writing do not: a scan does all three, and waking on them made every scan wake
+/// the next, a loop of hundreds of scans a second in an idle cloudcore.
+fn is_change(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -376,6 +388,42 @@ mod tests {
         stop.cancel();
         let _ = running.await;
         seen.expect("the new Service was read long before the next poll");
+    }
+
+    /// What a scan does to the folder (open it, list it, read its files) is no change: only
+    /// the file written afterwards wakes the scan loop.
+    #[test]
+    fn a_scan_of_the_folder_does_not_wake_the_next_scan() {
+        use notify::Watcher;
+        let dir = tempfile::tempdir().unwrap();
+        let doc = "kind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.0.0.1}\n";
+        std::fs::write(dir.path().join("a.yaml"), doc).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if let Ok(e) = e
+                && is_change(&e)
+            {
+                let _ = tx.send(e);
+            }
+        })
+        .unwrap();
+        watcher
+            .watch(dir.path(), notify::RecursiveMode::Recursive)
+            .unwrap();
+        let mut folder = ManifestFolder::new(dir.path());
+        assert!(folder.scan().unwrap().is_some());
+        std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();
+        assert!(folder.scan().unwrap().is_none(), "nothing changed");
+        // inotify reports in order: whatever the scans raised comes before this file's events.
+        let written = dir.path().join("b.yaml");
+        std::fs::write(&written, doc).unwrap();
+        let first = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the write was reported");
+        assert!(
+            first.paths.contains(&written),
+            "a scan's own access woke the loop: {first:?}"
+        );
     }
 
     #[test]
