@@ -88,7 +88,7 @@ impl FrameCodec {
         if msg.header.sync {
             flags |= FLAG_SYNC;
         }
-        if matches!(msg.content, Content::Json(_)) {
+        if msg.content.json().is_some() {
             flags |= FLAG_JSON;
         }
         dst.reserve(PREFIX_LEN + 64 + msg.route.resource.len());
@@ -117,6 +117,7 @@ impl FrameCodec {
                 dst.put_slice(b);
             }
             Content::Json(v) => serde_json::to_writer(dst.writer(), v)?,
+            Content::Shared(v) => serde_json::to_writer(dst.writer(), &**v)?,
         }
         let frame_len = dst.len() - start;
         self.check_len(frame_len)?;

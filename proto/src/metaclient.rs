@@ -100,13 +100,11 @@ impl MetaClient {
                 format!("{namespace}/{kind}/{name}"),
             ))
             .await?;
-        Ok(match reply.content {
-            Content::Json(Value::Null) => None,
-            Content::Json(v) => Some(v),
-            Content::Bytes(_) => {
-                return Err(ClientError::Protocol("bytes in a query answer".into()));
-            }
-        })
+        match reply.content.into_json() {
+            Some(Value::Null) => Ok(None),
+            Some(v) => Ok(Some(v)),
+            None => Err(ClientError::Protocol("bytes in a query answer".into())),
+        }
     }
 
     /// Every object of `kind` in `namespace` (`None`: every namespace), ordered by key.
@@ -247,10 +245,7 @@ impl Watch {
 
     fn event(msg: Message, synced: &mut bool) -> Option<WatchEvent> {
         let key = msg.resource().to_owned();
-        let value = match msg.content {
-            Content::Json(v) => v,
-            Content::Bytes(_) => Value::Null,
-        };
+        let value = msg.content.into_json().unwrap_or(Value::Null);
         Some(match msg.route.operation.as_str() {
             WATCH_SYNCED => {
                 *synced = true;

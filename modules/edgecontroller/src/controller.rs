@@ -2,11 +2,12 @@
 //! its share as it changes, resyncs nodes that (re)connect, and answers their queries.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use beehive::{Context, Module, ModuleError, async_trait};
 use proto::application::DYNAMIC_CONTROLLER;
-use proto::{Message, ResourcePath, Route, connection, group, operation};
+use proto::{Content, Message, ResourcePath, Route, connection, group, operation};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -335,7 +336,14 @@ impl Controller {
         self.send_path(node, op, &path, content, &obj.rv).await;
     }
 
-    async fn send_path(&self, node: &str, op: &str, path: &str, content: Value, rv: &str) {
+    async fn send_path(
+        &self,
+        node: &str,
+        op: &str,
+        path: &str,
+        content: impl Into<Content>,
+        rv: &str,
+    ) {
         let msg = Message::new(
             Route::new(MODULE, group::RESOURCE, op, format!("node/{node}/{path}")),
             content,
@@ -618,8 +626,10 @@ fn rest_of<'a>(node: &str, msg: &'a Message) -> &'a str {
 /// KubeEdge's cloud sends it (`FillBody(content.DeepCopyObject())` for a watch's Deleted
 /// event, kubeedge/kubeedge cloud/pkg/dynamiccontroller/application/listener.go:89-92), so
 /// a KubeEdge edge's metaServer can decode what was deleted.
-fn content_for(obj: &Object) -> Value {
-    (*obj.value).clone()
+///
+/// Shared, not copied: a resync of a thousand nodes sends each object a thousand times.
+fn content_for(obj: &Object) -> Arc<Value> {
+    obj.value.clone()
 }
 
 /// The content of a delete for an object the node holds and the source no longer has (a

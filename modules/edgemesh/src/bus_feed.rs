@@ -4,7 +4,7 @@
 //! and feed the same [`Catalog`].
 
 use proto::metaclient::WatchEvent;
-use proto::{Content, Message, ResourcePath, ResourceType, operation};
+use proto::{Message, ResourcePath, ResourceType, operation};
 
 use crate::catalog::{Catalog, Defaults, Kept};
 use crate::follow::Side;
@@ -40,9 +40,8 @@ impl BusFeed {
             return false;
         }
         let key = msg.resource().to_owned();
-        let value = match msg.content {
-            Content::Json(value) => value,
-            Content::Bytes(_) => return false,
+        let Some(value) = msg.content.into_json() else {
+            return false;
         };
         let event = match msg.route.operation.as_str() {
             operation::INSERT | operation::UPDATE => WatchEvent::Apply(key, value),

@@ -236,10 +236,11 @@ impl Handler {
 
     fn change(self: Arc<Self>, msg: Message) {
         let delete = msg.operation() == operation::DELETE;
-        let content = || match &msg.content {
-            Content::Json(v) => Ok(v.clone()),
-            Content::Bytes(b) => serde_json::from_slice(b)
+        let content = || match (&msg.content, msg.content.json()) {
+            (_, Some(v)) => Ok(v.clone()),
+            (Content::Bytes(b), None) => serde_json::from_slice(b)
                 .map_err(|e| Error::BadRequest(format!("content is not JSON: {e}"))),
+            (_, None) => Ok(Value::Null),
         };
         let rv = &msg.header.resource_version;
         let parsed = match ResourcePath::parse_edge(msg.resource()) {
@@ -315,7 +316,7 @@ impl Handler {
         if reply.operation() == operation::ERROR {
             return Err(reply.content.as_str().map_or_else(not_found, str::to_owned));
         }
-        let Content::Json(mut object) = reply.content else {
+        let Some(mut object) = reply.content.into_json() else {
             return Err(format!("{path}: the cloud answered with bytes"));
         };
         // A KubeEdge cloud answers in its `ObjectResp {Object, Err}` envelope, an error

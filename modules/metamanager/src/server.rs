@@ -400,10 +400,9 @@ impl Server {
             .send_sync(MODULE, ask, self.remote_timeout + Duration::from_secs(1))
             .await
         {
-            Ok(reply) if reply.operation() == operation::RESPONSE => match reply.content {
-                Content::Json(v) => v,
-                Content::Bytes(_) => Value::Null,
-            },
+            Ok(reply) if reply.operation() == operation::RESPONSE => {
+                reply.content.into_json().unwrap_or(Value::Null)
+            }
             Ok(reply) => {
                 log::debug!("{key}: {}", reply.content.as_str().unwrap_or("not found"));
                 Value::Null
