@@ -387,6 +387,79 @@ async fn a_silent_node_is_dropped() {
     cloud.await_link("quiet", false).await;
 }
 
+/// A cloudcore too busy to run a node's session for longer than the keepalive timeout
+/// finds the node's frames waiting when it resumes: it reads them, and keeps the node.
+/// (With the silence deadline and the waiting frame both ready, an unordered pick dropped
+/// the node about half the time; six stalls here would miss that once in 64 runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_cloud_reads_what_waits_before_calling_a_node_silent() {
+    let mut config = cloud_config("127.0.0.1:0");
+    config.modules.cloud_hub.keepalive_timeout_ms = 1_000;
+    let mut cloud = Cloud::start(config, HashMap::new()).await;
+    let addr = cloud.addr;
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The node runs on a thread of its own, so it keeps sending while the cloud's
+    // runtime is stalled.
+    let node = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut ws = raw_node(addr, Some("busy"), Some("p")).await;
+                connected_tx.send(()).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    ws.send(WsMessage::Ping(Default::default())).await.unwrap();
+                    let deadline = tokio::time::sleep(Duration::from_millis(300));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            () = &mut deadline => break,
+                            frame = ws.next() => match frame {
+                                Some(Ok(WsMessage::Close(f))) => return Err(format!("dropped: {f:?}")),
+                                Some(Ok(_)) => {}
+                                other => return Err(format!("link failed: {other:?}")),
+                            },
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+    };
+    connected_rx.recv_timeout(WAIT).expect("the node connected");
+    cloud.await_link("busy", true).await;
+    for _ in 0..6 {
+        // Both workers of the cloud's runtime stalled past the keepalive timeout, while
+        // the node's pings arrive.
+        let both = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let stalls: Vec<_> = (0..2)
+            .map(|_| {
+                let both = both.clone();
+                tokio::spawn(async move {
+                    both.wait();
+                    std::thread::sleep(Duration::from_millis(1_300));
+                })
+            })
+            .collect();
+        for stall in stalls {
+            stall.await.unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ended = tokio::task::spawn_blocking(move || node.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        ended,
+        Ok(()),
+        "the node stayed connected through every stall"
+    );
+}
+
 /// The next `data` message on a bus recorder's channel.
 async fn next_data(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Message>,

@@ -76,7 +76,11 @@ where
             wake_at = Instant::now();
         }
         let notified = node.wake.notified();
+        // In this order: a frame that is waiting is read before the silence deadline is
+        // looked at. A session that ran late (a busy cloudcore) finds both ready, and an
+        // unordered pick dropped live nodes as silent.
         tokio::select! {
+            biased;
             _ = attached.cancel.cancelled() => {
                 if let Some(why) = attached.cut.get() {
                     close(ws, CloseCode::Policy, why).await;
