@@ -1,9 +1,9 @@
 //! The body of a message: any JSON value, or raw bytes.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -236,11 +236,10 @@ impl Handler {
 
     fn change(self: Arc<Self>, msg: Message) {
         let delete = msg.operation() == operation::DELETE;
-        let content = || match (&msg.content, msg.content.json()) {
-            (_, Some(v)) => Ok(v.clone()),
-            (Content::Bytes(b), None) => serde_json::from_slice(b)
+        let content = || match &msg.content {
+            Content::Bytes(b) => serde_json::from_slice(b)
                 .map_err(|e| Error::BadRequest(format!("content is not JSON: {e}"))),
-            (_, None) => Ok(Value::Null),
+            json => Ok(json.json().cloned().unwrap_or(Value::Null)),
         };
         let rv = &msg.header.resource_version;
         let parsed = match ResourcePath::parse_edge(msg.resource()) {
