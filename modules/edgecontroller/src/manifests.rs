@@ -267,7 +267,10 @@ impl Source for ManifestSource {
         let mut unreadable = false;
         // One pending wake-up is enough: a scan reads everything that changed.
         let (wake, mut woken) = mpsc::channel::<()>(1);
-        let _watcher = watch(folder.dir.clone(), wake);
+        // Full means a wake-up is already pending.
+        let _watcher = watch(folder.dir.clone(), move |_| {
+            let _ = wake.try_send(());
+        });
         loop {
             // Reading files blocks: keep it off the runtime's workers.
             let scanned = tokio::task::spawn_blocking(move || {
@@ -311,14 +314,19 @@ impl Source for ManifestSource {
     }
 }
 
-/// Watches `dir` (recursively) and wakes the scan loop on any change; `None` when the
-/// watch cannot be set up, and the poll alone then notices changes.
-fn watch(dir: PathBuf, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+/// Watches `dir` (recursively) and calls `on_change` with every event that may be a change
+/// of its content (see [`is_change`]); `None` when the watch cannot be set up, and the poll
+/// alone then notices changes.
+fn watch(
+    dir: PathBuf,
+    on_change: impl Fn(notify::Event) + Send + 'static,
+) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| is_change(&e)) {
-            // Full means a wake-up is already pending.
-            let _ = wake.try_send(());
+        if let Ok(event) = event
+            && is_change(&event)
+        {
+            on_change(event);
         }
     })
     .map_err(|e| log::warn!("manifest folder: no change notifications ({e}); polling only"))
@@ -394,22 +402,14 @@ mod tests {
     /// the file written afterwards wakes the scan loop.
     #[test]
     fn a_scan_of_the_folder_does_not_wake_the_next_scan() {
-        use notify::Watcher;
         let dir = tempfile::tempdir().unwrap();
         let doc = "kind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.0.0.1}\n";
         std::fs::write(dir.path().join("a.yaml"), doc).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-            if let Ok(e) = e
-                && is_change(&e)
-            {
-                let _ = tx.send(e);
-            }
+        let _watcher = watch(dir.path().to_owned(), move |e| {
+            let _ = tx.send(e);
         })
-        .unwrap();
-        watcher
-            .watch(dir.path(), notify::RecursiveMode::Recursive)
-            .unwrap();
+        .expect("a watch on a temporary folder");
         let mut folder = ManifestFolder::new(dir.path());
         assert!(folder.scan().unwrap().is_some());
         std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();
