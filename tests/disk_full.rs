@@ -103,23 +103,13 @@ fn expected_keys() -> BTreeSet<String> {
         .collect()
 }
 
-/// Keys cloudhub logged as ACKed by `node`.
-fn acked(cloud: &Proc, node: &str) -> Vec<String> {
-    let marker = format!("node {node} ACKed ");
-    cloud
-        .text()
-        .lines()
-        .filter_map(|l| l.split_once(&marker).map(|(_, k)| k.trim().to_owned()))
-        .collect()
-}
-
 fn stored(db: &Path) -> BTreeSet<String> {
     sqlite_rows(db).into_iter().map(|(k, _)| k).collect()
 }
 
 /// Every key cloudhub saw ACKed is a row in the store.
 fn every_ack_is_stored(cloud: &Proc, db: &Path) -> (usize, usize) {
-    let acked = acked(cloud, "edge-a");
+    let acked: Vec<String> = cloud.acked("edge-a").into_iter().map(|(k, _)| k).collect();
     let held = stored(db);
     let lost: Vec<&String> = acked.iter().filter(|k| !held.contains(*k)).collect();
     assert!(

@@ -41,6 +41,20 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// What cloudhub logged as ACKed by `node` (at debug), in order: each key with the
+    /// resourceVersion ACKed, once per version.
+    #[allow(dead_code)] // not every test binary that shares this module reads ACKs
+    pub fn acked(&self, node: &str) -> Vec<(String, u64)> {
+        let marker = format!("node {node} ACKed ");
+        self.text()
+            .lines()
+            .filter_map(|l| {
+                let (key, rv) = l.split_once(&marker)?.1.trim().rsplit_once(" at ")?;
+                Some((key.to_owned(), rv.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// The address logged right after `marker` (the first one), once it is logged.
     pub async fn logged_addr(&self, marker: &str) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(20);

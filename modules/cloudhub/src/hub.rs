@@ -418,7 +418,7 @@ impl Hub {
                     && let Some((key, out)) = node.queue.lock().expect("queue poisoned").ack(parent)
                 {
                     self.acked.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("node {} ACKed {key}", node.id);
+                    log::debug!("node {} ACKed {key} at {}", node.id, out.rv);
                     // A refusal settles the queue but is no ACK of holdings: the node may
                     // still hold an older version (or the object it refused to delete),
                     // so the record keeps what it had.
