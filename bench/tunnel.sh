@@ -20,17 +20,20 @@
 # BW=RATE adds the shaped transfer (tc rate syntax: 100mbit). TUNNEL=1 adds edgemesh, with
 # CLOUDCORE_BIN and EDGECORE_BIN (default: this tree's release builds) and the configs in
 # TUNNEL_CONFIG (default bench/tunnel/): cloudcore.yaml, edgecore-a.yaml, edgecore-b.yaml and
-# manifests.yaml (the Services).
+# manifests.yaml (the Services). WORKLOADS (default "transfers keepalive bulk idle") picks
+# what runs: a subset is for tuning one figure quickly; "idle" is the 1,000 idle streams.
+# ONLY (e.g. "edgemesh") runs those targets alone, for profiling one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
 ROUNDS=${2:-3}
 BW=${BW:-}
 TUNNEL=${TUNNEL:-}
+WORKLOADS=" ${WORKLOADS:-transfers keepalive bulk idle} "
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, tc)" >&2; exit 1; }
 
 need=()
-for entry in wrk:wrk haproxy:haproxy nginx:nginx-light iperf3:iperf3 ip:iproute2 tc:iproute2 curl:curl python3:python3; do
+for entry in wrk:wrk haproxy:haproxy nginx:nginx-light iperf3:iperf3 ip:iproute2 tc:iproute2 curl:curl python3:python3 iptables-restore:iptables; do
     command -v "${entry%%:*}" >/dev/null 2>&1 || need+=("${entry##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -198,8 +201,12 @@ declare -A WEB BULK
 WEB[direct]="http://$POD_IP:8080" BULK[direct]="$POD_IP:5201"
 WEB[chain]="http://$EDGE_A:9080" BULK[chain]="$EDGE_A:9201"
 WEB[edgemesh]="http://$WEB_VIP" BULK[edgemesh]="$BULK_VIP:5201"
-TARGETS=(direct chain)
-[ "$TUNNEL" = 1 ] && TARGETS+=(edgemesh)
+if [ -n "${ONLY:-}" ]; then
+    read -ra TARGETS <<< "$ONLY"
+else
+    TARGETS=(direct chain)
+    [ "$TUNNEL" = 1 ] && TARGETS+=(edgemesh)
+fi
 
 # Puts the namespaces in the state `target` runs in.
 enter() {
@@ -300,13 +307,18 @@ in_rounds() { # what to run per target
     done
     edgemesh_down
 }
-unlimited() { transfers "$1" xfer; keepalive "$1"; bulk "$1"; }
+wants() { [[ "$WORKLOADS" == *" $1 "* ]]; }
+unlimited() {
+    if wants transfers; then transfers "$1" xfer; fi
+    if wants keepalive; then keepalive "$1"; fi
+    if wants bulk; then bulk "$1"; fi
+}
 shaped() { transfers "$1" xfer_bw; }
 
 echo "machine: $(nproc) cores (shared), $(uname -r); ${SECS}s per run, $ROUNDS rounds; wrk -t2 -c32; nginx 1 worker; haproxy defaults (mode tcp)"
 : > "$RESULTS"
 in_rounds unlimited
-if [ -n "$BW" ]; then
+if [ -n "$BW" ] && wants transfers; then
     shape on
     in_rounds shaped
     shape off
@@ -314,7 +326,7 @@ else
     echo "BW unset: no shaped transfer (BW=100mbit adds it)"
 fi
 
-[ "$TUNNEL" = 1 ] && idle_streams > "$WORK/idle.txt"
+if [ "$TUNNEL" = 1 ] && wants idle; then idle_streams > "$WORK/idle.txt"; fi
 
 python3 - "$RESULTS" "$BW" "${TARGETS[*]}" <<'PY'
 import sys
@@ -350,11 +362,12 @@ for label, metric, agg, better in rows:
                             + [ratio("chain", "direct"), ratio("edgemesh", "direct"), ratio("edgemesh", "chain")]) + " |")
 counts = {c: len(values[(c, "xfer")]) for c in targets}
 print()
-print("transfers per target: " + ", ".join(f"{names[c]} {n}" for c, n in counts.items())
-      + (", at " + bw + ": " + ", ".join(f"{names[c]} {len(values[(c, 'xfer_bw')])}" for c in targets) if bw else "")
-      + "; req/s, p99 and Gbit/s are medians over rounds; ratios are row over column (for times lower is better)")
+if any(counts.values()):
+    print("transfers per target: " + ", ".join(f"{names[c]} {n}" for c, n in counts.items())
+          + (", at " + bw + ": " + ", ".join(f"{names[c]} {len(values[(c, 'xfer_bw')])}" for c in targets) if bw else "")
+          + "; req/s, p99 and Gbit/s are medians over rounds; ratios are row over column (for times lower is better)")
 cpu = values[("edgemesh", "cloud_cpu_per_gib")]
 if cpu:
     print(f"cloudcore CPU seconds per GiB relayed (iperf3 runs, median): {median(cpu):.2f}")
 PY
-[ -f "$WORK/idle.txt" ] && cat "$WORK/idle.txt"
+if [ -f "$WORK/idle.txt" ]; then cat "$WORK/idle.txt"; fi
