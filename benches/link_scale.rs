@@ -19,6 +19,9 @@
 //! change is an edit of one Service in one file: the time runs from the file write to each
 //! node's ACK, so it includes noticing the change (the folder is watched; its poll,
 //! `pollIntervalMs`, 500 by default, is the fallback).
+//!
+//! The cloud logs at `warn` to this process's stderr; `CLOUD_LOG=info` (any `RUST_LOG`
+//! filter) shows more, such as each node's resync.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -69,6 +72,8 @@ fn main() -> Result<()> {
     edgemesh::cli::raise_fd_limit();
     let nodes: usize = arg("--nodes").map_or(Ok(10_000), |v| v.parse())?;
     if arg("--role").as_deref() == Some("cloud") {
+        let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+            .try_init();
         return tokio::runtime::Runtime::new()?.block_on(cloud(nodes));
     }
     let rounds: usize = arg("--rounds").map_or(Ok(5), |v| v.parse())?;
@@ -367,7 +372,11 @@ async fn drive(nodes: usize, rounds: usize, hold: u64, tls: bool, services: usiz
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(&cloud_args)
-        .env("RUST_LOG", "warn")
+        // CLOUD_LOG sets the cloud's log filter (its log goes to this stderr).
+        .env(
+            "RUST_LOG",
+            std::env::var("CLOUD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;

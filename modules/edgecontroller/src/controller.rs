@@ -107,6 +107,7 @@ impl Module for EdgeController {
             edge_nodes: BTreeSet::new(),
             awaiting: HashMap::new(),
             remembered: HashMap::new(),
+            assumed: HashMap::new(),
             listed: BTreeSet::new(),
             deferred: HashMap::new(),
             next_token: 0,
@@ -157,6 +158,10 @@ struct Controller {
     /// What cloudhub's record says each connected node may hold (`synced`), used when the
     /// node sends no holdings report of its own (a KubeEdge edgecore never does).
     remembered: HashMap<String, Map<String, Value>>,
+    /// Nodes whose report did not come in time, with the holdings the resync that ran in
+    /// its place assumed (cloudhub's record, or nothing), until the report comes after all
+    /// or the node goes.
+    assumed: HashMap<String, Map<String, Value>>,
     next_token: u64,
     refusals: Refusals,
 }
@@ -369,6 +374,7 @@ impl Controller {
                 self.connected.insert(node.clone());
                 // A `synced` for this connection, if any, follows.
                 self.remembered.remove(&node);
+                self.assumed.remove(&node);
                 let token = self.next_token;
                 self.next_token += 1;
                 self.awaiting.insert(node.clone(), token);
@@ -392,6 +398,7 @@ impl Controller {
                 self.connected.remove(&node);
                 self.awaiting.remove(&node);
                 self.remembered.remove(&node);
+                self.assumed.remove(&node);
                 self.deferred.remove(&node);
             }
             operation::SYNCED => match msg.content.decode::<Map<String, Value>>() {
@@ -414,6 +421,14 @@ impl Controller {
                         for (path, _) in remembered.into_iter().flatten() {
                             digest.entry(path).or_insert(Value::Null);
                         }
+                        if let Some(assumed) = self.assumed.remove(&node) {
+                            log::info!(
+                                "node {node} reported after its wait ran out: only what the \
+                                 resync in its place skipped, and deletes, are left"
+                            );
+                            let current = self.current_versions(&node);
+                            digest = late_digest(digest, &assumed, current);
+                        }
                         self.resync(&node, Some(digest)).await
                     }
                     Err(e) => log::warn!("node {node} sent an unreadable holdings report: {e}"),
@@ -423,19 +438,23 @@ impl Controller {
                 let token = msg.content.decode::<u64>().ok();
                 if token.is_some() && self.awaiting.get(&node) == token.as_ref() {
                     self.awaiting.remove(&node);
-                    match self.remembered.remove(&node) {
-                        Some(held) => {
-                            log::info!(
-                                "node {node} sent no report: resyncing from what it ACKed ({} objects)",
-                                held.len()
-                            );
-                            self.resync(&node, Some(held)).await;
-                        }
+                    let held = self.remembered.remove(&node);
+                    match &held {
+                        Some(held) => log::info!(
+                            "node {node} sent no report: resyncing from what it ACKed ({} objects)",
+                            held.len()
+                        ),
                         None => {
-                            log::info!("node {node} reported no holdings: sending it everything");
-                            self.resync(&node, None).await;
+                            log::info!("node {node} reported no holdings: sending it everything")
                         }
                     }
+                    // A report may still come (a busy cloud, a slow node): it is then
+                    // read against what this resync assumed, so nothing travels twice.
+                    if self.source_ready() && self.serves(&node) {
+                        self.assumed
+                            .insert(node.clone(), held.clone().unwrap_or_default());
+                    }
+                    self.resync(&node, held).await;
                 }
             }
             operation::QUERY => {
@@ -536,6 +555,14 @@ impl Controller {
         );
     }
 
+    /// The path and resourceVersion of every object `node` should hold now.
+    fn current_versions(&self, node: &str) -> Vec<(String, String)> {
+        self.state
+            .desired_for(node)
+            .filter_map(|obj| Some((obj.edge_path()?, obj.rv.clone())))
+            .collect()
+    }
+
     /// Refuses `msg` from `node`: logged, counted under `reason`, answered with `why`.
     fn refuse(&self, node: &str, msg: &Message, reason: &'static str, why: String) -> Message {
         self.note_refusal(node, msg, reason, &why);
@@ -611,6 +638,25 @@ impl Controller {
             }
         }
     }
+}
+
+/// A holdings report that came after a resync from `assumed` ran in its place, made into
+/// the digest that leaves this resync only what is still to do. Each object of `current`
+/// that the earlier resync sent (the version it assumed was not the current one) counts as
+/// held, since it is on its way, and so does one changed since (the change went out as
+/// one); what it skipped, and what the node holds that is gone, stay as reported.
+fn late_digest(
+    mut digest: Map<String, Value>,
+    assumed: &Map<String, Value>,
+    current: Vec<(String, String)>,
+) -> Map<String, Value> {
+    for (path, rv) in current {
+        let skipped = assumed.get(&path).and_then(Value::as_str) == Some(rv.as_str());
+        if !skipped {
+            digest.insert(path, Value::String(rv));
+        }
+    }
+    digest
 }
 
 /// A node's message's resource without the `node/<node>/` prefix.
@@ -770,6 +816,159 @@ mod tests {
                 .iter()
                 .any(|h| h.ends_with("default/service/web") && !h.starts_with("delete")),
             "{heard:?}"
+        );
+        stop.shutdown();
+    }
+
+    /// A controller serving `web` and `api`, whose nodes' reports are awaited 50 ms; the
+    /// context to play cloudhub with, and what stops it.
+    async fn late_report_setup() -> (beehive::Context, beehive::ShutdownHandle) {
+        let (open, gate) = oneshot::channel();
+        open.send(()).unwrap();
+        let source = Gated {
+            open: gate,
+            objects: vec![service("web"), service("api")],
+        };
+        let versions = Versions::open(std::path::Path::new("")).unwrap();
+        let config = EdgeControllerConfig {
+            resync_wait_ms: 50,
+            ..Default::default()
+        };
+        let module = EdgeController::with_source(config, Box::new(source), versions);
+        let mut core = Core::new(CoreConfig::default()).unwrap();
+        core.register(Box::new(module)).unwrap();
+        let ctx = core.context();
+        ctx.add_module(HUB, HUB).unwrap();
+        let stop = core.shutdown_handle();
+        tokio::spawn(core.run_until(std::future::pending()));
+        (ctx, stop)
+    }
+
+    /// `web` as a query answers it, once the source has listed it.
+    async fn listed_web(ctx: &beehive::Context) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, answer) = sent_until_answered(ctx).await;
+            if let Ok(web) = answer.content.decode::<Value>()
+                && web["metadata"]["resourceVersion"].is_string()
+            {
+                return web;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "web never listed");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// What the controller sends cloudhub up to the answer to a query sent now ("op
+    /// resource" each), and that answer.
+    async fn sent_until_answered(ctx: &beehive::Context) -> (Vec<String>, Message) {
+        let query = to_node(
+            operation::QUERY,
+            "node/edge-a/default/service/web",
+            Value::Null,
+        );
+        let asked = query.id().clone();
+        ctx.send(MODULE, query).await.unwrap();
+        let mut heard = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ctx.receive(HUB))
+                .await
+                .expect("cloudhub heard nothing")
+                .unwrap();
+            if msg.parent_id() == Some(&asked) {
+                return (heard, msg);
+            }
+            heard.push(format!("{} {}", msg.operation(), msg.resource()));
+        }
+    }
+
+    /// Paths sent more than once in `heard`.
+    fn twice(heard: &[String]) -> Vec<&String> {
+        heard
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| heard[..*i].contains(h))
+            .map(|(_, h)| h)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_report_after_its_wait_adds_deletes_and_resends_nothing() {
+        let (ctx, stop) = late_report_setup().await;
+        listed_web(&ctx).await;
+        let node = "node/edge-a";
+        ctx.send(
+            MODULE,
+            to_node(operation::CONNECT, node, json!(connection::NODE_CONNECTED)),
+        )
+        .await
+        .unwrap();
+        // No report within the wait: everything is sent.
+        let first = tokio::time::timeout(Duration::from_secs(10), ctx.receive(HUB))
+            .await
+            .expect("the resync after the wait")
+            .unwrap();
+        assert_eq!(first.operation(), operation::INSERT, "{}", first.resource());
+        // Then the report comes: the node holds nothing but an object that is gone.
+        let report = json!({"default/service/gone": "1"});
+        ctx.send(MODULE, to_node(operation::RESYNC, node, report))
+            .await
+            .unwrap();
+        let (mut heard, _) = sent_until_answered(&ctx).await;
+        heard.insert(0, format!("{} {}", first.operation(), first.resource()));
+        assert!(twice(&heard).is_empty(), "sent twice: {heard:?}");
+        assert_eq!(
+            heard.last().map(String::as_str),
+            Some("delete node/edge-a/default/service/gone"),
+            "{heard:?}"
+        );
+        assert!(
+            heard.contains(&"insert node/edge-a/default/service/web".to_owned()),
+            "{heard:?}"
+        );
+        stop.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_report_after_its_wait_gets_what_the_record_made_the_resync_skip() {
+        let (ctx, stop) = late_report_setup().await;
+        let node = "node/edge-a";
+        let web = listed_web(&ctx).await;
+        let rv = web["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        ctx.send(
+            MODULE,
+            to_node(operation::CONNECT, node, json!(connection::NODE_CONNECTED)),
+        )
+        .await
+        .unwrap();
+        // cloudhub's record: the node ACKed web at its current version.
+        let record = json!({"default/service/web": rv});
+        ctx.send(MODULE, to_node(operation::SYNCED, node, record))
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), ctx.receive(HUB))
+            .await
+            .expect("the resync after the wait")
+            .unwrap();
+        // The node lost its store after all: it reports holding nothing.
+        ctx.send(MODULE, to_node(operation::RESYNC, node, json!({})))
+            .await
+            .unwrap();
+        let (mut heard, _) = sent_until_answered(&ctx).await;
+        heard.insert(0, format!("{} {}", first.operation(), first.resource()));
+        assert!(twice(&heard).is_empty(), "sent twice: {heard:?}");
+        let web_at = heard
+            .iter()
+            .position(|h| h == "insert node/edge-a/default/service/web");
+        let api_at = heard
+            .iter()
+            .position(|h| h == "insert node/edge-a/default/service/api");
+        assert!(
+            web_at.is_some() && api_at.is_some() && api_at < web_at,
+            "api by the record's resync, web only after the report: {heard:?}"
         );
         stop.shutdown();
     }
