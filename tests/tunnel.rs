@@ -353,7 +353,7 @@ async fn a_reader_that_stops_stalls_only_its_own_stream_and_memory_stays_bounded
     let after: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
     eprintln!("RSS KiB before {before:?} after {after:?} (cloudcore, edge-a, edge-b)");
     // 100 streams × 2 MiB went through; a hop that buffered whole streams would hold
-    // 200 MiB. Credit bounds each stream to 256 KiB per hop.
+    // 200 MiB. Credit bounds each stream to its window (512 KiB) per hop.
     for (b, a) in before.iter().zip(&after) {
         assert!(
             a.saturating_sub(*b) < 64 * 1024,

@@ -548,7 +548,7 @@ fn oversized_frames_are_refused_from_the_header_alone() {
         StreamCodec::default().frame_len(lie),
         Err(Error::FrameTooLarge { .. })
     ));
-    assert_eq!(DEFAULT_MAX_FRAME_LEN, HEADER_LEN + 64 * 1024);
+    assert_eq!(DEFAULT_MAX_FRAME_LEN, HEADER_LEN + 256 * 1024);
 }
 
 #[test]

@@ -39,8 +39,8 @@ static ACCEPT_FAILED: beehive::Throttle =
     beehive::Throttle::new(std::time::Duration::from_secs(10));
 
 /// Bytes read per read call, and what a connection's read buffer starts with: small enough
-/// that ten thousand idle nodes cost little, large enough that a 64 KiB stream frame takes
-/// two reads; the buffer grows for larger messages.
+/// that ten thousand idle nodes cost little; a stream frame (up to 256 KiB) takes several
+/// reads; the buffer grows for larger messages.
 const READ_BUFFER: usize = 32 * 1024;
 
 /// Accepts connections on `listener` until `stop` is cancelled; each one is served by its

@@ -50,10 +50,15 @@ pub(crate) struct State {
 
 impl Shared {
     pub(crate) fn new(recv_window: u32, send_credit: u32) -> Arc<Self> {
+        let mut send = SendWindow::new(send_credit).expect("credit within bounds");
+        if send_credit > 0 {
+            // Credit from the start (the opener's window): the first grant measures from here.
+            send.mark(send_credit, std::time::Instant::now());
+        }
         Arc::new(Shared {
             state: Mutex::new(State {
                 recv: RecvWindow::new(recv_window).expect("window within bounds"),
-                send: SendWindow::new(send_credit).expect("credit within bounds"),
+                send,
                 chunks: VecDeque::new(),
                 fin_in: false,
                 fin_out: false,
@@ -91,6 +96,7 @@ impl Shared {
     pub(crate) fn window(&self, increment: u32) -> Result<(), proto::Error> {
         let mut state = self.lock();
         state.send.grant(increment)?;
+        state.send.mark(increment, std::time::Instant::now());
         if !state.accepted {
             state.accepted = true;
             drop(state);
@@ -188,7 +194,8 @@ impl TunnelStream {
             if let Some((code, reason)) = &state.reset {
                 return Poll::Ready(Err(reset_error(*code, reason)));
             }
-            match state.send.reserve(max) {
+            let len = state.send.frame_len(max);
+            match state.send.reserve(len) {
                 0 => {
                     state.write_waker = Some(cx.waker().clone());
                     Poll::Pending
@@ -347,7 +354,7 @@ impl AsyncWrite for TunnelStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let max = StreamCodec::default().max_data_len();
+        let max = state.send.frame_len(StreamCodec::default().max_data_len());
         let n = state.send.reserve(buf.len().min(max));
         if n == 0 {
             state.write_waker = Some(cx.waker().clone());
