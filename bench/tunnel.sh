@@ -322,7 +322,7 @@ if [ -n "$BW" ] && wants transfers; then
     shape on
     in_rounds shaped
     shape off
-else
+elif [ -z "$BW" ]; then
     echo "BW unset: no shaped transfer (BW=100mbit adds it)"
 fi
 
