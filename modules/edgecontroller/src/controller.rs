@@ -740,6 +740,31 @@ mod tests {
         )
     }
 
+    /// A controller with `config` on `source`, running; the context to play cloudhub with,
+    /// and what stops it.
+    fn start(
+        config: EdgeControllerConfig,
+        source: Gated,
+    ) -> (beehive::Context, beehive::ShutdownHandle) {
+        let versions = Versions::open(std::path::Path::new("")).unwrap();
+        let module = EdgeController::with_source(config, Box::new(source), versions);
+        let mut core = Core::new(CoreConfig::default()).unwrap();
+        core.register(Box::new(module)).unwrap();
+        let ctx = core.context();
+        ctx.add_module(HUB, HUB).unwrap();
+        let stop = core.shutdown_handle();
+        tokio::spawn(core.run_until(std::future::pending()));
+        (ctx, stop)
+    }
+
+    /// The next message the controller sends cloudhub.
+    async fn next_sent(ctx: &beehive::Context) -> Message {
+        tokio::time::timeout(Duration::from_secs(10), ctx.receive(HUB))
+            .await
+            .expect("cloudhub heard nothing")
+            .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_that_reports_before_the_source_has_listed_loses_nothing_it_should_keep() {
         let (open, gate) = oneshot::channel();
@@ -747,18 +772,7 @@ mod tests {
             open: gate,
             objects: vec![service("web")],
         };
-        let versions = Versions::open(std::path::Path::new("")).unwrap();
-        let module = EdgeController::with_source(
-            EdgeControllerConfig::default(),
-            Box::new(source),
-            versions,
-        );
-        let mut core = Core::new(CoreConfig::default()).unwrap();
-        core.register(Box::new(module)).unwrap();
-        let ctx = core.context();
-        ctx.add_module(HUB, HUB).unwrap();
-        let stop = core.shutdown_handle();
-        tokio::spawn(core.run_until(std::future::pending()));
+        let (ctx, stop) = start(EdgeControllerConfig::default(), source);
 
         // The node comes back holding `web`, which the source still has, and `gone`, which
         // it no longer has; it reports both before the source has listed anything.
@@ -781,12 +795,7 @@ mod tests {
         );
         let asked = query.id().clone();
         ctx.send(MODULE, query).await.unwrap();
-        let next = || async {
-            tokio::time::timeout(Duration::from_secs(10), ctx.receive(HUB))
-                .await
-                .expect("cloudhub heard nothing")
-                .unwrap()
-        };
+        let next = || next_sent(&ctx);
         let answer = next().await;
         assert_eq!(
             answer.parent_id(),
@@ -820,28 +829,19 @@ mod tests {
         stop.shutdown();
     }
 
-    /// A controller serving `web` and `api`, whose nodes' reports are awaited 50 ms; the
-    /// context to play cloudhub with, and what stops it.
-    async fn late_report_setup() -> (beehive::Context, beehive::ShutdownHandle) {
+    /// A controller serving `web` and `api`, whose nodes' reports are awaited 50 ms.
+    fn late_report_setup() -> (beehive::Context, beehive::ShutdownHandle) {
         let (open, gate) = oneshot::channel();
         open.send(()).unwrap();
         let source = Gated {
             open: gate,
             objects: vec![service("web"), service("api")],
         };
-        let versions = Versions::open(std::path::Path::new("")).unwrap();
         let config = EdgeControllerConfig {
             resync_wait_ms: 50,
             ..Default::default()
         };
-        let module = EdgeController::with_source(config, Box::new(source), versions);
-        let mut core = Core::new(CoreConfig::default()).unwrap();
-        core.register(Box::new(module)).unwrap();
-        let ctx = core.context();
-        ctx.add_module(HUB, HUB).unwrap();
-        let stop = core.shutdown_handle();
-        tokio::spawn(core.run_until(std::future::pending()));
-        (ctx, stop)
+        start(config, source)
     }
 
     /// `web` as a query answers it, once the source has listed it.
@@ -871,10 +871,7 @@ mod tests {
         ctx.send(MODULE, query).await.unwrap();
         let mut heard = Vec::new();
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), ctx.receive(HUB))
-                .await
-                .expect("cloudhub heard nothing")
-                .unwrap();
+            let msg = next_sent(ctx).await;
             if msg.parent_id() == Some(&asked) {
                 return (heard, msg);
             }
@@ -894,7 +891,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_report_after_its_wait_adds_deletes_and_resends_nothing() {
-        let (ctx, stop) = late_report_setup().await;
+        let (ctx, stop) = late_report_setup();
         listed_web(&ctx).await;
         let node = "node/edge-a";
         ctx.send(
@@ -904,10 +901,7 @@ mod tests {
         .await
         .unwrap();
         // No report within the wait: everything is sent.
-        let first = tokio::time::timeout(Duration::from_secs(10), ctx.receive(HUB))
-            .await
-            .expect("the resync after the wait")
-            .unwrap();
+        let first = next_sent(&ctx).await;
         assert_eq!(first.operation(), operation::INSERT, "{}", first.resource());
         // Then the report comes: the node holds nothing but an object that is gone.
         let report = json!({"default/service/gone": "1"});
@@ -931,7 +925,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_report_after_its_wait_gets_what_the_record_made_the_resync_skip() {
-        let (ctx, stop) = late_report_setup().await;
+        let (ctx, stop) = late_report_setup();
         let node = "node/edge-a";
         let web = listed_web(&ctx).await;
         let rv = web["metadata"]["resourceVersion"]
@@ -949,10 +943,7 @@ mod tests {
         ctx.send(MODULE, to_node(operation::SYNCED, node, record))
             .await
             .unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(10), ctx.receive(HUB))
-            .await
-            .expect("the resync after the wait")
-            .unwrap();
+        let first = next_sent(&ctx).await;
         // The node lost its store after all: it reports holding nothing.
         ctx.send(MODULE, to_node(operation::RESYNC, node, json!({})))
             .await
