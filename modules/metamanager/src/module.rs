@@ -179,7 +179,7 @@ impl Handler {
     /// Tells the cloud what this node holds, so it sends only what changed while the link
     /// was down and deletes what no longer exists.
     async fn report_holdings(&self) {
-        let rows = match self.store.list(&Filter::default()) {
+        let rows = match self.store.list(Filter::default()).await {
             Ok(rows) => rows,
             Err(e) => {
                 log::warn!("cannot report holdings to the cloud: {e}");
@@ -284,7 +284,7 @@ impl Handler {
                 Ok(None) => self.remote_query(&msg, &path).await,
                 Err(e) => Err(e.to_string()),
             },
-            Some(filter) => match self.store.list(&filter) {
+            Some(filter) => match self.store.list(filter).await {
                 Ok(rows) => Ok(Value::Array(rows.iter().map(|r| r.json()).collect())),
                 Err(e) => Err(e.to_string()),
             },

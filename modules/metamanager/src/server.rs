@@ -380,7 +380,7 @@ impl Server {
                 }
             }
             Target::Many(filter) => {
-                let rows = self.store.list(&filter).map_err(|e| e.to_string())?;
+                let rows = self.store.list(filter).await.map_err(|e| e.to_string())?;
                 Ok(Value::Array(rows.iter().map(|r| r.json()).collect()))
             }
         }

@@ -276,9 +276,18 @@ impl Store {
         Ok(get(&self.reader(), key)?.map(Arc::new))
     }
 
-    /// Committed rows matching `filter`, ordered by key.
-    pub fn list(&self, filter: &Filter) -> Result<Vec<Arc<Row>>> {
-        Ok(list(&self.reader(), filter)?)
+    /// Committed rows matching `filter`, ordered by key. The scan runs on a blocking thread:
+    /// a list of every object (a resync report, an app listing all Services) takes
+    /// milliseconds of SQLite, which on a runtime thread would hold up every task queued
+    /// behind it, the proxy's included.
+    pub async fn list(&self, filter: Filter) -> Result<Vec<Arc<Row>>> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(list(&conn, &filter)?)
+        })
+        .await
+        .map_err(|_| Error::StoreStopped)?
     }
 
     /// Number of committed rows.
@@ -751,15 +760,53 @@ mod tests {
         let b = store.get("default/service/b").unwrap().unwrap();
         assert_eq!(b.resource_version.as_deref(), Some("1"));
         let listed = store
-            .list(&Filter::of(&ResourcePath::parse_edge("default/service").unwrap()).unwrap())
+            .list(Filter::of(&ResourcePath::parse_edge("default/service").unwrap()).unwrap())
+            .await
             .unwrap();
         assert_eq!(listed, [b]);
         let other_ns = Filter {
             namespace: Some("other".into()),
             ..Filter::default()
         };
-        assert!(store.list(&other_ns).unwrap().is_empty());
+        assert!(store.list(other_ns).await.unwrap().is_empty());
         assert_eq!(store.len().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_list_waits_for_sqlite_off_the_runtime_thread() {
+        // A scan that takes long (here: it waits for the reader, which the test holds) must
+        // leave the runtime's thread to the other tasks. With one thread and the scan run
+        // inline, the list task would block that thread on the lock and nothing would run.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("edge.db")).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let held = store.reader.clone();
+            let guard = held.lock().unwrap();
+            let outcome = runtime.block_on(async {
+                let list = tokio::spawn({
+                    let store = store.clone();
+                    async move { store.list(Filter::default()).await }
+                });
+                // The list task runs in these turns; this task gets the thread back.
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                let waiting = !list.is_finished();
+                drop(guard);
+                (waiting, list.await.unwrap().map(|rows| rows.len()))
+            });
+            let _ = done_tx.send(outcome);
+        });
+        let (waiting, listed) = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the list held the runtime's only thread");
+        assert!(waiting, "the list finished while its reader was held");
+        assert_eq!(listed.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -190,7 +190,7 @@ async fn a_watch_in_namespace_sees_only_its_rows() {
     let ev = rx.recv().await.unwrap();
     assert_eq!(ev.row().key, "prod/endpoints/e");
     assert!(rx.try_recv().is_err());
-    assert_eq!(store.list(&filter).unwrap().len(), 1);
+    assert_eq!(store.list(filter).await.unwrap().len(), 1);
 }
 
 /// A bus with metamanager and a stand-in for edgehub (module `websocket`, group `hub`).
