@@ -35,9 +35,11 @@ pub fn raise_fd_limit() {
 }
 
 /// Runs a core binary: prints the default config, or loads the config and runs `run` on a
-/// multi-threaded runtime. Bad config exits with 64.
+/// multi-threaded runtime of `beehive.workerThreads` threads (`auto_threads` when that is
+/// 0). Bad config exits with 64.
 pub fn main_for<C: AsRef<beehive::CoreConfig>>(
     args: CoreArgs,
+    auto_threads: usize,
     default_yaml: &str,
     load: impl FnOnce(&std::path::Path) -> Result<C>,
     run: impl AsyncFnOnce(C) -> Result<()>,
@@ -54,7 +56,7 @@ pub fn main_for<C: AsRef<beehive::CoreConfig>>(
     let result = load(&path).and_then(|config| {
         raise_fd_limit();
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.as_ref().threads())
+            .worker_threads(config.as_ref().threads_or(auto_threads))
             .enable_all()
             .build()
             .map_err(|e| Error::Io(format!("cannot start the runtime: {e}")))?

@@ -16,10 +16,12 @@ pub struct CoreConfig {
     /// A module that drains on shutdown (edgemesh's `drainTimeoutMs`, 10 s by default)
     /// needs a grace period longer than its drain, hence 15 s.
     pub grace_period_ms: u64,
-    /// Threads that run the modules' tasks; 0 for one per core. Fewer threads mean fewer
-    /// hand-offs between them: a tunnel stream's frames cross edgehub, edgemesh and the
-    /// stream's relay, and with one thread those hops cost no wake-up of another thread.
-    /// (edgemesh's proxy has threads of its own, `workers`.)
+    /// Threads that run the modules' tasks; 0 lets the binary choose (see
+    /// [`CoreConfig::threads_or`]): edgecore runs one, since its cloud link is one task and
+    /// a tunnel stream's frames cross edgehub, edgemesh and the stream's relay, hops that
+    /// cost another thread's wake-up each when they land on different threads; cloudcore
+    /// runs one per core for its many nodes. (edgemesh's proxy has threads of its own,
+    /// `workers`.)
     pub worker_threads: usize,
 }
 
@@ -59,7 +61,7 @@ impl CoreConfig {
             problems.push(Error::InvalidConfig {
                 field: "workerThreads",
                 reason: format!(
-                    "must be at most 1024 (0 for one per core), got {}",
+                    "must be at most 1024 (0 for the binary's choice), got {}",
                     self.worker_threads
                 ),
             });
@@ -78,10 +80,20 @@ impl CoreConfig {
 
     /// The runtime's worker threads: as configured, or one per core.
     pub fn threads(&self) -> usize {
+        self.threads_or(Self::per_core())
+    }
+
+    /// The runtime's worker threads: as configured, or `auto` (the binary's choice).
+    pub fn threads_or(&self, auto: usize) -> usize {
         match self.worker_threads {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            0 => auto.max(1),
             n => n,
         }
+    }
+
+    /// One thread per core.
+    pub fn per_core() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 
     /// The grace period as a duration.
@@ -113,5 +125,19 @@ mod tests {
                 .to_string()
                 .contains("gracePeriodMs")
         );
+    }
+
+    #[test]
+    fn zero_threads_take_the_binarys_choice_and_a_number_is_kept() {
+        let auto = CoreConfig::default();
+        assert_eq!(auto.threads_or(1), 1, "edgecore's choice");
+        assert_eq!(auto.threads_or(6), 6);
+        assert_eq!(auto.threads(), CoreConfig::per_core());
+        let three = CoreConfig {
+            worker_threads: 3,
+            ..CoreConfig::default()
+        };
+        assert_eq!(three.threads_or(1), 3);
+        assert_eq!(three.threads(), 3);
     }
 }

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
     let Some(command) = cli.command else {
         return cli::main_for(
             cli.core,
+            beehive::CoreConfig::per_core(),
             DEFAULT_YAML,
             CloudCoreConfig::load,
             async |config| {

@@ -74,6 +74,8 @@ fn main() -> ExitCode {
     else {
         return cli::main_for(
             cli.core,
+            // One module thread: see beehive's `workerThreads`.
+            1,
             DEFAULT_YAML,
             EdgeCoreConfig::load,
             async |config| {

@@ -22,7 +22,7 @@ use crate::relay::relay;
 use crate::shared::{Shared, ip_key};
 use crate::sniff::{Protocol, classify, sniff};
 use crate::spread::{Seat, accept};
-use crate::tunnel::pipe::pipe;
+use crate::tunnel::pipe::pipe_on_link_runtime;
 use crate::upstream::Conn;
 
 /// Serves intercepted connections until `stop`, as worker `seat` (see [`Seat::serve`]):
@@ -189,7 +189,7 @@ async fn relay_to(
     server.write_all(&first).await?;
     let (up, down) = match server {
         Conn::Tcp(server) => relay(client, server, shared.idle_timeout).await?,
-        Conn::Tunnel(stream) => pipe(client, stream, shared.idle_timeout).await?,
+        Conn::Tunnel(stream) => pipe_on_link_runtime(client, stream, shared.idle_timeout).await?,
     };
     let up = up + first.len() as u64;
     target.stats.bytes_sent.inc_by(up);

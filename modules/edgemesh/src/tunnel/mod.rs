@@ -87,6 +87,8 @@ pub struct Tunnel {
     inner: Mutex<Inner>,
     window: u32,
     max_streams: usize,
+    /// The runtime that reads the hub's lane (and, on an edge, runs the link).
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Tunnel {
@@ -101,6 +103,7 @@ impl Tunnel {
             }),
             window,
             max_streams,
+            runtime: std::sync::OnceLock::new(),
         })
     }
 
@@ -111,6 +114,11 @@ impl Tunnel {
     /// Whether a link is up now.
     pub fn is_up(&self) -> bool {
         self.lock().link.is_some()
+    }
+
+    /// The runtime that reads the hub's lane, once it runs.
+    pub(crate) fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.get()
     }
 
     /// Streams open now.
@@ -230,6 +238,7 @@ impl Tunnel {
 
     /// Reads the hub's lane until it closes: link state, and frames for the streams.
     pub async fn run(self: Arc<Self>, mut lane: UnboundedReceiver<Carriage>, acceptor: Acceptor) {
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
         let acceptor = Arc::new(acceptor);
         let codec = StreamCodec::default();
         while let Some(carriage) = lane.recv().await {
