@@ -8,8 +8,6 @@
 //!   the stream, and a stream that overruns its window is reset.
 //! - [`stream`]: [`TunnelStream`], a stream as a byte stream.
 //! - [`pipe`]: relays a socket and a stream with no buffer in between.
-//! - [`near`]: serves a connection on the runtime that reads the link, so its frames are
-//!   not handed between threads.
 //! - [`datagram`]: a stream carrying UDP datagrams, one Data frame each, and the relay
 //!   between such a stream and a UDP socket.
 //! - [`accept`]: the acceptor: a stream opened towards this node is checked against the
@@ -17,7 +15,6 @@
 
 pub mod accept;
 pub mod datagram;
-pub mod near;
 pub mod pipe;
 pub mod stream;
 

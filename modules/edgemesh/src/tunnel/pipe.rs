@@ -11,9 +11,10 @@ use proto::stream::HEADER_LEN;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::runtime::Handle;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::TunnelStream;
-use super::near::serve_on;
 use crate::idle::Watch;
 use crate::relay::Moved;
 
@@ -38,16 +39,28 @@ pub async fn pipe(tcp: TcpStream, stream: TunnelStream, idle: Duration) -> io::R
     moved
 }
 
-/// [`pipe`], run on the runtime that reads the cloud link (see [`super::near`]).
+/// [`pipe`], run on the runtime that reads the cloud link (the tunnel's), so that its frames
+/// stay on the link's thread. From a proxy worker's thread every Data frame was handed to
+/// the link's task and every grant handed back, each a wake-up of another thread
+/// (`bench/tunnel.md`, 2026-12-02 evening). The relay is aborted, closing its socket,
+/// when this future is dropped, as the relay itself would be (a drain's cut).
 pub async fn pipe_on_link_runtime(
     tcp: TcpStream,
     stream: TunnelStream,
     idle: Duration,
 ) -> io::Result<Moved> {
-    match stream.tunnel.elsewhere() {
-        Some(link) => serve_on(&link, tcp, move |tcp| pipe(tcp, stream, idle)).await,
-        None => pipe(tcp, stream, idle).await,
-    }
+    let link_runtime = match stream.tunnel.runtime() {
+        Some(link) if Handle::try_current().map_or(true, |here| here.id() != link.id()) => {
+            link.clone()
+        }
+        _ => return pipe(tcp, stream, idle).await,
+    };
+    let tcp = tcp.into_std()?;
+    let relay =
+        link_runtime.spawn(async move { pipe(TcpStream::from_std(tcp)?, stream, idle).await });
+    AbortOnDropHandle::new(relay)
+        .await
+        .map_err(|e| io::Error::other(format!("the relay task ended: {e}")))?
 }
 
 /// Socket to stream: within credit, a frame per read.
