@@ -554,3 +554,195 @@ async fn a_node_that_reads_nothing_delays_no_other_node() {
     let stats = cloud.hub.stats();
     assert_eq!(stats.pending + stats.inflight, 200, "{stats:?}");
 }
+
+/// A node whose socket is full (it reads nothing) still has what it sends read and routed:
+/// the session's reads do not wait for its blocked write. Before, the write held the
+/// session until the write timeout dropped the node, and an open it sent meanwhile never
+/// reached the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_full_socket_is_still_read() {
+    use proto::stream::{MAX_WINDOW, Open, ProtocolHint, StreamCodec, StreamFrame, StreamId};
+
+    let mut config = cloud_config("127.0.0.1:0");
+    // Far longer than the test waits: only a session that reads while blocked passes.
+    config.modules.cloud_hub.write_timeout_ms = 120_000;
+    let mut cloud = Cloud::start(config, HashMap::new()).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(cloud.addr).await.unwrap();
+    let mut full = raw_node_over(tcp, Some("full"), Some("p")).await;
+    let mut src = raw_node(cloud.addr, Some("src"), Some("p")).await;
+    cloud.await_link("full", true).await;
+    cloud.await_link("src", true).await;
+
+    let codec = StreamCodec::default();
+    let open = |id: u32| {
+        let frame = StreamFrame::Open {
+            id: StreamId::new(id).unwrap(),
+            open: Box::new(Open {
+                dest_node: "src".into(),
+                source_node: String::new().into(),
+                namespace: "default".into(),
+                name: "sink".into(),
+                port: 80,
+                endpoint: "127.0.0.1:80".parse().unwrap(),
+                protocol: ProtocolHint::Tcp,
+                initial_window: MAX_WINDOW,
+            }),
+        };
+        WsMessage::Binary(codec.encode_to_bytes(&frame).unwrap())
+    };
+    // The next open `src` is sent, by the id the router gave it there.
+    async fn next_open(src: &mut WebSocketStream<TcpStream>, codec: &StreamCodec) -> StreamId {
+        loop {
+            match tokio::time::timeout(WAIT, src.next())
+                .await
+                .expect("an open routed in time")
+            {
+                Some(Ok(WsMessage::Binary(b))) if proto::stream::is_stream_frame(&b) => {
+                    match codec.decode_frame(b).unwrap() {
+                        StreamFrame::Open { id, .. } => return id,
+                        other => panic!("expected an open, got {other:?}"),
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("src's link ended: {other:?}"),
+            }
+        }
+    }
+
+    // `full` opens a stream to `src` with a large window, and `src` fills it with far more
+    // than the kernel's buffers hold (a send buffer grows to 4 MiB here).
+    full.send(open(1)).await.unwrap();
+    let id = next_open(&mut src, &codec).await;
+    let chunk = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    for _ in 0..24 * 16 {
+        let data = StreamFrame::Data {
+            id,
+            payload: chunk.clone(),
+        };
+        src.send(WsMessage::Binary(codec.encode_to_bytes(&data).unwrap()))
+            .await
+            .unwrap();
+    }
+    // What `full` sends now is read although its session's write is stuck.
+    full.send(open(3)).await.unwrap();
+    next_open(&mut src, &codec).await;
+    assert_eq!(
+        cloud.hub.stats().connected,
+        2,
+        "both nodes are still connected"
+    );
+    drop(full);
+    cloud.await_link("full", false).await;
+}
+
+/// Whether the established loopback socket on `port` has queued as much as its send
+/// buffer allows (`ss`'s `w` ≥ `tb`), so a write to it waits.
+fn send_buffer_full(port: u16) -> bool {
+    let out = std::process::Command::new("ss")
+        .args(["-tnmH", "state", "established", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(skmem) = text
+        .split("skmem:(")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+    else {
+        return false;
+    };
+    let field = |name: &str| {
+        skmem.split(',').find_map(|f| {
+            let digits = f.strip_prefix(name)?;
+            digits
+                .chars()
+                .all(|c| c.is_ascii_digit())
+                .then(|| digits.parse::<u64>().ok())?
+        })
+    };
+    matches!((field("w"), field("tb")), (Some(w), Some(tb)) if w >= tb)
+}
+
+/// The edge's side of the same: with its writes stuck behind a cloud that reads nothing,
+/// the edge still reads and delivers what the cloud sends down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_whose_writes_are_stuck_still_reads() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in cloud that upgrades the link and never reads from it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(8).unwrap();
+    let mut config = edge_config("edge-w", listener.local_addr().unwrap(), dir.path());
+    let hub = &mut config.modules.edge_hub;
+    // Far longer than the test waits: only a link that reads while blocked passes.
+    hub.write_timeout_ms = 120_000;
+    hub.heartbeat_ms = 60_000;
+    hub.outbound_buffer = 4;
+    // Small queues, so the sender below blocks soon after the link's writes do.
+    config.beehive.inbox_capacity = 4;
+    let (tx, mut at_edge) = tokio::sync::mpsc::unbounded_channel();
+    let mesh = Recorder {
+        name: "edgemesh",
+        group: "mesh",
+        tx,
+    };
+    let edge = Edge::start_with(config, vec![Box::new(mesh)]).await;
+    let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .expect("the edge dials")
+        .unwrap();
+    let mut cloud = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    // What goes up before the link is up is dropped: wait for the edge to say it is.
+    tokio::time::timeout(WAIT, async {
+        while at_edge.recv().await.unwrap().operation() != operation::CONNECT {}
+    })
+    .await
+    .expect("the link comes up");
+
+    // Far more than the kernel's buffers hold goes up; the sender blocks once the link's
+    // queue is full.
+    const UP: usize = 200;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let (ctx, sent) = (edge.ctx.clone(), sent.clone());
+        let payload = bytes::Bytes::from(vec![1u8; 64 * 1024]);
+        tokio::spawn(async move {
+            for i in 0..UP {
+                let up = Message::new(
+                    Route::new("edgemesh", group::MESH, "data", format!("stream/{i}")),
+                    payload.clone(),
+                );
+                ctx.send("websocket", up).await.unwrap();
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // The edge's socket is full: the kernel takes no more of its writes.
+    let edge_port = cloud.get_ref().peer_addr().unwrap().port();
+    eventually("the edge's socket to fill", || async move {
+        send_buffer_full(edge_port)
+    })
+    .await;
+    let down = Message::new(
+        Route::new("edgecontroller", group::MESH, "data", "stream/7"),
+        bytes::Bytes::from_static(b"down"),
+    );
+    cloud
+        .send(WsMessage::Text(down.to_json().unwrap().into()))
+        .await
+        .unwrap();
+    let got = next_data(&mut at_edge, "the edge's mesh group").await;
+    assert_eq!(got.resource(), "stream/7");
+    assert!(
+        sent.load(Ordering::SeqCst) < UP,
+        "the edge's writes were stuck meanwhile"
+    );
+    sender.abort();
+    drop(cloud);
+    edge.stop().await;
+}

@@ -412,6 +412,16 @@ pub async fn raw_node(
     project_id: Option<&str>,
 ) -> WebSocketStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
+    raw_node_over(tcp, node_id, project_id).await
+}
+
+/// [`raw_node`] over a connection the caller made (to set socket options first).
+pub async fn raw_node_over(
+    tcp: TcpStream,
+    node_id: Option<&str>,
+    project_id: Option<&str>,
+) -> WebSocketStream<TcpStream> {
+    let addr = tcp.peer_addr().unwrap();
     let mut req = format!("ws://{addr}/project/{}/events", node_id.unwrap_or("x"))
         .into_client_request()
         .unwrap();

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use beehive::Context;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use proto::application::APPLICATION_RESPONSE;
 use proto::stream::{Carriage, MESH_LANE, Outbox, ResetCode, StreamCodec, StreamFrame, StreamId};
@@ -13,7 +14,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -205,12 +206,15 @@ struct Link<'a, S> {
     renewed: Option<&'a mut watch::Receiver<Arc<ClientConfig>>>,
 }
 
+/// Reads and writes the link as two loops of one task, polled together: a write that
+/// waits for the socket (a full send buffer) does not stop what the cloud sends down —
+/// stream credit among it — from being read and handed on meanwhile.
 async fn serve<S>(
     ctx: &Context,
     config: &EdgeHubConfig,
     link: Link<'_, S>,
     mesh: Option<&mpsc::UnboundedSender<Carriage>>,
-    mut streams_rx: mpsc::UnboundedReceiver<Bytes>,
+    streams_rx: mpsc::UnboundedReceiver<Bytes>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -219,11 +223,9 @@ where
         mut ws,
         binary,
         up,
-        mut renewed,
+        renewed,
     } = link;
-    let (tx, mut rx) = mpsc::channel(config.outbound_buffer);
-    let mut outbox = Outbox::new();
-    let mut streams_open = mesh.is_some();
+    let (tx, rx) = mpsc::channel(config.outbound_buffer);
     *up.lock().expect("uplink poisoned") = Some(tx);
     log::info!(
         "cloud link up: {} as node {}",
@@ -231,94 +233,161 @@ where
         config.node_id
     );
     crate::module::publish(ctx, true).await;
+    // Resets of opens this node cannot take, from the reader to the writer.
+    let (refusals_tx, refusals_rx) = mpsc::unbounded_channel();
+    let outgoing = Outgoing {
+        rx,
+        streams_rx,
+        streams_open: mesh.is_some(),
+        refusals_rx,
+        binary,
+    };
+    let (close, ended) = {
+        let (mut sink, mut stream) = (&mut ws).split();
+        tokio::select! {
+            biased;
+            _ = ctx.done() => (Some((CloseCode::Away, "edgecore is shutting down")), Ended::Shutdown),
+            () = tls_changed(renewed) => {
+                (Some((CloseCode::Normal, "certificate renewed")), Ended::Renewed)
+            }
+            ended = read_loop(ctx, config, &mut stream, mesh, &refusals_tx) => (None, ended),
+            ended = write_loop(config, &mut sink, outgoing) => (None, ended),
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    }
+    ended
+}
+
+/// What the writer takes its frames from.
+struct Outgoing {
+    /// Messages of the bus for the cloud.
+    rx: mpsc::Receiver<Message>,
+    /// Stream frames of the mesh.
+    streams_rx: mpsc::UnboundedReceiver<Bytes>,
+    /// Whether the mesh still sends stream frames.
+    streams_open: bool,
+    /// Resets the reader answers opens with.
+    refusals_rx: mpsc::UnboundedReceiver<Bytes>,
+    /// Whether the cloud takes binary frames.
+    binary: bool,
+}
+
+/// Writes messages, stream frames (a budget per turn) and keepalives until a write fails.
+async fn write_loop<S>(
+    config: &EdgeHubConfig,
+    sink: &mut SplitSink<&mut WebSocketStream<S>, WsMessage>,
+    mut from: Outgoing,
+) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let codec = FrameCodec::new(config.max_frame_len);
     let write_timeout = Duration::from_millis(config.write_timeout_ms);
-    let heartbeat = config.heartbeat();
-    let mut ticks = interval(heartbeat);
+    let mut ticks = interval(config.heartbeat());
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
+    let mut outbox = Outbox::new();
     loop {
         let outgoing = tokio::select! {
-            _ = ctx.done() => {
-                let frame = CloseFrame { code: CloseCode::Away, reason: "edgecore is shutting down".into() };
-                let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
-                return Ended::Shutdown;
-            }
-            () = tls_changed(renewed.as_deref_mut()) => {
-                let frame = CloseFrame { code: CloseCode::Normal, reason: "certificate renewed".into() };
-                let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
-                return Ended::Renewed;
-            }
-            msg = rx.recv() => match msg {
-                Some(msg) => vec![encode(&codec, &msg, binary)],
+            msg = from.rx.recv() => match msg {
+                Some(msg) => vec![encode(&codec, &msg, from.binary)],
                 None => return Ended::Lost("upstream channel closed".into()),
             },
-            frame = streams_rx.recv(), if streams_open => match frame {
+            frame = from.streams_rx.recv(), if from.streams_open => match frame {
                 Some(frame) => {
                     outbox.push(frame);
-                    while let Ok(frame) = streams_rx.try_recv() {
+                    while let Ok(frame) = from.streams_rx.try_recv() {
                         outbox.push(frame);
                     }
                     stream_turn(&mut outbox)
                 }
                 None => {
-                    streams_open = false;
+                    from.streams_open = false;
                     continue;
                 }
             },
-            _ = std::future::ready(()), if !outbox.is_empty() => stream_turn(&mut outbox),
-            _ = ticks.tick() => {
-                if last_heard.elapsed() > heartbeat * 2 {
-                    return Ended::Lost(format!("nothing heard from the cloud for {:?}", heartbeat * 2));
-                }
-                // The ping makes cloudhub answer, so a dead cloud is noticed too.
-                vec![encode(&codec, &keepalive(), binary), Ok(WsMessage::Ping(Bytes::new()))]
-            }
-            frame = ws.next() => {
-                last_heard = Instant::now();
-                match frame {
-                    None => return Ended::Lost("the cloud closed the connection".into()),
-                    Some(Err(e)) => return Ended::Lost(format!("read failed: {e}")),
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        return Ended::Lost(match frame {
-                            Some(f) => format!("the cloud closed the link: {} {}", f.code, f.reason),
-                            None => "the cloud closed the link".into(),
-                        });
-                    }
-                    Some(Ok(WsMessage::Text(text))) => match Message::from_json(text.as_bytes()) {
-                        Ok(msg) => route_down(ctx, msg).await,
-                        Err(e) => log::warn!("dropping a malformed message from the cloud: {e}"),
-                    },
-                    Some(Ok(WsMessage::Binary(bytes))) if proto::stream::is_stream_frame(&bytes) => {
-                        match mesh {
-                            Some(lane) => {
-                                let _ = lane.send(Carriage::Frame(bytes));
-                            }
-                            None => refuse_stream(&bytes, &mut outbox),
-                        }
-                    }
-                    Some(Ok(WsMessage::Binary(bytes))) => match codec.decode_frame(bytes) {
-                        Ok(msg) => route_down(ctx, msg).await,
-                        Err(e) => log::warn!("dropping a malformed binary frame from the cloud: {e}"),
-                    },
-                    Some(Ok(_)) => {}
-                }
+            Some(frame) = from.refusals_rx.recv() => {
+                outbox.push(frame);
                 continue;
             }
+            _ = std::future::ready(()), if !outbox.is_empty() => stream_turn(&mut outbox),
+            // The ping makes cloudhub answer, so a dead cloud is noticed too.
+            _ = ticks.tick() => vec![encode(&codec, &keepalive(), from.binary), Ok(WsMessage::Ping(Bytes::new()))],
         };
         let write = async {
             for item in outgoing {
                 match item {
-                    Ok(frame) => ws.feed(frame).await?,
+                    Ok(frame) => sink.feed(frame).await?,
                     Err(e) => log::error!("cannot encode a message for the cloud: {e}"),
                 }
             }
-            ws.flush().await
+            sink.flush().await
         };
         match timeout(write_timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Ended::Lost(format!("write failed: {e}")),
             Err(_) => return Ended::Lost(format!("a write blocked for {write_timeout:?}")),
+        }
+        if !outbox.is_empty() {
+            // More is waiting; the reader (same task) gets its turn first.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Reads what the cloud sends down until it closes, errs, or falls silent for two
+/// heartbeats.
+async fn read_loop<S>(
+    ctx: &Context,
+    config: &EdgeHubConfig,
+    stream: &mut SplitStream<&mut WebSocketStream<S>>,
+    mesh: Option<&mpsc::UnboundedSender<Carriage>>,
+    refusals: &mpsc::UnboundedSender<Bytes>,
+) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let codec = FrameCodec::new(config.max_frame_len);
+    let silence = config.heartbeat() * 2;
+    loop {
+        let Ok(frame) = timeout(silence, stream.next()).await else {
+            return Ended::Lost(format!("nothing heard from the cloud for {silence:?}"));
+        };
+        match frame {
+            None => return Ended::Lost("the cloud closed the connection".into()),
+            Some(Err(e)) => return Ended::Lost(format!("read failed: {e}")),
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Ended::Lost(match frame {
+                    Some(f) => format!("the cloud closed the link: {} {}", f.code, f.reason),
+                    None => "the cloud closed the link".into(),
+                });
+            }
+            Some(Ok(WsMessage::Text(text))) => match Message::from_json(text.as_bytes()) {
+                Ok(msg) => route_down(ctx, msg).await,
+                Err(e) => log::warn!("dropping a malformed message from the cloud: {e}"),
+            },
+            Some(Ok(WsMessage::Binary(bytes))) if proto::stream::is_stream_frame(&bytes) => {
+                match mesh {
+                    Some(lane) => {
+                        let _ = lane.send(Carriage::Frame(bytes));
+                    }
+                    None => {
+                        if let Some(reset) = refusal(&bytes) {
+                            let _ = refusals.send(reset);
+                        }
+                    }
+                }
+            }
+            Some(Ok(WsMessage::Binary(bytes))) => match codec.decode_frame(bytes) {
+                Ok(msg) => route_down(ctx, msg).await,
+                Err(e) => log::warn!("dropping a malformed binary frame from the cloud: {e}"),
+            },
+            Some(Ok(_)) => {}
         }
     }
 }
@@ -339,23 +408,18 @@ fn stream_turn(outbox: &mut Outbox) -> Vec<Result<WsMessage, proto::Error>> {
     frames
 }
 
-/// Without a mesh on this node an open from the cloud is reset at once (anything else of
-/// a stream that cannot exist is dropped).
-fn refuse_stream(frame: &Bytes, outbox: &mut Outbox) {
+/// Without a mesh on this node an open from the cloud is answered with a reset at once
+/// (anything else of a stream that cannot exist is dropped).
+fn refusal(frame: &Bytes) -> Option<Bytes> {
     let Some((id, 1)) = proto::stream::peek(frame) else {
-        return;
-    };
-    let Some(id) = StreamId::new(id) else {
-        return;
+        return None;
     };
     let reset = StreamFrame::Reset {
-        id,
+        id: StreamId::new(id)?,
         code: ResetCode::Refused,
         reason: "this node runs no mesh".into(),
     };
-    if let Ok(frame) = StreamCodec::default().encode_to_bytes(&reset) {
-        outbox.push(frame);
-    }
+    StreamCodec::default().encode_to_bytes(&reset).ok()
 }
 
 /// Stream payloads go as binary frames, everything else as JSON text.
