@@ -14,6 +14,8 @@
 # keep-alive req/s with a small body (wrk -c32 -t2) and its p99, bulk TCP (iperf3, Gbit/s);
 # with BW set (e.g. BW=100mbit) the 4 MiB transfer again with a tbf qdisc of that rate on both
 # ends of each edge<->cloud veth (this kernel has no netem), as on real edge uplinks.
+# For the two relays (chain, edgemesh), the CPU their three processes use per keep-alive
+# request and per GiB of bulk: on a shared machine these move far less than the rates do.
 # Each round runs every target once, the order reversed every other round, so that a shift in
 # the shared machine's load hits all targets alike. Prints one table with ratios.
 # Usage: bench/tunnel.sh [seconds per run, default 10] [ROUNDS, default 3]
@@ -118,7 +120,9 @@ backend bulk
     server next $3:$5
 CONF
     ip netns exec "$1" haproxy -f "$WORK/haproxy-$1.cfg" -db >"$WORK/haproxy-$1.log" 2>&1 & PIDS+=($!)
+    HAPROXY_PIDS+=($!)
 }
+HAPROXY_PIDS=()
 haproxy_at "$B" "$EDGE_B" "$POD_IP" 8080 5201
 haproxy_at "$C" "$CLOUD_A" "$EDGE_B" 9080 9201
 haproxy_at "$A" "$EDGE_A" "$CLOUD_A" 9080 9201
@@ -231,11 +235,16 @@ transfers() { # target, metric name
         n=$((n + 20))
     done
 }
-# Keep-alive req/s and p99 (ms) with a small body.
+# Keep-alive req/s and p99 (ms) with a small body, and the relays' CPU per request.
 keepalive() {
-    local out rps p99 errors
+    local out rps p99 errors before
     XA wrk -t2 -c32 -d1s "${WEB[$1]}/small" >/dev/null # connections made and buffers grown first
+    before=$(relays_cpu "$1")
     out=$(XA wrk -t2 -c32 -d"${SECS}s" --latency "${WEB[$1]}/small")
+    if [ -n "$before" ]; then
+        echo "$1 cpu_us_per_req $(echo "$out" | awk -v b="$before" -v a="$(relays_cpu "$1")" \
+            '/requests in/{print (a - b) * 1e6 / $1}')" >> "$RESULTS"
+    fi
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
     p99=$(echo "$out" | awk '$1=="99%"{print $2}')
     errors=$(echo "$out" | awk '/Non-2xx|Socket errors/{print}' | tr '\n' ' ')
@@ -247,12 +256,29 @@ keepalive() {
 cpu_secs() {
     awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
 }
+# The CPU seconds the relays of `target` have used so far, summed (none for direct): the
+# three HAProxies of the chain, or cloudcore and the two edgecores. A figure per request or
+# per GiB, unlike a rate, hardly moves with what else the shared machine runs.
+relays_cpu() {
+    local pids=() pid total=0
+    case "$1" in
+        chain) pids=("${HAPROXY_PIDS[@]}") ;;
+        edgemesh) pids=("${EM_PIDS[@]}") ;;
+        *) return 0 ;;
+    esac
+    for pid in "${pids[@]}"; do total=$(awk -v t="$total" -v c="$(cpu_secs "$pid")" 'BEGIN{print t + c}'); done
+    echo "$total"
+}
 bulk() {
-    local out before after
+    local out before after relays
     [ "$1" = edgemesh ] && before=$(cpu_secs "${EM_PIDS[0]}")
+    relays=$(relays_cpu "$1")
     out=$(XA iperf3 -c "${BULK[$1]%:*}" -p "${BULK[$1]#*:}" -t "$SECS" -J |
         python3 -c "import json,sys;e=json.load(sys.stdin)['end']['sum_received'];print(e['bits_per_second']/1e9, e['bytes'])")
     echo "$1 gbps ${out% *}" >> "$RESULTS"
+    if [ -n "$relays" ]; then
+        echo "$1 cpu_per_gib $(awk -v b="$relays" -v a="$(relays_cpu "$1")" -v n="${out#* }" 'BEGIN{print (a - b) / (n / 2^30)}')" >> "$RESULTS"
+    fi
     if [ "$1" = edgemesh ]; then
         # cloudcore's CPU per GiB it relayed (both directions of the link count as one GiB).
         after=$(cpu_secs "${EM_PIDS[0]}")
@@ -344,7 +370,9 @@ rows = [("4 MiB transfer, median ms", "xfer", median, "lower"),
         ("4 MiB transfer, p99 ms", "xfer", p99, "lower"),
         ("keep-alive req/s (wrk -c32, small body)", "rps", median, "higher"),
         ("keep-alive p99 ms", "rps_p99", median, "lower"),
-        ("bulk TCP Gbit/s (iperf3)", "gbps", median, "higher")]
+        ("bulk TCP Gbit/s (iperf3)", "gbps", median, "higher"),
+        ("relays' CPU µs per keep-alive request", "cpu_us_per_req", median, "lower"),
+        ("relays' CPU s per GiB (bulk)", "cpu_per_gib", median, "lower")]
 if bw:
     rows += [(f"4 MiB transfer at {bw}, median ms", "xfer_bw", median, "lower"),
              (f"4 MiB transfer at {bw}, p99 ms", "xfer_bw", p99, "lower")]
