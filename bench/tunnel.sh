@@ -269,6 +269,10 @@ relays_cpu() {
     for pid in "${pids[@]}"; do total=$(awk -v t="$total" -v c="$(cpu_secs "$pid")" 'BEGIN{print t + c}'); done
     echo "$total"
 }
+# CPU seconds used between `before` and `after`, per GiB of `bytes` relayed.
+per_gib() {
+    awk -v b="$1" -v a="$2" -v n="$3" 'BEGIN{print (a - b) / (n / 2^30)}'
+}
 bulk() {
     local out before after relays
     [ "$1" = edgemesh ] && before=$(cpu_secs "${EM_PIDS[0]}")
@@ -277,12 +281,12 @@ bulk() {
         python3 -c "import json,sys;e=json.load(sys.stdin)['end']['sum_received'];print(e['bits_per_second']/1e9, e['bytes'])")
     echo "$1 gbps ${out% *}" >> "$RESULTS"
     if [ -n "$relays" ]; then
-        echo "$1 cpu_per_gib $(awk -v b="$relays" -v a="$(relays_cpu "$1")" -v n="${out#* }" 'BEGIN{print (a - b) / (n / 2^30)}')" >> "$RESULTS"
+        echo "$1 cpu_per_gib $(per_gib "$relays" "$(relays_cpu "$1")" "${out#* }")" >> "$RESULTS"
     fi
     if [ "$1" = edgemesh ]; then
         # cloudcore's CPU per GiB it relayed (both directions of the link count as one GiB).
         after=$(cpu_secs "${EM_PIDS[0]}")
-        echo "edgemesh cloud_cpu_per_gib $(python3 -c "import sys;print((float(sys.argv[2])-float(sys.argv[1]))/(int(sys.argv[3])/2**30))" "$before" "$after" "${out#* }")" >> "$RESULTS"
+        echo "edgemesh cloud_cpu_per_gib $(per_gib "$before" "$after" "${out#* }")" >> "$RESULTS"
     fi
 }
 

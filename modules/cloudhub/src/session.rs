@@ -196,6 +196,7 @@ where
         }
     }
 }
+
 /// Sends a close frame with `reason` (cut to the 123 bytes a close frame allows) and waits
 /// briefly for the close handshake.
 pub(crate) async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
