@@ -85,6 +85,12 @@ pub enum Error {
     /// JSON that does not parse as a Message (or as the requested content type).
     #[error("invalid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A WebSocket frame that breaks RFC 6455.
+    #[error("WebSocket protocol error: {0}")]
+    WsProtocol(&'static str),
+    /// A WebSocket text message (or close reason) that is not UTF-8.
+    #[error("WebSocket text that is not UTF-8")]
+    WsInvalidText,
     /// An I/O error from a stream the codec reads (needed by `tokio_util`'s framed streams).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -12,6 +12,8 @@
 //! - [`meta_socket`] / [`metaclient`]: the metamanager socket protocol and its client, shared
 //!   by metamanager (server) and edgemesh (client).
 //!
+//! - [`ws`]: RFC 6455 framing of the cloud link after its handshake.
+//!
 //! This crate depends on nothing else of the project, so every module and binary can share it.
 
 pub mod api_status;
@@ -26,6 +28,7 @@ pub mod msg_id;
 pub mod resource;
 pub mod route;
 pub mod stream;
+pub mod ws;
 
 pub use content::Content;
 pub use error::{Error, Result};

@@ -9,7 +9,6 @@ use beehive::Context;
 use compact_str::{CompactString, format_compact};
 use proto::{FrameCodec, Message, Route, connection, operation};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CloudHubConfig;
@@ -19,6 +18,7 @@ use crate::refusal::Refusals;
 use crate::router::{PortKey, PortTx, Router, StreamStats};
 use bytes::Bytes;
 use proto::stream::{Carriage, Outbox};
+use proto::ws::WsMessage;
 
 /// Module that gets what nodes send up, and node link events.
 pub const UPSTREAM_MODULE: &str = "edgecontroller";
@@ -464,7 +464,7 @@ impl Hub {
             node.queue
                 .lock()
                 .expect("queue poisoned")
-                .push_direct(WsMessage::Text(Utf8Bytes::from(text)));
+                .push_direct(WsMessage::Text(Bytes::from(text)));
             node.wake.notify_one();
         }
     }
@@ -492,7 +492,7 @@ struct Prepared {
 
 enum What {
     /// An object change: its text and what it does to the node's holdings.
-    Object(Utf8Bytes, Change),
+    Object(Bytes, Change),
     /// A one-off frame (a reply), and its operation for the log.
     Direct(WsMessage, CompactString),
 }

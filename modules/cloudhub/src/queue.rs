@@ -15,10 +15,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use bytes::Bytes;
 use compact_str::CompactString;
 use proto::MsgId;
+use proto::ws::WsMessage;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 /// Replies and other one-off messages kept for a connected node, at most.
 const DIRECT_LIMIT: usize = 4096;
@@ -28,8 +29,8 @@ const DIRECT_LIMIT: usize = 4096;
 pub struct Outgoing {
     /// `header.msg_id`, which the ACK names as its parent.
     pub id: MsgId,
-    /// The serialized message.
-    pub text: Utf8Bytes,
+    /// The serialized message (UTF-8 JSON).
+    pub text: Bytes,
     /// The object's resourceVersion in it, recorded when the node ACKs it.
     pub rv: CompactString,
     /// True for a delete.
@@ -234,7 +235,7 @@ mod tests {
     fn out(id: &str) -> Outgoing {
         Outgoing {
             id: MsgId::from(id),
-            text: Utf8Bytes::from(id.to_owned()),
+            text: Bytes::from(id.to_owned()),
             rv: id.into(),
             delete: false,
         }
@@ -242,7 +243,10 @@ mod tests {
 
     fn texts(v: Vec<WsMessage>) -> Vec<String> {
         v.into_iter()
-            .map(|t| t.into_text().unwrap().to_string())
+            .map(|t| match t {
+                WsMessage::Text(t) => String::from_utf8(t.to_vec()).unwrap(),
+                other => panic!("not text: {other:?}"),
+            })
             .collect()
     }
 
@@ -353,7 +357,7 @@ mod tests {
         let now = Instant::now();
         q.take(now, 2, ACK, 3);
         q.push("ns/service/b".into(), out("b2"));
-        q.push_direct(WsMessage::Text(Utf8Bytes::from_static("reply")));
+        q.push_direct(WsMessage::Text(Bytes::from_static(b"reply")));
         q.reconnect();
         assert_eq!(texts(q.take(now, 10, ACK, 3)), ["a1", "c1", "b2"]);
     }

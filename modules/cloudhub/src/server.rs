@@ -7,16 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::ws::{HeadFirst, Role, Socket, SocketConfig, close_code};
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, valid_node_id};
@@ -38,9 +36,8 @@ static HANDSHAKE_FAILED: beehive::Throttle =
 static ACCEPT_FAILED: beehive::Throttle =
     beehive::Throttle::new(std::time::Duration::from_secs(10));
 
-/// Bytes read per read call, and what a connection's read buffer starts with: small enough
-/// that ten thousand idle nodes cost little; a stream frame (up to 256 KiB) takes several
-/// reads; the buffer grows for larger messages.
+/// Bytes read per read call while messages are small: little enough that ten thousand
+/// idle nodes cost little. A larger frame gets room for all of it once its header is read.
 const READ_BUFFER: usize = 32 * 1024;
 
 /// Accepts connections on `listener` until `stop` is cancelled; each one is served by its
@@ -84,20 +81,6 @@ pub async fn serve(
             }
         }
     }
-}
-
-/// Bytes of frames gathered before a write (see [`ws_config`]).
-const WRITE_BUFFER: usize = 16 * 1024;
-
-fn ws_config(max_frame_len: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        // Frames written in one pass leave in writes of up to 16 KiB (each pass ends with
-        // a flush): small stream frames share a system call, and a node's write buffer
-        // stays small once a burst is out.
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(Some(max_frame_len))
-        .max_frame_size(Some(max_frame_len))
 }
 
 /// A failed TLS handshake: the client's certificate's fault (expired, unknown CA, revoked,
@@ -161,10 +144,10 @@ struct Identity {
     project_id: Option<String>,
 }
 
-async fn upgrade<S>(
-    stream: S,
-    max_frame_len: usize,
-) -> Result<(WebSocketStream<S>, Identity), Refused>
+/// The WebSocket handshake (tungstenite's), then the connection framed by
+/// [`proto::ws`]. Clients wait for the answer before they send frames (RFC 6455 §4.1);
+/// any that came early are kept by [`HeadFirst`] all the same.
+async fn upgrade<S>(stream: S, max_frame_len: usize) -> Result<(Socket<S>, Identity), Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -189,35 +172,37 @@ where
         );
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        callback,
-        Some(ws_config(max_frame_len)),
-    )
-    .await
-    .map_err(|e| Refused::new("handshake", format!("WebSocket handshake: {e}")))?;
-    Ok((ws, ident))
+    let ws = tokio_tungstenite::accept_hdr_async(HeadFirst::new(stream), callback)
+        .await
+        .map_err(|e| Refused::new("handshake", format!("WebSocket handshake: {e}")))?;
+    let (stream, leftover) = ws.into_inner().into_parts();
+    let config = SocketConfig {
+        read_chunk: READ_BUFFER,
+        max_message: max_frame_len,
+    };
+    Ok((Socket::new(stream, leftover, Role::Server, config), ident))
 }
 
 /// Checks who the node is, then serves it; refusals are told to the node in the close
 /// frame, so an operator reading the edge's log sees why.
 async fn admit<S>(
     hub: Arc<Hub>,
-    mut ws: WebSocketStream<S>,
+    mut ws: Socket<S>,
     ident: Identity,
     cert: Option<CertificateDer<'static>>,
 ) -> Result<(), Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let refuse = async |ws: &mut WebSocketStream<S>, code, refused: Refused| {
-        session::close(ws, code, &refused.detail).await;
+    let refuse = async |ws: &mut Socket<S>, code, refused: Refused| {
+        ws.close(code, &refused.detail, session::CLOSE_TIMEOUT)
+            .await;
         Err(refused)
     };
     let Some(node_id) = ident.node_id else {
         return refuse(
             &mut ws,
-            CloseCode::Policy,
+            close_code::POLICY,
             Refused::new("identity", format!("missing header {NODE_ID_HEADER}")),
         )
         .await;
@@ -225,7 +210,7 @@ where
     if ident.project_id.as_deref().is_none_or(str::is_empty) {
         return refuse(
             &mut ws,
-            CloseCode::Policy,
+            close_code::POLICY,
             Refused::new("identity", format!("missing header {PROJECT_ID_HEADER}")),
         )
         .await;
@@ -233,7 +218,7 @@ where
     if !valid_node_id(&node_id) {
         return refuse(
             &mut ws,
-            CloseCode::Policy,
+            close_code::POLICY,
             Refused::new("identity", format!("invalid node_id {node_id:?}")),
         )
         .await;
@@ -243,7 +228,7 @@ where
     {
         return refuse(
             &mut ws,
-            CloseCode::Policy,
+            close_code::POLICY,
             Refused::new("certificate", reason),
         )
         .await;
@@ -251,12 +236,12 @@ where
     if let Some(cert) = &cert
         && let Some(reason) = hub.revoked(cert)
     {
-        return refuse(&mut ws, CloseCode::Policy, Refused::new("revoked", reason)).await;
+        return refuse(&mut ws, close_code::POLICY, Refused::new("revoked", reason)).await;
     }
     let attached = match hub.attach(&node_id) {
         Ok(attached) => attached,
         Err(reason) => {
-            return refuse(&mut ws, CloseCode::Again, Refused::new("busy", reason)).await;
+            return refuse(&mut ws, close_code::AGAIN, Refused::new("busy", reason)).await;
         }
     };
     log::info!("node {node_id} connected");

@@ -8,15 +8,10 @@
 
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use proto::ws::{CloseFrame, Reading, Socket, Writing, WsMessage, close_code};
 use proto::{FrameCodec, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use crate::hub::{Attached, Hub};
 
@@ -24,66 +19,73 @@ use crate::hub::{Attached, Hub};
 const STREAM_BUDGET: usize = 512 * 1024;
 
 /// Time a close handshake may take before the socket is simply dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Why a session ended, and the close frame the node is sent (none when the socket is
-/// already unusable).
+/// Why a session ended, and how the link is closed.
 struct End {
     reason: String,
-    close: Option<CloseCode>,
+    close: Closing,
+}
+
+/// How a session's link is closed.
+enum Closing {
+    /// Not at all: the socket is unusable.
+    Drop,
+    /// With a close frame of this status, the reason as its text.
+    Send(u16),
+    /// By answering the node's close frame.
+    Answer(Option<CloseFrame>),
 }
 
 impl End {
     fn quiet(reason: String) -> Self {
         Self {
             reason,
-            close: None,
+            close: Closing::Drop,
         }
     }
 
-    fn closing(code: CloseCode, reason: String) -> Self {
+    fn closing(code: u16, reason: String) -> Self {
         Self {
             reason,
-            close: Some(code),
+            close: Closing::Send(code),
         }
     }
 }
 
 /// Serves `ws` for the attached node until the link ends; returns why it ended.
-pub(crate) async fn run<S>(hub: &Hub, attached: &Attached, ws: &mut WebSocketStream<S>) -> String
+pub(crate) async fn run<S>(hub: &Hub, attached: &Attached, ws: &mut Socket<S>) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let end = {
-        let (mut sink, mut stream) = ws.split();
+        let Socket { reading, writing } = &mut *ws;
         tokio::select! {
             biased;
             _ = attached.cancel.cancelled() => match attached.cut.get() {
-                Some(why) => End::closing(CloseCode::Policy, why.clone()),
+                Some(why) => End::closing(close_code::POLICY, why.clone()),
                 None if hub.shutdown.is_cancelled() => {
-                    End::closing(CloseCode::Away, "cloudcore is shutting down".into())
+                    End::closing(close_code::AWAY, "cloudcore is shutting down".into())
                 }
                 None => End::closing(
-                    CloseCode::Away,
+                    close_code::AWAY,
                     "replaced by a newer connection of the same node".into(),
                 ),
             },
-            end = read_loop(hub, attached, &mut stream) => end,
-            end = write_loop(hub, attached, &mut sink) => end,
+            end = read_loop(hub, attached, reading) => end,
+            end = write_loop(hub, attached, writing) => end,
         }
     };
-    if let Some(code) = end.close {
-        close(ws, code, &end.reason).await;
+    match end.close {
+        Closing::Drop => {}
+        Closing::Send(code) => ws.close(code, &end.reason, CLOSE_TIMEOUT).await,
+        Closing::Answer(frame) => ws.answer_close(frame.as_ref(), CLOSE_TIMEOUT).await,
     }
     end.reason
 }
 
 /// Writes the node's queued objects and stream frames as they come, taking turns.
-async fn write_loop<S>(
-    hub: &Hub,
-    attached: &Attached,
-    sink: &mut SplitSink<&mut WebSocketStream<S>, WsMessage>,
-) -> End
+async fn write_loop<S>(hub: &Hub, attached: &Attached, sink: &mut Writing<S>) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -106,17 +108,17 @@ where
                 && let Some(frame) = outbox.pop()
             {
                 budget = budget.saturating_sub(frame.len());
-                streams.push(WsMessage::Binary(frame));
+                streams.push(frame);
             }
         }
-        if !batch.is_empty() || !streams.is_empty() {
-            let write = async {
-                for frame in batch.into_iter().chain(streams) {
-                    sink.feed(frame).await?;
-                }
-                sink.flush().await
-            };
-            match timeout(write_timeout, write).await {
+        if !batch.is_empty() || !streams.is_empty() || sink.pong_owed() {
+            for frame in batch {
+                sink.push(frame);
+            }
+            for frame in streams {
+                sink.push(WsMessage::Binary(frame));
+            }
+            match timeout(write_timeout, sink.flush()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return End::quiet(format!("write failed: {e}")),
                 Err(_) => {
@@ -137,20 +139,22 @@ where
             Some(due) => {
                 tokio::select! {
                     _ = notified => {}
+                    _ = sink.owes_pong() => {}
                     _ = sleep_until(due) => {}
                 }
             }
-            None => notified.await,
+            None => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = sink.owes_pong() => {}
+                }
+            }
         }
     }
 }
 
 /// Reads what the node sends up until it closes, errs, or falls silent.
-async fn read_loop<S>(
-    hub: &Hub,
-    attached: &Attached,
-    stream: &mut SplitStream<&mut WebSocketStream<S>>,
-) -> End
+async fn read_loop<S>(hub: &Hub, attached: &Attached, stream: &mut Reading<S>) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -164,52 +168,44 @@ where
         // (`timeout` polls the read first): a session that ran late (a busy cloudcore)
         // finds both ready, and an unordered pick dropped live nodes as silent.
         let Ok(frame) = timeout(keepalive, stream.next()).await else {
-            return End::closing(CloseCode::Away, format!("silent for {keepalive:?}"));
+            return End::closing(close_code::AWAY, format!("silent for {keepalive:?}"));
         };
         let msg = match frame {
-            None => return End::quiet("the node closed the connection".into()),
-            Some(Ok(WsMessage::Text(text))) => {
-                Message::from_json(text.as_bytes()).map_err(|e| format!("malformed message: {e}"))
+            Ok(None) => return End::quiet("the node closed the connection".into()),
+            Ok(Some(WsMessage::Text(text))) => {
+                Message::from_json(&text).map_err(|e| format!("malformed message: {e}"))
             }
-            Some(Ok(WsMessage::Binary(bytes))) if proto::stream::is_stream_frame(&bytes) => {
+            Ok(Some(WsMessage::Binary(bytes))) if proto::stream::is_stream_frame(&bytes) => {
                 hub.stream_inbound(&port, bytes);
                 continue;
             }
-            Some(Ok(WsMessage::Binary(bytes))) => codec
+            Ok(Some(WsMessage::Binary(bytes))) => codec
                 .decode_frame(bytes)
                 .map_err(|e| format!("malformed binary frame: {e}")),
-            Some(Ok(WsMessage::Close(frame))) => {
-                return End::quiet(match frame {
-                    Some(f) => format!("the node closed the link: {} {}", f.code, f.reason),
-                    None => "the node closed the link".into(),
-                });
+            Ok(Some(WsMessage::Close(frame))) => {
+                return End {
+                    reason: match &frame {
+                        Some(f) => format!("the node closed the link: {} {}", f.code, f.reason),
+                        None => "the node closed the link".into(),
+                    },
+                    close: Closing::Answer(frame),
+                };
             }
-            Some(Ok(_)) => continue,
-            Some(Err(tungstenite::Error::Capacity(e))) => {
-                return End::closing(CloseCode::Size, format!("oversized message: {e}"));
+            Ok(Some(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Err(e @ proto::Error::FrameTooLarge { .. }) => {
+                return End::closing(close_code::SIZE, format!("oversized message: {e}"));
             }
-            Some(Err(e)) => return End::quiet(format!("read failed: {e}")),
+            Err(e @ proto::Error::WsProtocol(_)) => {
+                return End::closing(close_code::PROTOCOL, e.to_string());
+            }
+            Err(e @ proto::Error::WsInvalidText) => {
+                return End::closing(close_code::INVALID, e.to_string());
+            }
+            Err(e) => return End::quiet(format!("read failed: {e}")),
         };
         match msg {
             Ok(msg) => hub.inbound(node, msg).await,
-            Err(reason) => return End::closing(CloseCode::Invalid, reason),
+            Err(reason) => return End::closing(close_code::INVALID, reason),
         }
     }
-}
-
-/// Sends a close frame with `reason` (cut to the 123 bytes a close frame allows) and waits
-/// briefly for the close handshake.
-pub(crate) async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let frame = CloseFrame {
-        code,
-        reason: reason[..end].to_owned().into(),
-    };
-    let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
 }

@@ -4,10 +4,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use beehive::Context;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use proto::application::APPLICATION_RESPONSE;
 use proto::stream::{Carriage, MESH_LANE, Outbox, ResetCode, StreamCodec, StreamFrame, StreamId};
+use proto::ws::{
+    CloseFrame, HeadFirst, Reading, Role, Socket, SocketConfig, Writing, WsMessage, close_code,
+};
 use proto::{FrameCodec, Message, Route, connection, group, handshake, operation};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -16,12 +18,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
 
 use crate::config::EdgeHubConfig;
 use crate::module::MODULE;
@@ -90,12 +88,17 @@ pub async fn dial_and_run(
     }
 }
 
-/// The WebSocket upgrade: the link, and whether the cloud takes binary frames.
+/// Bytes read per read call while messages are small; a larger frame gets room for all of
+/// it once its header is read.
+const READ_CHUNK: usize = 128 * 1024;
+
+/// The WebSocket upgrade (tungstenite's handshake, then the connection framed by
+/// [`proto::ws`]): the link, and whether the cloud takes binary frames.
 async fn upgrade<S>(
     stream: S,
     config: &EdgeHubConfig,
     scheme: &str,
-) -> Result<(WebSocketStream<S>, bool), String>
+) -> Result<(Socket<S>, bool), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -118,17 +121,16 @@ where
         handshake::CONNECTION_USE,
         header(handshake::CONNECTION_USE_MSG)?,
     );
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(128 * 1024)
-        // Frames written in one turn leave in as few writes as fit 64 KiB (each turn
-        // ends with a flush).
-        .write_buffer_size(64 * 1024)
-        .max_message_size(Some(config.max_frame_len))
-        .max_frame_size(Some(config.max_frame_len));
-    let (ws, response) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
-            .await
-            .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    // The cloud may send frames right behind its answer: HeadFirst keeps them.
+    let (ws, response) = tokio_tungstenite::client_async(request, HeadFirst::new(stream))
+        .await
+        .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    let (stream, leftover) = ws.into_inner().into_parts();
+    let socket_config = SocketConfig {
+        read_chunk: READ_CHUNK,
+        max_message: config.max_frame_len,
+    };
+    let ws = Socket::new(stream, leftover, Role::Client, socket_config);
     let binary = response
         .headers()
         .get(handshake::FRAMES)
@@ -161,7 +163,7 @@ pub fn keepalive() -> Message {
 async fn run<S>(
     ctx: &Context,
     config: &EdgeHubConfig,
-    ws: WebSocketStream<S>,
+    ws: Socket<S>,
     binary: bool,
     up: &Uplink,
     renewed: Option<&mut watch::Receiver<Arc<ClientConfig>>>,
@@ -198,7 +200,7 @@ where
 
 /// One upgraded link and what goes with it.
 struct Link<'a, S> {
-    ws: WebSocketStream<S>,
+    ws: Socket<S>,
     /// Whether the cloud takes binary frames.
     binary: bool,
     up: &'a Uplink,
@@ -243,25 +245,38 @@ where
         binary,
     };
     let (close, ended) = {
-        let (mut sink, mut stream) = (&mut ws).split();
+        let Socket { reading, writing } = &mut ws;
         tokio::select! {
             biased;
-            _ = ctx.done() => (Some((CloseCode::Away, "edgecore is shutting down")), Ended::Shutdown),
-            () = tls_changed(renewed) => {
-                (Some((CloseCode::Normal, "certificate renewed")), Ended::Renewed)
+            _ = ctx.done() => {
+                (Closing::Send(close_code::AWAY, "edgecore is shutting down"), Ended::Shutdown)
             }
-            ended = read_loop(ctx, config, &mut stream, mesh, &refusals_tx) => (None, ended),
-            ended = write_loop(config, &mut sink, outgoing) => (None, ended),
+            () = tls_changed(renewed) => {
+                (Closing::Send(close_code::NORMAL, "certificate renewed"), Ended::Renewed)
+            }
+            ended = read_loop(ctx, config, reading, mesh, &refusals_tx) => ended,
+            ended = write_loop(config, writing, outgoing) => (Closing::Drop, ended),
         }
     };
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    match close {
+        Closing::Drop => {}
+        Closing::Send(code, reason) => ws.close(code, reason, CLOSE_TIMEOUT).await,
+        Closing::Answer(frame) => ws.answer_close(frame.as_ref(), CLOSE_TIMEOUT).await,
     }
     ended
+}
+
+/// Time a close handshake may take before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a link is closed.
+enum Closing {
+    /// Not at all: the socket is unusable.
+    Drop,
+    /// With a close frame of this status and reason.
+    Send(u16, &'static str),
+    /// By answering the cloud's close frame.
+    Answer(Option<CloseFrame>),
 }
 
 /// What the writer takes its frames from.
@@ -279,11 +294,7 @@ struct Outgoing {
 }
 
 /// Writes messages, stream frames (a budget per turn) and keepalives until a write fails.
-async fn write_loop<S>(
-    config: &EdgeHubConfig,
-    sink: &mut SplitSink<&mut WebSocketStream<S>, WsMessage>,
-    mut from: Outgoing,
-) -> Ended
+async fn write_loop<S>(config: &EdgeHubConfig, sink: &mut Writing<S>, mut from: Outgoing) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -318,17 +329,16 @@ where
             _ = std::future::ready(()), if !outbox.is_empty() => stream_turn(&mut outbox),
             // The ping makes cloudhub answer, so a dead cloud is noticed too.
             _ = ticks.tick() => vec![encode(&codec, &keepalive(), from.binary), Ok(WsMessage::Ping(Bytes::new()))],
+            // The pong leaves with the flush.
+            () = sink.owes_pong() => Vec::new(),
         };
-        let write = async {
-            for item in outgoing {
-                match item {
-                    Ok(frame) => sink.feed(frame).await?,
-                    Err(e) => log::error!("cannot encode a message for the cloud: {e}"),
-                }
+        for item in outgoing {
+            match item {
+                Ok(frame) => sink.push(frame),
+                Err(e) => log::error!("cannot encode a message for the cloud: {e}"),
             }
-            sink.flush().await
-        };
-        match timeout(write_timeout, write).await {
+        }
+        match timeout(write_timeout, sink.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Ended::Lost(format!("write failed: {e}")),
             Err(_) => return Ended::Lost(format!("a write blocked for {write_timeout:?}")),
@@ -345,10 +355,10 @@ where
 async fn read_loop<S>(
     ctx: &Context,
     config: &EdgeHubConfig,
-    stream: &mut SplitStream<&mut WebSocketStream<S>>,
+    stream: &mut Reading<S>,
     mesh: Option<&mpsc::UnboundedSender<Carriage>>,
     refusals: &mpsc::UnboundedSender<Bytes>,
-) -> Ended
+) -> (Closing, Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -356,22 +366,41 @@ where
     let silence = config.heartbeat() * 2;
     loop {
         let Ok(frame) = timeout(silence, stream.next()).await else {
-            return Ended::Lost(format!("nothing heard from the cloud for {silence:?}"));
+            let why = format!("nothing heard from the cloud for {silence:?}");
+            return (Closing::Drop, Ended::Lost(why));
         };
         match frame {
-            None => return Ended::Lost("the cloud closed the connection".into()),
-            Some(Err(e)) => return Ended::Lost(format!("read failed: {e}")),
-            Some(Ok(WsMessage::Close(frame))) => {
-                return Ended::Lost(match frame {
+            Ok(None) => {
+                let why = "the cloud closed the connection".into();
+                return (Closing::Drop, Ended::Lost(why));
+            }
+            Err(e @ proto::Error::FrameTooLarge { .. }) => {
+                let why = format!("oversized message from the cloud: {e}");
+                return (
+                    Closing::Send(close_code::SIZE, "oversized message"),
+                    Ended::Lost(why),
+                );
+            }
+            Err(e @ proto::Error::WsProtocol(_)) => {
+                let why = format!("the cloud broke the WebSocket protocol: {e}");
+                return (
+                    Closing::Send(close_code::PROTOCOL, "protocol error"),
+                    Ended::Lost(why),
+                );
+            }
+            Err(e) => return (Closing::Drop, Ended::Lost(format!("read failed: {e}"))),
+            Ok(Some(WsMessage::Close(frame))) => {
+                let why = match &frame {
                     Some(f) => format!("the cloud closed the link: {} {}", f.code, f.reason),
                     None => "the cloud closed the link".into(),
-                });
+                };
+                return (Closing::Answer(frame), Ended::Lost(why));
             }
-            Some(Ok(WsMessage::Text(text))) => match Message::from_json(text.as_bytes()) {
+            Ok(Some(WsMessage::Text(text))) => match Message::from_json(&text) {
                 Ok(msg) => route_down(ctx, msg).await,
                 Err(e) => log::warn!("dropping a malformed message from the cloud: {e}"),
             },
-            Some(Ok(WsMessage::Binary(bytes))) if proto::stream::is_stream_frame(&bytes) => {
+            Ok(Some(WsMessage::Binary(bytes))) if proto::stream::is_stream_frame(&bytes) => {
                 match mesh {
                     Some(lane) => {
                         let _ = lane.send(Carriage::Frame(bytes));
@@ -383,11 +412,11 @@ where
                     }
                 }
             }
-            Some(Ok(WsMessage::Binary(bytes))) => match codec.decode_frame(bytes) {
+            Ok(Some(WsMessage::Binary(bytes))) => match codec.decode_frame(bytes) {
                 Ok(msg) => route_down(ctx, msg).await,
                 Err(e) => log::warn!("dropping a malformed binary frame from the cloud: {e}"),
             },
-            Some(Ok(_)) => {}
+            Ok(Some(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
         }
     }
 }
@@ -427,7 +456,7 @@ fn encode(codec: &FrameCodec, msg: &Message, binary: bool) -> Result<WsMessage, 
     if binary && msg.is_stream_payload() {
         Ok(WsMessage::Binary(codec.encode_to_bytes(msg)?))
     } else {
-        Ok(WsMessage::Text(msg.to_json()?.into()))
+        Ok(WsMessage::Text(Bytes::from(msg.to_json()?)))
     }
 }
 
