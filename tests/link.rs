@@ -330,6 +330,65 @@ async fn garbage_and_oversized_frames_drop_only_that_node() {
     cloud.await_all_acked().await;
 }
 
+/// KubeEdge's edgecore (gorilla/websocket) sends a message longer than its 4 KiB write
+/// buffer as fragments; a ping may come between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragmented_ack_with_a_ping_between_is_taken_whole() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let mut cloud = Cloud::start(cloud_config("127.0.0.1:0"), HashMap::new()).await;
+    let mut node = raw_node(cloud.addr, Some("gorilla"), Some("p")).await;
+    cloud.await_link("gorilla", true).await;
+    cloud
+        .send(change(
+            "gorilla",
+            operation::INSERT,
+            "default",
+            "a",
+            "1",
+            "10.96.0.1",
+        ))
+        .await;
+    let msg = next_message(&mut node).await;
+    let ack = Message::reply(&msg, "OK").to_json().unwrap();
+    let (head, rest) = ack.split_at(10);
+    let (middle, tail) = rest.split_at(rest.len() / 2);
+    let text = OpCode::Data(Data::Text);
+    let more = OpCode::Data(Data::Continue);
+    for frame in [
+        Frame::message(head.to_owned(), text, false),
+        Frame::ping(&b"between"[..]),
+        Frame::message(middle.to_owned(), more, false),
+        Frame::message(tail.to_owned(), more, true),
+    ] {
+        node.send(WsMessage::Frame(frame)).await.unwrap();
+    }
+    cloud.await_all_acked().await;
+    // The ping was answered with its payload.
+    loop {
+        let frame = tokio::time::timeout(WAIT, node.next())
+            .await
+            .expect("a pong in time")
+            .expect("link open")
+            .expect("readable");
+        if let WsMessage::Pong(payload) = frame {
+            assert_eq!(&payload[..], b"between");
+            break;
+        }
+    }
+
+    // A frame with a reserved opcode breaks the protocol: that node is closed with 1002.
+    let mut bad = raw_node(cloud.addr, Some("reserved"), Some("p")).await;
+    let frame = Frame::message(&b"x"[..], OpCode::Data(Data::Reserved(3)), true);
+    bad.send(WsMessage::Frame(frame)).await.unwrap();
+    let (code, reason) = close_reason(&mut bad).await;
+    assert_eq!(code, CloseCode::Protocol, "{reason}");
+    assert_served(&cloud, &mut node, "gorilla").await;
+    cloud.await_all_acked().await;
+    cloud.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_node_limit_and_replacement() {
     let mut config = cloud_config("127.0.0.1:0");
