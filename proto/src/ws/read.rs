@@ -8,6 +8,9 @@ use super::frame::{self, MAX_HEADER_LEN};
 use super::{CloseFrame, Role, WsMessage, mask, opcode};
 use crate::{Error, Result};
 
+/// Spare room below which a read first reserves a new chunk.
+const MIN_SPARE: usize = 4096;
+
 /// A message whose first fragments have arrived.
 #[derive(Debug)]
 struct Partial {
@@ -53,9 +56,15 @@ impl FrameReader {
             if let Some(msg) = self.parse()? {
                 return Ok(Some(msg));
             }
-            // Room for the whole frame when its size is known, so its payload is one slice.
-            let room = self.want.saturating_sub(self.buf.len()).max(self.chunk);
-            self.buf.reserve(room);
+            // Room for the whole frame when its size is known, so its payload is one slice;
+            // otherwise a chunk, but only once the spare room runs low: the buffer is shared
+            // with payloads still on their way, so each reserve may allocate afresh (and a
+            // fresh large block costs page faults), which a read per small frame would do.
+            let missing = self.want.saturating_sub(self.buf.len());
+            let spare = self.buf.capacity() - self.buf.len();
+            if spare < missing.max(MIN_SPARE) {
+                self.buf.reserve(missing.max(self.chunk));
+            }
             if io.read_buf(&mut self.buf).await? == 0 {
                 if self.buf.is_empty() && self.partial.is_none() {
                     return Ok(None);
