@@ -332,6 +332,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn small_frames_read_apart_share_one_buffer_while_their_payloads_live() {
+        let (mut tx, mut rx) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(Role::Client, 64 * 1024, 1 << 20, BytesMut::new());
+        let mut held = Vec::new();
+        for i in 0..20u8 {
+            use tokio::io::AsyncWriteExt;
+            // One frame per read: each is written only after the one before was read.
+            tx.write_all(&frame(true, opcode::BINARY, &[i; 5], false))
+                .await
+                .unwrap();
+            match reader.next(&mut rx).await.unwrap() {
+                Some(WsMessage::Binary(payload)) => held.push(payload),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Each payload sits right behind the one before (and its 2-byte header): no
+        // allocation per read.
+        for pair in held.windows(2) {
+            assert_eq!(pair[1].as_ptr() as usize, pair[0].as_ptr() as usize + 5 + 2);
+        }
+    }
+
+    #[tokio::test]
     async fn bytes_left_by_the_handshake_are_read_first() {
         let wire = frame(true, opcode::TEXT, b"early", false);
         let mut reader = FrameReader::new(Role::Client, 64, 1000, BytesMut::from(&wire[..]));
