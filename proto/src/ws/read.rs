@@ -1,7 +1,7 @@
 //! Reads whole messages from a byte stream: frames parsed in place, payloads sliced out
 //! of the read buffer, fragments joined.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::frame::{self, MAX_HEADER_LEN};
@@ -10,6 +10,22 @@ use crate::{Error, Result};
 
 /// Spare room below which a read first reserves a new chunk.
 const MIN_SPARE: usize = 4096;
+
+/// Payloads at least this long are read into a buffer of their own.
+const OWN_BUFFER_MIN: usize = 64 * 1024;
+
+/// A large frame being read into a buffer of its own: once frozen its payload is the only
+/// owner of its memory, so a relay that rewrites a few bytes of it in place (cloudhub's
+/// router, giving a stream frame the id of the other link) does so without copying it all,
+/// and it pins no read buffer behind it.
+#[derive(Debug)]
+struct Own {
+    fin: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    len: usize,
+    payload: BytesMut,
+}
 
 /// A message whose first fragments have arrived.
 #[derive(Debug)]
@@ -31,6 +47,7 @@ pub struct FrameReader {
     /// Largest message (and frame) taken.
     max_message: usize,
     partial: Option<Partial>,
+    own: Option<Own>,
     /// Bytes the frame at the head of `buf` needs in all (header and payload), once known.
     want: usize,
 }
@@ -45,6 +62,7 @@ impl FrameReader {
             chunk: chunk.max(MAX_HEADER_LEN),
             max_message,
             partial: None,
+            own: None,
             want: 0,
         }
     }
@@ -53,8 +71,28 @@ impl FrameReader {
     /// frames.
     pub async fn next<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> Result<Option<WsMessage>> {
         loop {
+            if let Some(own) = &mut self.own {
+                let room = own.len - own.payload.len();
+                if room > 0 {
+                    if io.read_buf(&mut (&mut own.payload).limit(room)).await? == 0 {
+                        return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    continue;
+                }
+                let mut own = self.own.take().expect("matched above");
+                if let Some(key) = own.mask {
+                    mask::apply(&mut own.payload, key);
+                }
+                match self.take(own.fin, own.opcode, own.payload)? {
+                    Some(msg) => return Ok(Some(msg)),
+                    None => continue,
+                }
+            }
             if let Some(msg) = self.parse()? {
                 return Ok(Some(msg));
+            }
+            if self.own.is_some() {
+                continue;
             }
             // Room for the whole frame when its size is known, so its payload is one slice;
             // otherwise a chunk, but only once the spare room runs low: the buffer is shared
@@ -66,7 +104,7 @@ impl FrameReader {
                 self.buf.reserve(missing.max(self.chunk));
             }
             if io.read_buf(&mut self.buf).await? == 0 {
-                if self.buf.is_empty() && self.partial.is_none() {
+                if self.buf.is_empty() && self.partial.is_none() && self.own.is_none() {
                     return Ok(None);
                 }
                 return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -100,6 +138,22 @@ impl FrameReader {
             let len = header.len as usize;
             self.want = header_len + len;
             if self.buf.len() < self.want {
+                if len >= OWN_BUFFER_MIN {
+                    // What is buffered is all of this frame: it moves to the frame's own
+                    // buffer and the rest is read there.
+                    self.buf.advance(header_len);
+                    let mut payload = BytesMut::with_capacity(len);
+                    payload.extend_from_slice(&self.buf);
+                    self.buf.clear();
+                    self.want = 0;
+                    self.own = Some(Own {
+                        fin: header.fin,
+                        opcode: header.opcode,
+                        mask: header.mask,
+                        len,
+                        payload,
+                    });
+                }
                 return Ok(None);
             }
             self.buf.advance(header_len);
@@ -156,11 +210,6 @@ impl FrameReader {
             }
             (false, data) => Ok(Some(WsMessage::Binary(data))),
         }
-    }
-
-    /// Bytes held in the read buffer (capacity), for memory accounting.
-    pub fn buffered(&self) -> usize {
-        self.buf.capacity()
     }
 }
 
@@ -351,6 +400,34 @@ mod tests {
         // allocation per read.
         for pair in held.windows(2) {
             assert_eq!(pair[1].as_ptr() as usize, pair[0].as_ptr() as usize + 5 + 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_payload_owns_its_memory_so_a_relay_can_rewrite_it_in_place() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        for (role, masked) in [(Role::Client, false), (Role::Server, true)] {
+            let mut wire = frame(true, opcode::BINARY, b"small", masked);
+            wire.extend(frame(true, opcode::BINARY, &data, masked));
+            wire.extend(frame(true, opcode::TEXT, b"after", masked));
+            let got: Vec<WsMessage> = read_all(role, &wire, 4096)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(got.len(), 3);
+            assert_eq!(got[2], WsMessage::Text(Bytes::from_static(b"after")));
+            let WsMessage::Binary(big) = got[1].clone() else {
+                panic!("{:?}", got[1]);
+            };
+            assert_eq!(&big[..], &data[..], "as {role:?}");
+            drop(got);
+            let at = big.as_ptr();
+            assert_eq!(
+                BytesMut::from(big).as_ptr(),
+                at,
+                "copied to be made mutable"
+            );
         }
     }
 

@@ -132,11 +132,6 @@ impl<S: AsyncRead> Reading<S> {
         }
         Ok(msg)
     }
-
-    /// Capacity of the read buffer, in bytes.
-    pub fn buffered(&self) -> usize {
-        self.frames.buffered()
-    }
 }
 
 impl<S: AsyncWrite> Writing<S> {
@@ -168,11 +163,6 @@ impl<S: AsyncWrite> Writing<S> {
             }
             woken.await;
         }
-    }
-
-    /// Bytes queued and not yet written.
-    pub fn pending(&self) -> usize {
-        self.frames.pending()
     }
 }
 
