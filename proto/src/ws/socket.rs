@@ -98,11 +98,16 @@ impl<S: AsyncRead + AsyncWrite> Socket<S> {
         let _ = timeout_at(deadline, answered).await;
     }
 
-    /// Answers a close the peer sent with the same status (RFC 6455 §5.5.1), for at
-    /// most `within`.
+    /// Answers a close the peer sent with the same status (RFC 6455 §5.5.1; a status no
+    /// close frame may carry, §7.4, is answered with a protocol error), for at most
+    /// `within`.
     pub async fn answer_close(&mut self, received: Option<&CloseFrame>, within: Duration) {
         let frame = received.map(|f| CloseFrame {
-            code: f.code,
+            code: if sendable(f.code) {
+                f.code
+            } else {
+                super::close_code::PROTOCOL
+            },
             reason: String::new(),
         });
         self.send_close(frame, Instant::now() + within).await;
@@ -118,6 +123,13 @@ impl<S: AsyncRead + AsyncWrite> Socket<S> {
         };
         matches!(timeout_at(deadline, sent).await, Ok(Ok(())))
     }
+}
+
+/// Whether a close frame may carry `code` (RFC 6455 §7.4: 1004–1006 and 1015 are reserved
+/// for reporting, not for the wire; below 1000 is unused; 1016–2999 is for the protocol
+/// and extensions, none assigned here).
+fn sendable(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 impl<S: AsyncRead> Reading<S> {
@@ -249,6 +261,16 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn only_wire_statuses_are_echoed() {
+        for code in [1000, 1001, 1008, 1011, 1013, 3000, 4999] {
+            assert!(sendable(code), "{code}");
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 2000, 5000] {
+            assert!(!sendable(code), "{code}");
+        }
     }
 
     #[tokio::test]
