@@ -89,8 +89,9 @@ pub async fn dial_and_run(
 }
 
 /// Bytes read per read call while messages are small; a larger frame gets room for all of
-/// it once its header is read.
-const READ_CHUNK: usize = 128 * 1024;
+/// it once its header is read (from 64 KiB, a buffer of its own: what a read brought of it
+/// beyond its header is copied there, so a larger chunk would copy more).
+const READ_CHUNK: usize = 32 * 1024;
 
 /// The WebSocket upgrade (tungstenite's handshake, then the connection framed by
 /// [`proto::ws`]): the link, and whether the cloud takes binary frames.

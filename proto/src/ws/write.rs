@@ -22,8 +22,9 @@ const MAX_REASON: usize = 123;
 /// Frames waiting to be written, in order.
 ///
 /// Headers and small payloads go into an arena; a server's large payloads are queued as
-/// the [`Bytes`] they came in, never copied; a client's are masked while they are copied
-/// into the arena (the mask must not touch a buffer others may share).
+/// the [`Bytes`] they came in, never copied; a client's are masked in place when it holds
+/// them alone, else masked while they are copied into the arena (the mask must not touch a
+/// buffer others may share).
 #[derive(Debug)]
 pub struct FrameWriter {
     role: Role,
@@ -56,6 +57,15 @@ impl FrameWriter {
         self.arena.reserve(MAX_HEADER_LEN);
         frame::encode(&mut self.arena, op, mask, payload.len());
         match mask {
+            // A payload this writer alone holds (a relayed stream frame, read into a buffer
+            // of its own) is masked where it is.
+            Some(key) if payload.len() >= COPY_BELOW && payload.is_unique() => {
+                let mut owned = payload.try_into_mut().expect("checked unique");
+                mask::apply(&mut owned, key);
+                self.cut();
+                self.queued += owned.len();
+                self.queue.push_back(owned.freeze());
+            }
             Some(key) => {
                 let start = self.arena.len();
                 self.arena.extend_from_slice(&payload);
@@ -200,6 +210,28 @@ mod tests {
         writer.flush(&mut wire).await.unwrap();
         assert_eq!(wire[1], 0x80 | 64);
         assert_ne!(&wire[6..], &[0; 64][..], "a zero key every time?");
+    }
+
+    #[tokio::test]
+    async fn a_client_masks_a_payload_it_alone_holds_in_place_and_copies_a_shared_one() {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+        let alone = Bytes::from(data.clone());
+        let at = alone.as_ptr();
+        let shared = Bytes::from(data.clone());
+        let mut writer = FrameWriter::new(Role::Client);
+        writer.push(WsMessage::Binary(alone));
+        writer.push(WsMessage::Binary(shared.clone()));
+        // header, the payload where it was, then the second header and its masked copy.
+        assert_eq!(writer.queue.len(), 2);
+        assert_eq!(writer.queue[1].as_ptr(), at);
+        assert_eq!(&shared[..], &data[..], "a shared payload is left as it was");
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        writer.flush(&mut a).await.unwrap();
+        let mut reader = FrameReader::new(Role::Server, 4096, 1 << 20, BytesMut::new());
+        for _ in 0..2 {
+            let got = reader.next(&mut b).await.unwrap();
+            assert_eq!(got, Some(WsMessage::Binary(Bytes::from(data.clone()))));
+        }
     }
 
     #[tokio::test]
