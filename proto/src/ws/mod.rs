@@ -5,8 +5,10 @@
 //! buffer before each read, copies every outgoing frame into a write buffer and (as a
 //! client) masks that copy once more, so each relayed byte was touched four to six times in
 //! user space. Here a read fills spare capacity without zeroing it and payloads are sliced
-//! out of it; a server writes headers and payloads with one gathered write, unmasked
-//! payloads never copied; a client masks while it copies, once.
+//! out of it (one of 64 KiB or more gets a buffer of its own, so a relay may change it in
+//! place); a server writes headers and payloads with one gathered write, unmasked payloads
+//! never copied; a client masks in place a payload it alone holds, and copies only a
+//! shared one, masking as it goes.
 //!
 //! [`HeadFirst`] lets tungstenite's handshake read only the HTTP head, so frames the peer
 //! sent right behind it are kept for [`Socket`] rather than lost in the handshake's buffer.
