@@ -58,19 +58,35 @@ async fn send(ws: &mut WebSocketStream<TcpStream>, msg: &Message) {
 
 /// A change for `node` reaches its raw client, which ACKs it.
 async fn assert_served(cloud: &Cloud, ws: &mut WebSocketStream<TcpStream>, node: &str) {
+    let msg = a_service_reaches(cloud, ws, node, "served").await;
+    send(ws, &Message::reply(&msg, "OK")).await;
+}
+
+/// Service `default/<name>` is created for `node`; returns the message its raw client gets
+/// (the node prefix stripped from its resource).
+async fn a_service_reaches(
+    cloud: &Cloud,
+    ws: &mut WebSocketStream<TcpStream>,
+    node: &str,
+    name: &str,
+) -> Message {
     cloud
         .send(change(
             node,
             operation::INSERT,
             "default",
-            "served",
+            name,
             "1",
             "10.96.0.1",
         ))
         .await;
     let msg = next_message(ws).await;
-    assert_eq!(msg.resource(), "default/service/served");
-    send(ws, &Message::reply(&msg, "OK")).await;
+    assert_eq!(
+        msg.resource(),
+        format!("default/service/{name}"),
+        "node prefix stripped"
+    );
+    msg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,22 +213,7 @@ async fn unacked_objects_are_resent_and_settled_by_the_ack() {
     let mut cloud = Cloud::start(config, HashMap::new()).await;
     let mut node = raw_node(cloud.addr, Some("edge-r"), Some("p")).await;
     cloud.await_link("edge-r", true).await;
-    cloud
-        .send(change(
-            "edge-r",
-            operation::INSERT,
-            "default",
-            "a",
-            "1",
-            "10.96.0.1",
-        ))
-        .await;
-    let first = next_message(&mut node).await;
-    assert_eq!(
-        first.resource(),
-        "default/service/a",
-        "node prefix stripped"
-    );
+    let first = a_service_reaches(&cloud, &mut node, "edge-r", "a").await;
     let again = next_message(&mut node).await;
     assert_eq!(again.header.id, first.header.id, "same message resent");
     let mut ack = Message::reply(&first, "OK");
@@ -340,17 +341,7 @@ async fn a_fragmented_ack_with_a_ping_between_is_taken_whole() {
     let mut cloud = Cloud::start(cloud_config("127.0.0.1:0"), HashMap::new()).await;
     let mut node = raw_node(cloud.addr, Some("gorilla"), Some("p")).await;
     cloud.await_link("gorilla", true).await;
-    cloud
-        .send(change(
-            "gorilla",
-            operation::INSERT,
-            "default",
-            "a",
-            "1",
-            "10.96.0.1",
-        ))
-        .await;
-    let msg = next_message(&mut node).await;
+    let msg = a_service_reaches(&cloud, &mut node, "gorilla", "a").await;
     let ack = Message::reply(&msg, "OK").to_json().unwrap();
     let (head, rest) = ack.split_at(10);
     let (middle, tail) = rest.split_at(rest.len() / 2);
@@ -419,18 +410,7 @@ async fn identity_headers_node_limit_and_replacement() {
     let (code, reason) = close_reason(&mut first).await;
     assert_eq!(code, CloseCode::Away);
     assert!(reason.contains("replaced"), "{reason}");
-    cloud
-        .send(change(
-            "a",
-            operation::INSERT,
-            "default",
-            "x",
-            "1",
-            "10.96.0.1",
-        ))
-        .await;
-    let msg = next_message(&mut second).await;
-    assert_eq!(msg.resource(), "default/service/x");
+    a_service_reaches(&cloud, &mut second, "a", "x").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
