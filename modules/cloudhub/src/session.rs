@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use proto::ws::{Closing, Reading, Socket, Writing, WsMessage, close_code};
+use proto::ws::{CloseFrame, Reading, Socket, Writing, WsMessage, close_code};
 use proto::{FrameCodec, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -18,10 +18,23 @@ use crate::hub::{Attached, Hub};
 /// Bytes of stream frames written per pass before objects get their turn again.
 const STREAM_BUDGET: usize = 512 * 1024;
 
+/// Time a close handshake may take before the socket is simply dropped.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why a session ended, and how the link is closed.
 struct End {
     reason: String,
     close: Closing,
+}
+
+/// How a session's link is closed.
+enum Closing {
+    /// Not at all: the socket is unusable.
+    Drop,
+    /// With a close frame of this status, the reason as its text.
+    Send(u16),
+    /// By answering the node's close frame.
+    Answer(Option<CloseFrame>),
 }
 
 impl End {
@@ -32,11 +45,10 @@ impl End {
         }
     }
 
-    /// Ends with a close frame of `code` that tells the node `reason`.
     fn closing(code: u16, reason: String) -> Self {
         Self {
-            close: Closing::send(code, reason.clone()),
             reason,
+            close: Closing::Send(code),
         }
     }
 }
@@ -64,7 +76,11 @@ where
             end = write_loop(hub, attached, writing) => end,
         }
     };
-    ws.end(end.close).await;
+    match end.close {
+        Closing::Drop => {}
+        Closing::Send(code) => ws.close(code, &end.reason, CLOSE_TIMEOUT).await,
+        Closing::Answer(frame) => ws.answer_close(frame.as_ref(), CLOSE_TIMEOUT).await,
+    }
     end.reason
 }
 
@@ -83,12 +99,8 @@ where
             config.ack_timeout(),
             config.max_resends,
         );
-        let objects = !batch.is_empty();
-        for frame in batch {
-            sink.push(frame);
-        }
         // Stream frames take turns with objects: a budget per pass, so neither starves.
-        // (Pushing only queues; the socket is written after the lock is let go.)
+        let mut streams = Vec::new();
         let mut budget = STREAM_BUDGET;
         {
             let mut outbox = attached.outbox.lock().expect("outbox poisoned");
@@ -96,10 +108,16 @@ where
                 && let Some(frame) = outbox.pop()
             {
                 budget = budget.saturating_sub(frame.len());
-                sink.push(WsMessage::Binary(frame));
+                streams.push(frame);
             }
         }
-        if objects || budget < STREAM_BUDGET || sink.pong_owed() {
+        if !batch.is_empty() || !streams.is_empty() || sink.pong_owed() {
+            for frame in batch {
+                sink.push(frame);
+            }
+            for frame in streams {
+                sink.push(WsMessage::Binary(frame));
+            }
             match timeout(write_timeout, sink.flush()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return End::quiet(format!("write failed: {e}")),
@@ -117,10 +135,20 @@ where
         }
         let notified = node.wake.notified();
         let due = node.queue.lock().expect("queue poisoned").next_due();
-        tokio::select! {
-            _ = notified => {}
-            _ = sink.owes_pong() => {}
-            _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
+        match due {
+            Some(due) => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = sink.owes_pong() => {}
+                    _ = sleep_until(due) => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = sink.owes_pong() => {}
+                }
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use proto::application::APPLICATION_RESPONSE;
 use proto::stream::{Carriage, MESH_LANE, Outbox, ResetCode, StreamCodec, StreamFrame, StreamId};
 use proto::ws::{
-    Closing, HeadFirst, Reading, Role, Socket, SocketConfig, Writing, WsMessage, close_code,
+    CloseFrame, HeadFirst, Reading, Role, Socket, SocketConfig, Writing, WsMessage, close_code,
 };
 use proto::{FrameCodec, Message, Route, connection, group, handshake, operation};
 use rustls::ClientConfig;
@@ -250,17 +250,34 @@ where
         tokio::select! {
             biased;
             _ = ctx.done() => {
-                (Closing::send(close_code::AWAY, "edgecore is shutting down"), Ended::Shutdown)
+                (Closing::Send(close_code::AWAY, "edgecore is shutting down"), Ended::Shutdown)
             }
             () = tls_changed(renewed) => {
-                (Closing::send(close_code::NORMAL, "certificate renewed"), Ended::Renewed)
+                (Closing::Send(close_code::NORMAL, "certificate renewed"), Ended::Renewed)
             }
             ended = read_loop(ctx, config, reading, mesh, &refusals_tx) => ended,
             ended = write_loop(config, writing, outgoing) => (Closing::Drop, ended),
         }
     };
-    ws.end(close).await;
+    match close {
+        Closing::Drop => {}
+        Closing::Send(code, reason) => ws.close(code, reason, CLOSE_TIMEOUT).await,
+        Closing::Answer(frame) => ws.answer_close(frame.as_ref(), CLOSE_TIMEOUT).await,
+    }
     ended
+}
+
+/// Time a close handshake may take before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a link is closed.
+enum Closing {
+    /// Not at all: the socket is unusable.
+    Drop,
+    /// With a close frame of this status and reason.
+    Send(u16, &'static str),
+    /// By answering the cloud's close frame.
+    Answer(Option<CloseFrame>),
 }
 
 /// What the writer takes its frames from.
@@ -361,14 +378,14 @@ where
             Err(e @ proto::Error::FrameTooLarge { .. }) => {
                 let why = format!("oversized message from the cloud: {e}");
                 return (
-                    Closing::send(close_code::SIZE, "oversized message"),
+                    Closing::Send(close_code::SIZE, "oversized message"),
                     Ended::Lost(why),
                 );
             }
             Err(e @ proto::Error::WsProtocol(_)) => {
                 let why = format!("the cloud broke the WebSocket protocol: {e}");
                 return (
-                    Closing::send(close_code::PROTOCOL, "protocol error"),
+                    Closing::Send(close_code::PROTOCOL, "protocol error"),
                     Ended::Lost(why),
                 );
             }

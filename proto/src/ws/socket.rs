@@ -30,30 +30,6 @@ struct PongOwed {
     wake: Notify,
 }
 
-/// Time a close handshake may take before the socket is simply dropped.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How a connection is ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Closing {
-    /// Not at all: the socket is unusable.
-    Drop,
-    /// With this close frame, waiting for the peer's answer.
-    Send(CloseFrame),
-    /// By answering the close frame the peer sent.
-    Answer(Option<CloseFrame>),
-}
-
-impl Closing {
-    /// A close frame of `code` with `reason` as its text.
-    pub fn send(code: u16, reason: impl Into<String>) -> Self {
-        Self::Send(CloseFrame {
-            code,
-            reason: reason.into(),
-        })
-    }
-}
-
 /// An upgraded WebSocket connection.
 #[derive(Debug)]
 pub struct Socket<S> {
@@ -96,15 +72,6 @@ impl<S: AsyncRead + AsyncWrite> Socket<S> {
                 frames: FrameWriter::new(role),
                 pong,
             },
-        }
-    }
-
-    /// Ends the connection as `how` says, within [`CLOSE_TIMEOUT`].
-    pub async fn end(&mut self, how: Closing) {
-        match how {
-            Closing::Drop => {}
-            Closing::Send(frame) => self.close(frame.code, &frame.reason, CLOSE_TIMEOUT).await,
-            Closing::Answer(frame) => self.answer_close(frame.as_ref(), CLOSE_TIMEOUT).await,
         }
     }
 
