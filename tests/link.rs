@@ -676,22 +676,23 @@ async fn a_node_with_a_full_socket_is_still_read() {
     cloud.await_link("full", false).await;
 }
 
-/// Whether the established loopback socket on `port` has queued as much as its send
-/// buffer allows (`ss`'s `w` ≥ `tb`), so a write to it waits.
-fn send_buffer_full(port: u16) -> bool {
+/// Whether the established loopback socket from `port` to `peer_port` has queued as much
+/// as its send buffer allows (`ss`'s `w` ≥ `tb`), so a write to it waits; `Err` with what
+/// `ss` said when not.
+fn send_buffer_full(port: u16, peer_port: u16) -> Result<(), String> {
+    // Both ports: an outgoing connection's local port may be another's too (the kernel
+    // shares it among different destinations), and tests run side by side.
     let out = std::process::Command::new("ss")
-        .args(["-tnmH", "state", "established", &format!("sport = :{port}")])
+        .args([
+            "-tnmH",
+            "state",
+            "established",
+            &format!("( sport = :{port} and dport = :{peer_port} )"),
+        ])
         .output()
         .expect("ss (iproute2) runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    let Some(skmem) = text
-        .split("skmem:(")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-    else {
-        return false;
-    };
-    let field = |name: &str| {
+    let field = |skmem: &str, name: &str| {
         skmem.split(',').find_map(|f| {
             let digits = f.strip_prefix(name)?;
             digits
@@ -700,7 +701,18 @@ fn send_buffer_full(port: u16) -> bool {
                 .then(|| digits.parse::<u64>().ok())?
         })
     };
-    matches!((field("w"), field("tb")), (Some(w), Some(tb)) if w >= tb)
+    let full = text
+        .split("skmem:(")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .is_some_and(|skmem| {
+            matches!((field(skmem, "w"), field(skmem, "tb")), (Some(w), Some(tb)) if w >= tb)
+        });
+    if full {
+        Ok(())
+    } else {
+        Err(text.trim().to_owned())
+    }
 }
 
 /// The edge's side of the same: with its writes stuck behind a cloud that reads nothing,
@@ -763,10 +775,16 @@ async fn an_edge_whose_writes_are_stuck_still_reads() {
     };
     // The edge's socket is full: the kernel takes no more of its writes.
     let edge_port = cloud.get_ref().peer_addr().unwrap().port();
-    eventually("the edge's socket to fill", || async move {
-        send_buffer_full(edge_port)
-    })
-    .await;
+    let cloud_port = cloud.get_ref().local_addr().unwrap().port();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(ss) = send_buffer_full(edge_port, cloud_port) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge's socket never filled; {} of {UP} messages sent; ss: {ss}",
+            sent.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let down = Message::new(
         Route::new("edgecontroller", group::MESH, "data", "stream/7"),
         bytes::Bytes::from_static(b"down"),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::ws::{HeadFirst, Role, Socket, SocketConfig, close_code};
+use proto::ws::{Closing, HeadFirst, Role, Socket, SocketConfig, close_code};
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -195,8 +195,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let refuse = async |ws: &mut Socket<S>, code, refused: Refused| {
-        ws.close(code, &refused.detail, session::CLOSE_TIMEOUT)
-            .await;
+        ws.end(Closing::send(code, refused.detail.clone())).await;
         Err(refused)
     };
     let Some(node_id) = ident.node_id else {

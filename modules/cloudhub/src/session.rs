@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use proto::ws::{CloseFrame, Reading, Socket, Writing, WsMessage, close_code};
+use proto::ws::{Closing, Reading, Socket, Writing, WsMessage, close_code};
 use proto::{FrameCodec, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -18,23 +18,10 @@ use crate::hub::{Attached, Hub};
 /// Bytes of stream frames written per pass before objects get their turn again.
 const STREAM_BUDGET: usize = 512 * 1024;
 
-/// Time a close handshake may take before the socket is simply dropped.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// Why a session ended, and how the link is closed.
 struct End {
     reason: String,
     close: Closing,
-}
-
-/// How a session's link is closed.
-enum Closing {
-    /// Not at all: the socket is unusable.
-    Drop,
-    /// With a close frame of this status, the reason as its text.
-    Send(u16),
-    /// By answering the node's close frame.
-    Answer(Option<CloseFrame>),
 }
 
 impl End {
@@ -45,10 +32,11 @@ impl End {
         }
     }
 
+    /// Ends with a close frame of `code` that tells the node `reason`.
     fn closing(code: u16, reason: String) -> Self {
         Self {
+            close: Closing::send(code, reason.clone()),
             reason,
-            close: Closing::Send(code),
         }
     }
 }
@@ -76,11 +64,7 @@ where
             end = write_loop(hub, attached, writing) => end,
         }
     };
-    match end.close {
-        Closing::Drop => {}
-        Closing::Send(code) => ws.close(code, &end.reason, CLOSE_TIMEOUT).await,
-        Closing::Answer(frame) => ws.answer_close(frame.as_ref(), CLOSE_TIMEOUT).await,
-    }
+    ws.end(end.close).await;
     end.reason
 }
 
@@ -192,16 +176,12 @@ where
                 };
             }
             Ok(Some(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-            Err(e @ proto::Error::FrameTooLarge { .. }) => {
-                return End::closing(close_code::SIZE, format!("oversized message: {e}"));
+            Err(e) => {
+                return End {
+                    reason: format!("read failed: {e}"),
+                    close: Closing::after_read_error(&e),
+                };
             }
-            Err(e @ proto::Error::WsProtocol(_)) => {
-                return End::closing(close_code::PROTOCOL, e.to_string());
-            }
-            Err(e @ proto::Error::WsInvalidText) => {
-                return End::closing(close_code::INVALID, e.to_string());
-            }
-            Err(e) => return End::quiet(format!("read failed: {e}")),
         };
         match msg {
             Ok(msg) => hub.inbound(node, msg).await,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use proto::application::APPLICATION_RESPONSE;
 use proto::stream::{Carriage, MESH_LANE, Outbox, ResetCode, StreamCodec, StreamFrame, StreamId};
 use proto::ws::{
-    CloseFrame, HeadFirst, Reading, Role, Socket, SocketConfig, Writing, WsMessage, close_code,
+    Closing, HeadFirst, Reading, Role, Socket, SocketConfig, Writing, WsMessage, close_code,
 };
 use proto::{FrameCodec, Message, Route, connection, group, handshake, operation};
 use rustls::ClientConfig;
@@ -250,34 +250,17 @@ where
         tokio::select! {
             biased;
             _ = ctx.done() => {
-                (Closing::Send(close_code::AWAY, "edgecore is shutting down"), Ended::Shutdown)
+                (Closing::send(close_code::AWAY, "edgecore is shutting down"), Ended::Shutdown)
             }
             () = tls_changed(renewed) => {
-                (Closing::Send(close_code::NORMAL, "certificate renewed"), Ended::Renewed)
+                (Closing::send(close_code::NORMAL, "certificate renewed"), Ended::Renewed)
             }
             ended = read_loop(ctx, config, reading, mesh, &refusals_tx) => ended,
             ended = write_loop(config, writing, outgoing) => (Closing::Drop, ended),
         }
     };
-    match close {
-        Closing::Drop => {}
-        Closing::Send(code, reason) => ws.close(code, reason, CLOSE_TIMEOUT).await,
-        Closing::Answer(frame) => ws.answer_close(frame.as_ref(), CLOSE_TIMEOUT).await,
-    }
+    ws.end(close).await;
     ended
-}
-
-/// Time a close handshake may take before the socket is simply dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How a link is closed.
-enum Closing {
-    /// Not at all: the socket is unusable.
-    Drop,
-    /// With a close frame of this status and reason.
-    Send(u16, &'static str),
-    /// By answering the cloud's close frame.
-    Answer(Option<CloseFrame>),
 }
 
 /// What the writer takes its frames from.
@@ -375,21 +358,10 @@ where
                 let why = "the cloud closed the connection".into();
                 return (Closing::Drop, Ended::Lost(why));
             }
-            Err(e @ proto::Error::FrameTooLarge { .. }) => {
-                let why = format!("oversized message from the cloud: {e}");
-                return (
-                    Closing::Send(close_code::SIZE, "oversized message"),
-                    Ended::Lost(why),
-                );
+            Err(e) => {
+                let why = format!("read failed: {e}");
+                return (Closing::after_read_error(&e), Ended::Lost(why));
             }
-            Err(e @ proto::Error::WsProtocol(_)) => {
-                let why = format!("the cloud broke the WebSocket protocol: {e}");
-                return (
-                    Closing::Send(close_code::PROTOCOL, "protocol error"),
-                    Ended::Lost(why),
-                );
-            }
-            Err(e) => return (Closing::Drop, Ended::Lost(format!("read failed: {e}"))),
             Ok(Some(WsMessage::Close(frame))) => {
                 let why = match &frame {
                     Some(f) => format!("the cloud closed the link: {} {}", f.code, f.reason),

@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 pub use head::HeadFirst;
 pub use read::FrameReader;
-pub use socket::{Reading, Socket, SocketConfig, Writing};
+pub use socket::{CLOSE_TIMEOUT, Closing, Reading, Socket, SocketConfig, Writing};
 pub use write::FrameWriter;
 
 /// Which end of the connection this is: a client masks what it sends and a server

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, timeout_at};
 
-use super::{CloseFrame, FrameReader, FrameWriter, Role, WsMessage};
+use super::{CloseFrame, FrameReader, FrameWriter, Role, WsMessage, close_code};
 use crate::Result;
 
 /// Settings of an upgraded connection.
@@ -28,6 +28,43 @@ pub struct SocketConfig {
 struct PongOwed {
     payload: Mutex<Option<Bytes>>,
     wake: Notify,
+}
+
+/// Time a close handshake may take before the socket is simply dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a connection is ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// Not at all: the socket is unusable.
+    Drop,
+    /// With this close frame, waiting for the peer's answer.
+    Send(CloseFrame),
+    /// By answering the close frame the peer sent.
+    Answer(Option<CloseFrame>),
+}
+
+impl Closing {
+    /// A close frame of `code` with `reason` as its text.
+    pub fn send(code: u16, reason: impl Into<String>) -> Self {
+        Self::Send(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+
+    /// How to end a connection whose read failed with `error`: a fault of the peer's
+    /// (RFC 6455 §7.4.1: too big 1009, a protocol breach 1002, text that is not UTF-8
+    /// 1007) is told to it; a failed socket is simply dropped.
+    pub fn after_read_error(error: &crate::Error) -> Self {
+        let code = match error {
+            crate::Error::FrameTooLarge { .. } => close_code::SIZE,
+            crate::Error::WsProtocol(_) => close_code::PROTOCOL,
+            crate::Error::WsInvalidText => close_code::INVALID,
+            _ => return Self::Drop,
+        };
+        Self::send(code, error.to_string())
+    }
 }
 
 /// An upgraded WebSocket connection.
@@ -75,6 +112,15 @@ impl<S: AsyncRead + AsyncWrite> Socket<S> {
         }
     }
 
+    /// Ends the connection as `how` says, within [`CLOSE_TIMEOUT`].
+    pub async fn end(&mut self, how: Closing) {
+        match how {
+            Closing::Drop => {}
+            Closing::Send(frame) => self.close(frame.code, &frame.reason, CLOSE_TIMEOUT).await,
+            Closing::Answer(frame) => self.answer_close(frame.as_ref(), CLOSE_TIMEOUT).await,
+        }
+    }
+
     /// Starts the close handshake with `code` and `reason` and waits, for at most
     /// `within`, for the peer's answer (or the end of its stream), so the close frame is
     /// not lost to a reset of a socket closed with unread data.
@@ -106,7 +152,7 @@ impl<S: AsyncRead + AsyncWrite> Socket<S> {
             code: if sendable(f.code) {
                 f.code
             } else {
-                super::close_code::PROTOCOL
+                close_code::PROTOCOL
             },
             reason: String::new(),
         });
@@ -350,5 +396,42 @@ mod tests {
         assert_eq!(got[0], TMessage::text("hello"));
         assert_eq!(got[1], TMessage::binary(vec![9u8; 100_000]));
         assert!(matches!(&got[2], TMessage::Close(Some(f)) if f.code == CloseCode::Normal));
+    }
+
+    /// A peer's fault is told to it with the status RFC 6455 names; the socket's own
+    /// failure is not (nothing could carry it).
+    #[tokio::test]
+    async fn a_read_error_of_the_peers_is_answered_with_its_close_status() {
+        let (mut client, server_io) = pair().await;
+        let mut socket = Socket::new(server_io, BytesMut::new(), Role::Server, CONFIG);
+        // A masked text frame (key 0) of one byte that is no UTF-8.
+        client
+            .write_all(&[0x81, 0x81, 0, 0, 0, 0, 0xff])
+            .await
+            .unwrap();
+        let e = socket.reading.next().await.unwrap_err();
+        let how = Closing::after_read_error(&e);
+        assert!(
+            matches!(&how, Closing::Send(f) if f.code == close_code::INVALID),
+            "{how:?}"
+        );
+        let ended = tokio::spawn(async move { socket.end(how).await });
+        let mut head = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut head)
+            .await
+            .unwrap();
+        assert_eq!(head[0], 0x88, "a close frame");
+        assert_eq!(u16::from_be_bytes([head[2], head[3]]), close_code::INVALID);
+        drop(client);
+        ended.await.unwrap();
+
+        let too_big = crate::Error::FrameTooLarge { size: 2, max: 1 };
+        assert!(matches!(Closing::after_read_error(&too_big),
+            Closing::Send(f) if f.code == close_code::SIZE));
+        let breach = crate::Error::WsProtocol("reserved opcode");
+        assert!(matches!(Closing::after_read_error(&breach),
+            Closing::Send(f) if f.code == close_code::PROTOCOL));
+        let failed = crate::Error::Io(std::io::Error::other("reset"));
+        assert_eq!(Closing::after_read_error(&failed), Closing::Drop);
     }
 }
