@@ -24,7 +24,8 @@
 # TUNNEL_CONFIG (default bench/tunnel/): cloudcore.yaml, edgecore-a.yaml, edgecore-b.yaml and
 # manifests.yaml (the Services). WORKLOADS (default "transfers keepalive bulk idle") picks
 # what runs: a subset is for tuning one figure quickly; "idle" is the 1,000 idle streams.
-# ONLY (e.g. "edgemesh") runs those targets alone, for profiling one.
+# ONLY (e.g. "edgemesh") runs those targets alone, for profiling one. HAPROXY_THREADS=N sets
+# each HAProxy's nbthread (default: HAProxy's own, one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -103,6 +104,7 @@ haproxy_at() { # namespace, bind address, next hop address, next hop http port, 
     cat > "$WORK/haproxy-$1.cfg" <<CONF
 global
     maxconn 8000
+${HAPROXY_THREADS:+    nbthread $HAPROXY_THREADS}
 defaults
     mode tcp
     timeout connect 5s

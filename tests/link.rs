@@ -803,3 +803,36 @@ async fn an_edge_whose_writes_are_stuck_still_reads() {
     drop(cloud);
     edge.stop().await;
 }
+
+/// The cloud's faults, told back by the edge as RFC 6455 §7.4.1 names them, each on a link
+/// of its own (the edge dials again after each): text that is not UTF-8 1007, a message
+/// over `maxFrameLen` 1009 (before its payload is read), a reserved opcode 1002.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_tells_a_cloud_that_breaks_the_protocol_why() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = edge_config("edge-p", listener.local_addr().unwrap(), dir.path());
+    config.modules.edge_hub.max_frame_len = 4096;
+    let edge = Edge::start(config).await;
+    // Server frames are not masked: FIN + opcode, then the length.
+    let not_utf8: &[u8] = &[0x81, 1, 0xff];
+    let oversized: &[u8] = &[0x82, 126, 0x20, 0x00]; // 8,192 bytes announced, none sent
+    let reserved: &[u8] = &[0x83, 0];
+    for (frame, want) in [
+        (not_utf8, CloseCode::Invalid),
+        (oversized, CloseCode::Size),
+        (reserved, CloseCode::Protocol),
+    ] {
+        let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .expect("the edge dials")
+            .unwrap();
+        let mut cloud = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        cloud.get_mut().write_all(frame).await.unwrap();
+        let (code, reason) = close_reason(&mut cloud).await;
+        assert_eq!(code, want, "{reason}");
+    }
+    edge.stop().await;
+}
