@@ -53,12 +53,37 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    eventually_ok(what, || {
+        let holds = cond();
+        async move {
+            if holds.await {
+                Ok(())
+            } else {
+                Err(String::new())
+            }
+        }
+    })
+    .await;
+}
+
+/// [`eventually`] for a condition that says why it does not hold yet: the last reason is
+/// in the failure.
+pub async fn eventually_ok<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     let deadline = Instant::now() + WAIT;
     loop {
-        if cond().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        let why = match cond().await {
+            Ok(()) => return,
+            Err(why) => why,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}{}{why}",
+            if why.is_empty() { "" } else { ": " }
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
